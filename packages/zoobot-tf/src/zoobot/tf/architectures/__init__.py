@@ -1,0 +1,109 @@
+"""Keras 3 twins of the timm architectures the Zoobot encoders use, converted from timm weights.
+
+One module per timm family (`convnext`, `resnet`, `efficientnet`), each exposing the same interface:
+
+- `ARCHITECTURES: dict[str, dict]`: timm architecture name -> the model arguments timm's factory
+  function gives it (overridable through `model_args`, as in timm's `config.json`).
+- `build(architecture, channels, model_args=None) -> keras.Model`: a functional model taking
+  channels-last float32 images `(B, H, W, channels)` and returning what
+  `timm.create_model(architecture, num_classes=0, in_chans=channels, **model_args)` returns in eval
+  mode: the pooled features, after any head norm. Layers are named by their timm module paths.
+- `load_timm_state(model, state)` / `timm_state(model)`: strict conversion from / to timm tensor
+  names and layouts (see `zoobot.tf.weights`).
+- `blocks(model) -> list[list[keras.layers.Layer]]`: head side first, stem last, grouped as
+  `zoobot.torch.blocks` groups the timm model, every weighted layer in exactly one block.
+
+This package dispatches on the family. Family modules are imported on first use, so a family whose
+module is missing (or not yet written) only fails when one of its architectures is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from types import ModuleType
+
+import keras
+import numpy as np
+
+# family name -> module; add a family by adding its module here.
+FAMILY_MODULES = {
+    "convnext": "zoobot.tf.architectures.convnext",
+    "efficientnet": "zoobot.tf.architectures.efficientnet",
+    "resnet": "zoobot.tf.architectures.resnet",
+}
+_LOADED: dict[str, ModuleType | None] = {}
+
+
+def _family_module(family: str) -> ModuleType | None:
+    """The family's module, or None when it is not installed (imported once, on first use)."""
+    if family not in _LOADED:
+        name = FAMILY_MODULES[family]
+        try:
+            _LOADED[family] = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            _LOADED[family] = None
+    return _LOADED[family]
+
+
+def _available() -> dict[str, ModuleType]:
+    modules = {family: _family_module(family) for family in FAMILY_MODULES}
+    return {family: module for family, module in modules.items() if module is not None}
+
+
+def supported_architectures() -> list[str]:
+    """Every timm architecture name zoobot.tf can build, sorted."""
+    return sorted(name for module in _available().values() for name in module.ARCHITECTURES)
+
+
+def family_of(architecture: str) -> str:
+    """The family (`convnext`, `resnet`, ...) implementing timm `architecture`."""
+    for family, module in _available().items():
+        if architecture in module.ARCHITECTURES:
+            return family
+    raise ValueError(
+        f"architecture {architecture!r} has no Keras implementation in zoobot.tf; supported: "
+        f"{', '.join(supported_architectures())}"
+    )
+
+
+def build_encoder(
+    architecture: str, channels: int = 3, model_args: Mapping | None = None
+) -> keras.Model:
+    """The randomly initialised Keras twin of timm `architecture` with `channels` input channels.
+
+    The model records `zoobot_architecture` and `zoobot_model_args` (the arguments given beyond the
+    architecture's defaults), which saving in the timm layout needs.
+    """
+    module = _family_module(family_of(architecture))
+    model = module.build(architecture, channels, dict(model_args or {}))
+    model.zoobot_architecture = architecture
+    model.zoobot_model_args = dict(model_args or {})
+    return model
+
+
+def _module_of(model: keras.Model) -> ModuleType:
+    architecture = getattr(model, "zoobot_architecture", None)
+    if architecture is None:
+        raise TypeError(
+            f"{model.name!r} was not built by zoobot.tf.architectures.build_encoder "
+            "(it has no zoobot_architecture)"
+        )
+    return _family_module(family_of(architecture))
+
+
+def load_timm_state(model: keras.Model, state: Mapping[str, np.ndarray]) -> None:
+    """Assign timm-named tensors to `model`; strict (raises `weights.WeightsMismatchError`)."""
+    _module_of(model).load_timm_state(model, state)
+
+
+def timm_state(model: keras.Model) -> dict[str, np.ndarray]:
+    """The model's weights as timm's `state_dict()` names them, in timm layouts."""
+    return _module_of(model).timm_state(model)
+
+
+def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
+    """The model's weighted layers in blocks, head side first and stem last."""
+    return _module_of(model).blocks(model)

@@ -1,0 +1,471 @@
+"""Encoders: Keras pooled-feature extractors from a timm name or the timm Hub layout, without torch.
+
+The Hub layout (DESIGN.md contract 3) is a folder or Hub repo with `config.json` (`architecture`,
+`num_features`, `pretrained_cfg`, optionally `model_args`) and `model.safetensors`. The timm
+tensors are read with `safetensors.numpy` and converted to the Keras twins of
+`zoobot.tf.architectures` on load; `write_timm_folder` converts back, so what TensorFlow saves
+loads in timm and `zoobot.torch`. Names are those `zoobot.torch.load_encoder` takes:
+an architecture (random init), `hf_hub:owner/repo[@revision]`, or a folder (`local-dir:` optional).
+
+Without `model.safetensors`, a legacy `pytorch_model.bin` (torch's zip pickle, as the published
+Zoobot encoders are stored) is read by `zoobot.tf.legacy_weights`, a torch-free restricted reader
+that accepts only plain tensors (like `torch.load(weights_only=True)`) and refuses anything else.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import huggingface_hub
+import huggingface_hub.constants
+import keras
+import numpy as np
+import safetensors.numpy
+from huggingface_hub.errors import (
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from zoobot.tf import architectures
+from zoobot.tf.legacy_weights import LegacyWeightsError, load_torch_state_dict
+from zoobot.tf.weights import WeightsMismatchError
+
+__all__ = [
+    "CONFIG_NAME",
+    "HubUnavailableError",
+    "LegacyWeightsError",
+    "ModelSource",
+    "WeightsMismatchError",
+    "adapt_input_conv",
+    "encoder_dim",
+    "encoder_from_config",
+    "first_conv",
+    "load_encoder",
+    "load_state_dict_file",
+    "replace_folder",
+    "write_timm_files",
+    "write_timm_folder",
+]
+
+logger = logging.getLogger(__name__)
+
+HUB_PREFIXES = ("hf_hub:", "hf-hub:")
+LOCAL_PREFIX = "local-dir:"
+TORCHVISION_PREFIX = "torchvision:"
+CONFIG_NAME = "config.json"
+SAFETENSORS_NAME = "model.safetensors"
+LEGACY_NAME = "pytorch_model.bin"
+# torchvision ResNets are timm's architectures under the same tensor names (zoobot.torch saves them
+# in the timm layout), so the names zoobot.torch accepts build the timm twins here.
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# timm's classifier module per family: dropped from checkpoints saved with a classifier
+_CLASSIFIERS = {"convnext": "head.fc", "efficientnet": "classifier", "resnet": "fc"}
+# model_args timm leaves out of exported configs (training-time only)
+_DROP_ARGS = ("drop_rate", "drop_path_rate", "drop_block_rate")
+# mkdtemp and safetensors create owner-only paths; a saved model gets the usual permissions.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class HubUnavailableError(OSError):
+    """A Hub file that cannot be had here: offline and not cached, private, or no such repo/revision."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model in the timm Hub layout lives: a local folder, or a Hub repo at a revision."""
+
+    folder: Path | None = None
+    repo_id: str | None = None
+    revision: str | None = None
+
+    @classmethod
+    def parse(cls, name: str | os.PathLike) -> ModelSource | None:
+        """The source `name` points to; None for an architecture name (which wins over a folder)."""
+        text = os.fspath(name)
+        for prefix in HUB_PREFIXES:
+            if text.startswith(prefix):
+                repo_id, _, revision = text[len(prefix) :].partition("@")
+                if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+                    raise ValueError(f"{text!r}: expected hf_hub:owner/repo[@revision]")
+                return cls(repo_id=repo_id, revision=revision or None)
+        if text.startswith(LOCAL_PREFIX):
+            text = text[len(LOCAL_PREFIX) :]
+        elif not (isinstance(name, os.PathLike) or any(c in text for c in "/\\")) and (
+            text.split(".", 1)[0] in architectures.supported_architectures()
+            or not Path(text).is_dir()
+        ):
+            return None
+        folder = Path(text).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"no model folder at {str(folder)!r}; for a Hub repo write hf_hub:{text}"
+            )
+        return cls(folder=folder)
+
+    def __str__(self) -> str:
+        if self.folder is not None:
+            return str(self.folder)
+        return f"hf_hub:{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
+
+    def fetch(self, filename: str) -> Path | None:
+        """A local path to `filename`, downloading (or reading the cache) if needed; None if absent."""
+        if self.folder is not None:
+            path = self.folder / filename
+            return path if path.is_file() else None
+        try:
+            return Path(
+                huggingface_hub.hf_hub_download(self.repo_id, filename, revision=self.revision)
+            )
+        except RemoteEntryNotFoundError:
+            return None
+        except LocalEntryNotFoundError as err:
+            raise HubUnavailableError(self._not_cached_message(filename)) from err
+        except RevisionNotFoundError as err:
+            raise HubUnavailableError(f"{self}: the Hub has no revision {self.revision!r}") from err
+        except RepositoryNotFoundError as err:
+            raise HubUnavailableError(
+                f"{self}: no such repo on the Hub, or it is private/gated: check the name, or log in "
+                "with `hf auth login` (or set HF_TOKEN)"
+            ) from err
+
+    def read_config(self) -> dict:
+        """The parsed `config.json`, checked to be in the timm Hub layout."""
+        path = self.fetch(CONFIG_NAME)
+        if path is None:
+            raise FileNotFoundError(
+                f"{self} has no {CONFIG_NAME}: not a model in the timm Hub layout"
+            )
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict) or "architecture" not in config:
+            raise ValueError(
+                f"{self}/{CONFIG_NAME} names no 'architecture': not the timm Hub layout"
+            )
+        return config
+
+    def read_weights(self) -> dict[str, np.ndarray]:
+        """The encoder's timm state dict from `model.safetensors`.
+
+        Without it, a legacy `pytorch_model.bin` is read with the restricted torch-free reader.
+        """
+        try:
+            path = self.fetch(SAFETENSORS_NAME)
+        except HubUnavailableError as err:
+            unavailable = err
+            path = None
+        else:
+            unavailable = None
+        if path is not None:
+            return load_state_dict_file(path)
+        try:
+            legacy = self.fetch(LEGACY_NAME)
+        except HubUnavailableError:
+            legacy = None
+        if legacy is not None:
+            return load_state_dict_file(legacy, str(self))
+        if unavailable is not None:
+            raise unavailable
+        raise FileNotFoundError(f"{self} has neither {SAFETENSORS_NAME} nor {LEGACY_NAME}")
+
+    def _not_cached_message(self, filename: str) -> str:
+        revision = f" --revision {self.revision}" if self.revision else ""
+        return (
+            f"{self}: {filename} is not in the Hugging Face cache "
+            f"({huggingface_hub.constants.HF_HUB_CACHE}) and the Hub cannot be reached "
+            f"(offline={huggingface_hub.constants.HF_HUB_OFFLINE}). Fix: on a machine with network run "
+            f"`hf download {self.repo_id}{revision}` and copy that cache here (or point HF_HUB_CACHE "
+            "at it), or download the repo's files into a folder and pass the folder's path instead."
+        )
+
+
+def load_state_dict_file(path: str | os.PathLike, name: str | None = None) -> dict[str, np.ndarray]:
+    """NumPy tensors from a `.safetensors` file, or from a legacy torch zip pickle (`.bin`, `.pth`).
+
+    The pickle is read without torch by `zoobot.tf.legacy_weights.load_torch_state_dict`, which
+    accepts plain tensors only; anything else raises `LegacyWeightsError` naming it.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return safetensors.numpy.load_file(path)
+    name = name or str(path.parent)
+    logger.warning(
+        "%s: no %s, reading the legacy PyTorch pickle %s with zoobot.tf's restricted reader "
+        "(plain tensors only). Prefer safetensors: convert once with "
+        "`write_timm_folder(load_encoder(%r), 'converted')` and use (or push) that folder.",
+        name,
+        SAFETENSORS_NAME,
+        path.name,
+        name,
+    )
+    return load_torch_state_dict(path, name)
+
+
+def adapt_input_conv(channels: int, weight: np.ndarray, base_channels: int) -> np.ndarray:
+    """timm's `adapt_input_conv` in NumPy: a first-conv weight (O, I, kh, kw) for `channels` inputs.
+
+    One channel sums the source channels; more repeat them and scale by `base_channels / channels`,
+    computed in float32 as timm does, so the result is bitwise timm's.
+    """
+    if channels < 1 or base_channels < 1:
+        raise ValueError("input and base channel counts must be positive")
+    out, fan_in, kh, kw = weight.shape
+    if channels == base_channels:
+        return weight
+    dtype = weight.dtype
+    weight = weight.astype(np.float32)
+    if channels == 1:
+        if fan_in > base_channels:  # space-to-depth stems
+            weight = weight.reshape(out, fan_in // base_channels, base_channels, kh, kw).sum(axis=2)
+        else:
+            weight = weight.sum(axis=1, keepdims=True)
+    else:
+        if fan_in != base_channels:
+            raise NotImplementedError("first-conv weight format not supported by the conversion")
+        repeat = math.ceil(channels / base_channels)
+        weight = np.tile(weight, (1, repeat, 1, 1))[:, :channels] * np.float32(
+            base_channels / float(channels)
+        )
+    return weight.astype(dtype)
+
+
+def _first_convs(pretrained_cfg: Mapping) -> tuple[str, ...]:
+    first = pretrained_cfg.get("first_conv")
+    return (first,) if isinstance(first, str) else tuple(first or ())
+
+
+def _checkpoint_channels(
+    model_args: Mapping, pretrained_cfg: Mapping, state: Mapping | None
+) -> int:
+    """Input channels of the checkpoint: stated in `model_args`, else read off its first conv."""
+    if model_args.get("in_chans"):
+        return int(model_args["in_chans"])
+    for conv in _first_convs(pretrained_cfg):
+        weight = (state or {}).get(f"{conv}.weight")
+        if weight is not None and np.ndim(weight) == 4:
+            return int(np.shape(weight)[1])
+    return int((pretrained_cfg.get("input_size") or (3,))[0])
+
+
+def first_conv(encoder: keras.Model) -> str:
+    """timm name of the encoder's first convolution (the one input channels change)."""
+    for layer in encoder.layers:
+        kernel = getattr(layer, "kernel", None)
+        if kernel is not None and len(kernel.shape) == 4:
+            return layer.name
+    raise TypeError(f"{encoder.name} has no convolution")
+
+
+def _pretrained_cfg_for(pretrained_cfg: Mapping, channels: int, first: str) -> dict:
+    """The checkpoint's `pretrained_cfg` for an encoder with `channels` inputs and no classifier."""
+    # a JSON copy: plain containers, also from the tracked dict Keras keeps on the encoder
+    cfg = json.loads(json.dumps(dict(pretrained_cfg)))
+    for key in ("input_size", "test_input_size", "min_input_size"):
+        if cfg.get(key):
+            cfg[key] = [channels, *list(cfg[key])[1:]]
+    for key in ("mean", "std"):
+        values = cfg.get(key)
+        if isinstance(values, list | tuple) and len(values) != channels:
+            # as timm resolves a data config for another channel count
+            cfg[key] = [float(np.mean(values))] * channels
+    cfg.setdefault("input_size", [channels, 224, 224])
+    cfg["num_classes"] = 0
+    cfg["first_conv"] = first
+    return cfg
+
+
+def encoder_from_config(
+    config: Mapping,
+    state: Mapping[str, np.ndarray] | None,
+    channels: int | None = None,
+    **model_args,
+) -> keras.Model:
+    """Build the Keras encoder a Hub-layout `config` describes and load `state` strictly.
+
+    `channels` other than the checkpoint's adapts its first conv as timm does (logged);
+    `model_args` override the config's (e.g. `drop_path_rate` for finetuning).
+    """
+    architecture = config["architecture"]
+    family = architectures.family_of(architecture)
+    args = dict(config.get("model_args") or {})
+    num_classes = int(config.get("num_classes", args.get("num_classes", 0)) or 0)
+    pretrained_cfg = dict(config.get("pretrained_cfg") or {})
+    build_args = {
+        k: v for k, v in {**args, **model_args}.items() if k not in ("num_classes", "in_chans")
+    }
+    source_channels = _checkpoint_channels(args, pretrained_cfg, state)
+    encoder = architectures.build_encoder(architecture, channels or source_channels, build_args)
+    first = first_conv(encoder)
+    if not _first_convs(pretrained_cfg):
+        # a hand-written config: find the first conv on the model, then its channels in the state
+        pretrained_cfg["first_conv"] = first
+        detected = _checkpoint_channels(args, pretrained_cfg, state)
+        if detected != source_channels:
+            source_channels = detected
+            if not channels:
+                encoder = architectures.build_encoder(architecture, source_channels, build_args)
+    target_channels = channels or source_channels
+    if state is not None:
+        state = dict(state)
+        if num_classes:
+            classifiers = pretrained_cfg.get("classifier") or _CLASSIFIERS.get(family)
+            for classifier in (classifiers,) if isinstance(classifiers, str) else classifiers:
+                state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
+        if target_channels != source_channels:
+            for conv in _first_convs(pretrained_cfg):
+                key = f"{conv}.weight"
+                if key in state:
+                    state[key] = adapt_input_conv(target_channels, state[key], source_channels)
+                    logger.warning(
+                        "%s: adapted first conv %r from %d to %d input channels (timm adapt_input_conv)",
+                        architecture,
+                        conv,
+                        source_channels,
+                        target_channels,
+                    )
+        architectures.load_timm_state(encoder, state)
+    encoder.zoobot_pretrained_cfg = _pretrained_cfg_for(pretrained_cfg, target_channels, first)
+    return encoder
+
+
+def _architecture_encoder(name: str, channels: int | None, model_args: dict) -> keras.Model:
+    architecture = name.split(".", 1)[0]
+    supported = architectures.supported_architectures()
+    if architecture not in supported:
+        close = difflib.get_close_matches(architecture, supported, n=5, cutoff=0.6)
+        hint = f" Similar names: {', '.join(close)}." if close else ""
+        raise ValueError(
+            f"{name!r} is not an architecture zoobot.tf implements, hf_hub:owner/repo or a "
+            f"folder.{hint} Supported architectures: {', '.join(supported)}"
+        )
+    encoder = architectures.build_encoder(architecture, channels or 3, model_args)
+    first = first_conv(encoder)
+    cfg = {"classifier": _CLASSIFIERS.get(architectures.family_of(architecture))}
+    encoder.zoobot_pretrained_cfg = _pretrained_cfg_for(
+        {k: v for k, v in cfg.items() if v}, channels or 3, first
+    )
+    return encoder
+
+
+def load_encoder(
+    name: str | os.PathLike, channels: int | None = None, pretrained: bool = True, **model_args
+) -> keras.Model:
+    """A Keras feature extractor returning pooled features of width `encoder_dim(encoder)`.
+
+    `name` is a timm architecture zoobot.tf implements (random init; `torchvision:resnet50` gives
+    the same network), `hf_hub:owner/repo[@revision]`, or a folder in the timm Hub layout (write
+    `./name` for a folder named like an architecture). `channels` defaults to the checkpoint's (3
+    for architecture names); a different count adapts the first conv as timm does.
+    `pretrained=False` builds a Hub/folder architecture without loading its weights. Keyword
+    arguments are timm model arguments (e.g. `drop_path_rate=0.1`). Takes channels-last images.
+    """
+    text = os.fspath(name)
+    if text.startswith(TORCHVISION_PREFIX):
+        architecture = text[len(TORCHVISION_PREFIX) :]
+        if architecture not in TORCHVISION_RESNETS:
+            raise ValueError(
+                f"{text} is not offered; choose from torchvision:{{{', '.join(TORCHVISION_RESNETS)}}}"
+            )
+        return _architecture_encoder(architecture, channels, model_args)
+    source = ModelSource.parse(name)
+    if source is None:
+        return _architecture_encoder(text, channels, model_args)
+    config = source.read_config()
+    state = source.read_weights() if pretrained else None
+    return encoder_from_config(config, state, channels, **model_args)
+
+
+def encoder_dim(encoder: keras.Model) -> int:
+    """Width of the encoder's pooled features."""
+    return int(encoder.output_shape[-1])
+
+
+def timm_config(encoder: keras.Model, extra_config: Mapping | None = None) -> dict:
+    """The `config.json` timm writes for this encoder (`save_for_hf`), plus `extra_config`."""
+    if getattr(encoder, "zoobot_architecture", None) is None:
+        raise TypeError(
+            f"{encoder.name!r} was not made by zoobot.tf (load_encoder / build_encoder): "
+            "no timm architecture to save it as"
+        )
+    channels = int(encoder.input_shape[-1])
+    model_args = {k: v for k, v in encoder.zoobot_model_args.items() if k not in _DROP_ARGS}
+    first = first_conv(encoder)
+    cfg = getattr(encoder, "zoobot_pretrained_cfg", None) or {}
+    config = {
+        "architecture": encoder.zoobot_architecture,
+        "num_classes": 0,
+        "num_features": int(getattr(encoder, "num_features", encoder_dim(encoder))),
+        "global_pool": "avg",
+        "model_args": {"num_classes": 0, "in_chans": channels, **model_args, "global_pool": "avg"},
+        "pretrained_cfg": _pretrained_cfg_for(cfg, channels, first),
+    }
+    return json.loads(json.dumps({**config, **dict(extra_config or {})}))
+
+
+def write_timm_files(
+    encoder: keras.Model, folder: str | os.PathLike, extra_config: Mapping | None = None
+) -> dict:
+    """Write `config.json` and `model.safetensors` (timm names and layouts) into existing `folder`.
+
+    Not atomic: for composing a larger layout in a staging folder. Returns the config written.
+    """
+    folder = Path(folder)
+    config = timm_config(encoder, extra_config)
+    safetensors.numpy.save_file(
+        architectures.timm_state(encoder), folder / SAFETENSORS_NAME, metadata={"format": "pt"}
+    )
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return config
+
+
+def write_timm_folder(
+    encoder: keras.Model, folder: str | os.PathLike, extra_config: Mapping | None = None
+) -> Path:
+    """Save `encoder` in the timm Hub layout, as timm's `save_for_hf` would, atomically.
+
+    The folder is written beside its destination and renamed into place, so readers never see half
+    a model; an existing model folder is replaced, any other non-empty folder is refused.
+    `extra_config` adds top-level `config.json` keys (e.g. `zoobot`).
+    """
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not (folder / CONFIG_NAME).is_file():
+        raise FileExistsError(f"{folder} exists and is not a saved model; refusing to replace it")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
+    try:
+        write_timm_files(encoder, staging, extra_config)
+        for path in staging.iterdir():
+            os.chmod(path, 0o666 & ~_UMASK)
+        os.chmod(staging, 0o777 & ~_UMASK)
+        replace_folder(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def replace_folder(new: Path, destination: Path) -> None:
+    """Rename `new` to `destination`, moving an old `destination` aside first and deleting it after."""
+    if not destination.exists():
+        os.replace(new, destination)
+        return
+    old = Path(
+        tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent)
+    )
+    os.replace(destination, old / "model")
+    try:
+        os.replace(new, destination)
+    except OSError:
+        os.replace(old / "model", destination)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
