@@ -13,48 +13,34 @@ Files written (`save_loc` is the main one; each appears under its name only when
 - `<save_loc>.failed.csv`: `id_str`, `file_loc`, `error` of every image that could not be read (only
   a header when all were); those galaxies are skipped.
 
-While running, finished chunks live in `<save_loc>.parts/` (see `zoobot.torch.streaming`); run the
-same call again after an interruption and it carries on from them.
+While running, finished chunks live in `<save_loc>.parts/` (see `zoobot.data.streaming`); run the
+same call again after an interruption and it carries on from them. The tables are built by
+`zoobot.data.streaming`, shared with `zoobot.tf`, so both frameworks write the same files.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
 import torch
 
-from zoobot.shared.tables import PredictionWriter
+from zoobot.data.streaming import (
+    TABLE_FORMAT,
+    PredictionFiles,
+    StreamSettings,
+    finish_predictions,
+    output_names,
+    read_catalog,
+)
 from zoobot.torch.finetune import FinetuneableZoobotClassifier, FinetuneableZoobotRegressor
 from zoobot.torch.hub import load_from_name
 from zoobot.torch.module import ZoobotModule
-from zoobot.torch.streaming import (
-    Parts,
-    StreamSettings,
-    parquet_stream,
-    read_catalog,
-    run_chunks,
-    write_failures,
-)
+from zoobot.torch.streaming import run_chunks
 from zoobot.torch.tree import TreeSteps
 
-TABLE_FORMAT = "zoobot-predictions-table/1"
-
-
-@dataclass(frozen=True)
-class PredictionFiles:
-    """What `predict` wrote: its files, and how many galaxies were predicted or could not be read."""
-
-    predictions: Path
-    friendly: Path | None
-    failed: Path
-    n_predicted: int
-    n_failed: int
+__all__ = ["TABLE_FORMAT", "PredictionFiles", "predict"]
 
 
 def _task(model: ZoobotModule) -> str:
@@ -74,51 +60,9 @@ def _task(model: ZoobotModule) -> str:
 def _output_names(model: ZoobotModule, task: str, label_cols: Sequence[str] | None) -> list[str]:
     """One name per model output: the schema's answers, or `label_cols` (default class_i/output_i)."""
     if task == "tree":
-        names, given = list(model.schema.label_cols), label_cols
-        if given is not None and list(given) != names:
-            raise ValueError(
-                "a tree model's outputs are its schema's label columns; omit label_cols"
-            )
-        return names
+        return output_names(task, len(model.schema.label_cols), label_cols, model.schema)
     n = model.hparams["num_classes"] if task == "classifier" else model.hparams["num_outputs"]
-    if label_cols is None:
-        return [f"{'class' if task == 'classifier' else 'output'}_{i}" for i in range(n)]
-    if len(label_cols) != n:
-        raise ValueError(f"label_cols has {len(label_cols)} names but the model has {n} outputs")
-    return [str(c) for c in label_cols]
-
-
-def _table_schema(names: list[str], suffix: str, n_samples: int, model_name: str) -> pa.Schema:
-    """Arrow schema of a classifier/regressor table: id_str, means, then passes if several."""
-    fields = [pa.field("id_str", pa.string(), nullable=False)]
-    fields += [pa.field(f"{name}_{suffix}", pa.float32()) for name in names]
-    if n_samples > 1:
-        passes = pa.list_(pa.float32(), n_samples)
-        fields += [pa.field(f"{name}_{suffix}_passes", passes) for name in names]
-    metadata = {"zoobot.format": TABLE_FORMAT, "zoobot.model_name": model_name}
-    return pa.schema(fields, metadata=metadata | {"zoobot.n_passes": str(n_samples)})
-
-
-def _write_table(path, parts: Parts, ids: np.ndarray, schema: pa.Schema, n_samples: int) -> None:
-    """Stream every part into a classifier/regressor table at `path`."""
-    with parquet_stream(path, schema) as writer:
-        for part in parts.read():
-            values = part.values
-            columns = [pa.array(ids[part.positions], pa.string())]
-            columns += [pa.array(v) for v in values.mean(axis=2, dtype=np.float32).T]
-            if n_samples > 1:
-                columns += [
-                    pa.FixedSizeListArray.from_arrays(pa.array(values[:, i].ravel()), n_samples)
-                    for i in range(values.shape[1])
-                ]
-            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-
-
-def _write_tree(path, friendly: Path, parts: Parts, ids: np.ndarray, model, n_samples, name):
-    """Stream every part into the full and friendly tables of `zoobot.shared.tables`."""
-    with PredictionWriter(path, model.schema, name, n_samples, friendly_path=friendly) as writer:
-        for part in parts.read():
-            writer.write(ids[part.positions], part.values)
+    return output_names(task, n, label_cols)
 
 
 def predict(
@@ -190,17 +134,7 @@ def predict(
         run | {"mc_dropout": mc_dropout},
         seed,
     )
-    ids = catalog["id_str"].to_numpy()
-    save_loc = Path(save_loc)
-    friendly = None
-    if task == "tree":
-        friendly = Path(friendly_loc or save_loc.with_name(f"{save_loc.stem}_friendly.parquet"))
-        _write_tree(save_loc, friendly, parts, ids, model, n_samples, model_name)
-    else:
-        suffix = "probability" if task == "classifier" else "prediction"
-        schema = _table_schema(names, suffix, n_samples, model_name)
-        _write_table(save_loc, parts, ids, schema, n_samples)
-    failed = Path(f"{save_loc}.failed.csv")
-    n_failed = write_failures(failed, catalog, parts)
-    parts.remove()
-    return PredictionFiles(save_loc, friendly, failed, len(catalog) - n_failed, n_failed)
+    schema = model.schema if task == "tree" else None
+    return finish_predictions(
+        catalog, parts, save_loc, task, names, n_samples, model_name, schema, friendly_loc
+    )
