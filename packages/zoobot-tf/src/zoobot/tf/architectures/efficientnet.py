@@ -36,7 +36,13 @@ import numpy as np
 from keras import layers
 
 from zoobot.tf import weights
-from zoobot.tf.architectures.layers import blocks_by_prefix, merge_model_args, require, residual
+from zoobot.tf.architectures.layers import (
+    TorchBatchNorm,
+    blocks_by_prefix,
+    merge_model_args,
+    require,
+    residual,
+)
 
 # timm `_gen_efficientnet`: EfficientNet-B0, scaled by channel and depth multipliers for B1-B8.
 EFFICIENTNET_ARCH_DEF: tuple[tuple[str, ...], ...] = (
@@ -328,7 +334,7 @@ def _conv(x, filters, kernel, stride, name, args, *, depthwise=False, bias=False
 def _bn(x, name, args, act=True):
     eps = 1e-5 if args["bn_eps"] is None else args["bn_eps"]
     momentum = 0.1 if args["bn_momentum"] is None else args["bn_momentum"]
-    x = layers.BatchNormalization(momentum=1.0 - momentum, epsilon=eps, name=name)(x)
+    x = TorchBatchNorm(momentum=1.0 - momentum, epsilon=eps, name=name)(x)
     if act:
         x = layers.Activation("silu", name=f"{name}.act")(x)
     return x

@@ -1,4 +1,4 @@
-"""Keras pieces shared by the timm twins: torch-style padding, layer scale, stochastic depth, GELU.
+"""Keras pieces shared by the timm twins: torch-style padding and BatchNorm, layer scale, GELU...
 
 PyTorch pads convolutions and pools symmetrically by a fixed amount, where Keras' `padding="same"`
 pads more at the bottom/right when the stride is 2. Only stride-1 convolutions with odd kernels pad
@@ -130,6 +130,36 @@ def avg_pool2x2_ceil(x, name: str):
     and averages over the valid pixels only, which is exactly torch's ceil mode without padding.
     """
     return layers.AveragePooling2D(2, strides=2, padding="same", name=name)(x)
+
+
+@keras.saving.register_keras_serializable(package="zoobot")
+class TorchBatchNorm(layers.BatchNormalization):
+    """BatchNorm2d as torch trains it: the running variance follows the unbiased batch variance.
+
+    Both frameworks normalise a training batch with its biased variance, but torch updates
+    `running_var` with the unbiased one (times n / (n - 1), n values per channel) where Keras uses
+    the biased one; without this, one training step already moves the statistics apart.
+    Masks and batch renormalisation (not used by the timm twins) take Keras' own path.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None or self.renorm:
+            return super().call(inputs, training=training, mask=mask)
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        axes = [i for i in range(len(x.shape)) if i != self.axis % len(x.shape)]
+        mean, variance = ops.moments(x, axes=axes)
+        count = ops.cast(ops.size(x) // ops.shape(x)[self.axis], x.dtype)
+        unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(
+            self.moving_variance * self.momentum + unbiased * (1.0 - self.momentum)
+        )
+        gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
+        beta = ops.cast(self.beta, x.dtype) if self.center else None
+        outputs = ops.batch_normalization(
+            x, mean, variance, axis=self.axis, offset=beta, scale=gamma, epsilon=self.epsilon
+        )
+        return ops.cast(outputs, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="zoobot")

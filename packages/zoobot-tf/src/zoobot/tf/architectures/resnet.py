@@ -18,6 +18,7 @@ from keras import layers
 
 from zoobot.tf import weights
 from zoobot.tf.architectures.layers import (
+    TorchBatchNorm,
     avg_pool2x2_ceil,
     blocks_by_prefix,
     conv2d,
@@ -148,9 +149,7 @@ def _conv(x, filters, kernel_size, name, stride=1, padding=0, groups=1):
 def _bn(x, name: str, zero_init: bool = False):
     """torch BatchNorm2d: eps 1e-5, momentum 0.1 (Keras counts momentum the other way round)."""
     gamma = "zeros" if zero_init else "ones"
-    return layers.BatchNormalization(
-        epsilon=1e-5, momentum=0.9, gamma_initializer=gamma, name=name
-    )(x)
+    return TorchBatchNorm(epsilon=1e-5, momentum=0.9, gamma_initializer=gamma, name=name)(x)
 
 
 def _relu(x, name: str):

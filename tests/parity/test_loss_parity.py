@@ -1,0 +1,143 @@
+"""Check 1: the Dirichlet-multinomial loss and its gradient, torch and TF vs the NumPy float64 oracle.
+
+Counts are random per question: a third of the galaxies nobody asked (loss and gradient exactly 0),
+some with a single volunteer, most with a few to tens of votes, some in the hundreds. Concentrations
+span the head's range (1, 101). In float32 the oracle sees the float32-rounded inputs, so the check
+measures the computation, not the rounding of the inputs. Tolerances (issue 8), elementwise
+relative: 1e-6 in float64, 1e-5 in float32.
+
+The gradient is of the loss summed over questions and galaxies, d/d(concentrations), which
+`zoobot.shared.dirichlet_multinomial_nll_grad` gives. It is a difference of digammas, which can
+cancel to nearly 0 for one answer; elementwise ratios there would measure the cancellation, not
+the implementation, so gradients are compared relative to each galaxy's largest gradient
+(`_row_scaled`), with exact zeros required for unanswered questions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from parity import compare
+
+from zoobot.shared import (
+    dirichlet_multinomial_nll,
+    dirichlet_multinomial_nll_grad,
+    get_schema,
+    training_objective,
+)
+
+SCHEMAS = ("decals_dr5", "gz2", "gz_evo")
+TOLERANCE = {"float64": 1e-6, "float32": 1e-5}
+BATCH = 64
+
+
+def vote_batch(schema, rng: np.random.Generator, batch: int = BATCH):
+    """float64 (counts, concentrations) with zero, single, tens and hundreds of votes per question."""
+    concentrations = rng.uniform(1.0, 101.0, size=(batch, len(schema.label_cols)))
+    counts = np.zeros_like(concentrations)
+    for question in schema.questions:
+        kind = rng.choice(4, size=batch, p=[0.3, 0.15, 0.4, 0.15])
+        totals = np.select(
+            [kind == 0, kind == 1, kind == 2],
+            [0, 1, rng.integers(2, 60, size=batch)],
+            rng.integers(100, 600, size=batch),
+        )
+        fractions = rng.dirichlet(np.ones(len(question.answers)), size=batch)
+        counts[:, question.start : question.end + 1] = rng.multinomial(totals, fractions)
+    return counts, concentrations
+
+
+def _row_scaled(name, actual, reference, tolerance, group):
+    """Gradients: |a-b| relative to the largest |gradient| of the same galaxy (rows of 0 skipped)."""
+    actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
+    scale = np.abs(reference).max(axis=1, keepdims=True)
+    scale = np.where(scale > 0, scale, 1.0)
+    check = compare(name, actual / scale, reference / scale, tolerance, relative="abs", group=group)
+    check.max_abs = float(np.abs(actual - reference).max())
+    check.relative = "row-scale"
+    check.note = "max |a-b| / max|grad| of the same galaxy; exact 0 where nobody answered"
+    zero = reference == 0
+    if np.any(actual[zero] != 0):
+        check.passed, check.status = False, "FAIL"
+        check.note += f"; {int(np.sum(actual[zero] != 0))} gradients of unanswered questions != 0"
+    return check
+
+
+def _case(schema_name: str, dtype: str, rng):
+    schema = get_schema(schema_name)
+    counts, concentrations = vote_batch(schema, rng)
+    concentrations = concentrations.astype(dtype).astype(np.float64)  # what the backend sees
+    loss = dirichlet_multinomial_nll(counts, concentrations, schema)
+    grad = dirichlet_multinomial_nll_grad(counts, concentrations, schema)
+    objective = training_objective(counts, concentrations, schema)
+    assert (loss == 0).mean() > 0.2 and (counts.sum(axis=1) > 0).all()
+    return schema, counts, concentrations, loss, grad, objective
+
+
+def _record(recorder, backend, schema_name, dtype, values, reference):
+    loss, grad, objective = values
+    ref_loss, ref_grad, ref_objective = reference
+    tolerance = TOLERANCE[dtype]
+    label = f"{backend} {schema_name} {dtype}"
+    recorder.record(
+        compare(
+            f"{label} loss",
+            loss,
+            ref_loss,
+            tolerance,
+            relative="elementwise",
+            group="loss",
+            note="(batch, question) values; exact 0 where nobody answered",
+        ),
+        _row_scaled(f"{label} d loss / d concentrations", grad, ref_grad, tolerance, "loss"),
+        compare(
+            f"{label} objective",
+            objective,
+            ref_objective,
+            tolerance,
+            relative="elementwise",
+            group="loss",
+            note="sum over questions, mean over batch",
+        ),
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("schema_name", SCHEMAS)
+def test_torch_loss_matches_reference(recorder, rng, schema_name, dtype):
+    import torch
+
+    from zoobot.torch.loss import DirichletMultinomialLoss, dirichlet_multinomial_loss
+
+    schema, counts, concentrations, *reference = _case(schema_name, dtype, rng)
+    torch_dtype = getattr(torch, dtype)
+    alpha = torch.tensor(concentrations, dtype=torch_dtype, requires_grad=True)
+    votes = torch.tensor(counts, dtype=torch_dtype)
+    loss = dirichlet_multinomial_loss(votes, alpha, schema)
+    assert loss.dtype == torch_dtype
+    loss.sum().backward()
+    objective = DirichletMultinomialLoss(schema)(votes, alpha.detach())
+    _record(recorder, "torch", schema_name, dtype, (loss, alpha.grad, objective), reference)
+
+
+def _tf_loss_module():
+    return pytest.importorskip("zoobot.tf.loss", reason="zoobot.tf.loss is not available")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("schema_name", SCHEMAS)
+def test_tf_loss_matches_reference(recorder, rng, schema_name, dtype):
+    import tensorflow as tf
+
+    tf_loss = _tf_loss_module()
+    schema, counts, concentrations, *reference = _case(schema_name, dtype, rng)
+    alpha = tf.Variable(tf.constant(concentrations, dtype=dtype))
+    votes = tf.constant(counts, dtype=dtype)
+    with tf.GradientTape() as tape:
+        loss = tf_loss.dirichlet_multinomial_loss(votes, alpha, schema)
+        total = tf.reduce_sum(loss)
+    grad = tape.gradient(total, alpha)
+    assert loss.dtype == tf.as_dtype(dtype)
+    # A Keras Loss casts to its dtype (float32 by default); ask for the inputs' dtype, as torch keeps.
+    objective = tf_loss.DirichletMultinomialLoss(schema, dtype=dtype)(votes, tf.constant(alpha))
+    _record(recorder, "tf", schema_name, dtype, (loss, grad, objective), reference)
