@@ -1,0 +1,94 @@
+"""Encoder blocks, ordered from the head backwards, for partial finetuning and layer-wise lr decay.
+
+A block is a list of Keras layers of the encoder. `zoobot.tf.architectures.blocks` gives them per
+family with the grouping of `zoobot.torch.blocks` (convnext: stages reversed then the stem;
+efficientnet: blocks reversed then conv_stem + bn1; resnet: layer4..layer1 then conv1 + bn1), head
+side first and stem last. Layers holding weights that no block lists join block 0 (the one nearest
+the head), so every encoder weight belongs to exactly one block; an encoder of an unknown family is
+one single block.
+
+Freezing sets `layer.trainable = False` on the frozen blocks' layers: their weights get no
+gradients, and Keras 3 runs a non-trainable `BatchNormalization` in inference mode (moving
+statistics used, never updated), which is what `zoobot.torch` gets by keeping frozen blocks in
+eval mode.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+
+logger = logging.getLogger(__name__)
+
+Blocks = list[list[keras.layers.Layer]]
+
+
+def _family_blocks(encoder: keras.Model) -> Blocks | None:
+    try:
+        from zoobot.tf import architectures
+    except ImportError:  # pragma: no cover - the architectures module ships with zoobot.tf
+        return None
+    try:
+        return [list(block) for block in architectures.blocks(encoder)]
+    except (KeyError, ValueError, TypeError, AttributeError, NotImplementedError) as err:
+        logger.warning(
+            "no block split for %s (%s): its encoder is one block",
+            getattr(encoder, "name", type(encoder).__name__),
+            err,
+        )
+        return None
+
+
+def encoder_blocks(encoder: keras.Model) -> Blocks:
+    """The encoder's blocks, head side first, covering every weight of the encoder exactly once."""
+    blocks = _family_blocks(encoder)
+    if not blocks:
+        return [[layer for layer in encoder.layers if layer.weights]]
+    listed = {id(v) for block in blocks for layer in block for v in layer.weights}
+    for layer in encoder.layers:
+        if layer.weights and not any(id(v) in listed for v in layer.weights):
+            blocks[0].append(layer)
+            listed.update(id(v) for v in layer.weights)
+    missing = [v.path for v in encoder.weights if id(v) not in listed]
+    if missing:
+        raise ValueError(f"encoder weights in no block (partly listed layers?): {missing[:10]}")
+    return blocks
+
+
+def block_variables(block: list[keras.layers.Layer]) -> list[keras.Variable]:
+    """Every variable (trainable or not) of one block's layers."""
+    seen, variables = set(), []
+    for layer in block:
+        for variable in layer.weights:
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                variables.append(variable)
+    return variables
+
+
+def n_trained_blocks(n_blocks: int, blocks: Blocks) -> int:
+    """How many blocks train: all for `n_blocks < 0`, else at most `n_blocks`."""
+    return len(blocks) if n_blocks < 0 else min(n_blocks, len(blocks))
+
+
+def freeze_blocks(blocks: Blocks, n_blocks: int) -> tuple[Blocks, Blocks]:
+    """Freeze all but the first `n_blocks` blocks (-1: none); return (trained, frozen) blocks."""
+    n_trained = n_trained_blocks(n_blocks, blocks)
+    trained, frozen = blocks[:n_trained], blocks[n_trained:]
+    for block in trained:
+        for layer in block:
+            layer.trainable = True
+    for block in frozen:
+        for layer in block:
+            layer.trainable = False
+    return trained, frozen
+
+
+def lr_multipliers(trained: Blocks, lr_decay: float) -> dict[int, float]:
+    """`id(variable) -> lr_decay**i` for the variables of trained block `i` (block 0: factor 1)."""
+    factors = {}
+    for i, block in enumerate(trained):
+        for variable in block_variables(block):
+            factors.setdefault(id(variable), float(lr_decay) ** i)
+    return factors

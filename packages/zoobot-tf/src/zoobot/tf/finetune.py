@@ -1,0 +1,266 @@
+"""Finetune a pretrained encoder for a new task: classes, continuous targets, or a new decision tree.
+
+Each model takes `name=` (anything `load_encoder` reads: `hf_hub:owner/repo`, a folder in the Hub
+layout, an architecture) or `encoder=`, and trains the head plus the last `n_blocks` encoder blocks
+with layer-wise learning-rate decay `lr_decay` (see `ZoobotModel`); `n_blocks=0` is a linear probe
+on frozen features. Train them with `model.fit(train_dataset, validation_data=..., epochs=...)`
+(or `zoobot.tf.training.fit` for the callbacks of `get_callbacks`); batches are (images, labels).
+Arguments, defaults, task names and saved task configs are those of `zoobot.torch.finetune`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import keras
+import tensorflow as tf
+
+from zoobot.shared import Schema
+from zoobot.tf.encoders import encoder_dim
+from zoobot.tf.hub import register_task
+from zoobot.tf.module import ZoobotModel, linear_head, resolve_encoder
+from zoobot.tf.tree import ZoobotTree
+
+__all__ = [
+    "FinetuneableZoobotClassifier",
+    "FinetuneableZoobotRegressor",
+    "FinetuneableZoobotTree",
+    "cross_entropy",
+]
+
+
+def cross_entropy(
+    logits: tf.Tensor,
+    target: tf.Tensor,
+    class_weights: Sequence[float] | None = None,
+    label_smoothing: float = 0.0,
+) -> tf.Tensor:
+    """`torch.nn.functional.cross_entropy` (mean reduction), weights and label smoothing included.
+
+    With per-class weights `w`, the mean divides by the summed weights of the targets; label
+    smoothing mixes in `-sum_c w_c log p_c / C` per galaxy, divided by the same sum.
+    """
+    logits = tf.cast(logits, tf.float32)
+    log_p = tf.nn.log_softmax(logits, axis=1)
+    n_classes = tf.shape(logits)[1]
+    target = tf.cast(tf.reshape(target, [-1]), tf.int32)
+    if class_weights is None:
+        weights = tf.ones([n_classes], tf.float32)
+    else:
+        weights = tf.constant(list(class_weights), tf.float32)
+    target_weight = tf.gather(weights, target)
+    nll = -tf.gather(log_p, target, axis=1, batch_dims=1) * target_weight
+    denominator = tf.reduce_sum(target_weight)
+    loss = tf.reduce_sum(nll) / denominator
+    if label_smoothing:
+        smooth = -tf.reduce_sum(log_p * weights, axis=1)
+        smooth_loss = tf.reduce_sum(smooth) / denominator
+        loss = (1 - label_smoothing) * loss + label_smoothing * smooth_loss / tf.cast(
+            n_classes, tf.float32
+        )
+    return loss
+
+
+@register_task
+class FinetuneableZoobotClassifier(ZoobotModel):
+    """Classify galaxies into `num_classes` classes; labels are class indices 0..num_classes-1.
+
+    Cross-entropy with optional `label_smoothing` and per-class `class_weights` (PyTorch's
+    arithmetic); accuracy is logged. Predictions are softmax probabilities,
+    `(batch, num_classes, n_samples)`, ready for calibration.
+    """
+
+    task = "classifier"
+
+    def __init__(
+        self,
+        num_classes: int,
+        name: str | os.PathLike | None = None,
+        encoder: keras.Model | None = None,
+        channels: int = 3,
+        label_smoothing: float = 0.0,
+        class_weights: Sequence[float] | None = None,
+        dropout: float = 0.5,
+        n_blocks: int = 0,
+        lr_decay: float = 0.75,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int = 0,
+        cosine: bool = True,
+        **kwargs,
+    ):
+        encoder = resolve_encoder(name, encoder, channels)
+        super().__init__(
+            encoder,
+            linear_head(encoder_dim(encoder), num_classes, dropout),
+            n_blocks=n_blocks,
+            lr_decay=lr_decay,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            warmup_steps=warmup_steps,
+            cosine=cosine,
+            **kwargs,
+        )
+        weights = None if class_weights is None else [float(w) for w in class_weights]
+        if weights is not None and len(weights) != num_classes:
+            raise ValueError(f"class_weights has {len(weights)} values for {num_classes} classes")
+        self.hparams = {
+            "num_classes": num_classes,
+            "name": None if name is None else os.fspath(name),
+            "channels": channels,
+            "label_smoothing": label_smoothing,
+            "dropout": dropout,
+            "n_blocks": n_blocks,
+            "lr_decay": lr_decay,
+            "learning_rate": learning_rate,
+            "weight_decay": weight_decay,
+            "warmup_epochs": warmup_epochs,
+            "warmup_steps": warmup_steps,
+            "cosine": cosine,
+            "class_weights": weights,
+        }
+        self.num_classes = num_classes
+        self.class_weights = None if weights is None else tuple(weights)
+        self.label_smoothing = label_smoothing
+        self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    def task_loss(self, labels, output) -> tf.Tensor:
+        """Cross-entropy of the logits against the class index labels (one label column)."""
+        return cross_entropy(output, labels, self.class_weights, self.label_smoothing)
+
+    def update_task_metrics(self, labels, output) -> None:
+        target = tf.reshape(tf.cast(labels, tf.int32), [-1])
+        self.accuracy.update_state(target, self.prediction(output))
+
+    def prediction(self, output: tf.Tensor) -> tf.Tensor:
+        return tf.nn.softmax(tf.cast(output, tf.float32), axis=1)
+
+
+@register_task
+class FinetuneableZoobotRegressor(ZoobotModel):
+    """Predict `num_outputs` continuous values per galaxy with a mean squared or absolute error loss.
+
+    `unit_interval=True` squashes outputs into (0, 1) with a sigmoid, for fractions. MAE and MSE are
+    logged. Predictions are `(batch, num_outputs, n_samples)`.
+    """
+
+    task = "regressor"
+
+    def __init__(
+        self,
+        name: str | os.PathLike | None = None,
+        encoder: keras.Model | None = None,
+        channels: int = 3,
+        loss: str = "mse",
+        unit_interval: bool = False,
+        num_outputs: int = 1,
+        dropout: float = 0.5,
+        n_blocks: int = 0,
+        lr_decay: float = 0.75,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int = 0,
+        cosine: bool = True,
+        **kwargs,
+    ):
+        if loss not in ("mse", "mae"):
+            raise ValueError(f"loss must be 'mse' or 'mae', got {loss!r}")
+        encoder = resolve_encoder(name, encoder, channels)
+        extra = [keras.layers.Activation("sigmoid", dtype="float32", name="sigmoid")]
+        head = linear_head(
+            encoder_dim(encoder), num_outputs, dropout, *(extra if unit_interval else [])
+        )
+        super().__init__(
+            encoder,
+            head,
+            n_blocks=n_blocks,
+            lr_decay=lr_decay,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            warmup_steps=warmup_steps,
+            cosine=cosine,
+            **kwargs,
+        )
+        self.hparams = {
+            "name": None if name is None else os.fspath(name),
+            "channels": channels,
+            "loss": loss,
+            "unit_interval": unit_interval,
+            "num_outputs": num_outputs,
+            "dropout": dropout,
+            "n_blocks": n_blocks,
+            "lr_decay": lr_decay,
+            "learning_rate": learning_rate,
+            "weight_decay": weight_decay,
+            "warmup_epochs": warmup_epochs,
+            "warmup_steps": warmup_steps,
+            "cosine": cosine,
+        }
+        self.loss_name = loss
+        self.num_outputs = num_outputs
+        self.mae = keras.metrics.MeanAbsoluteError(name="mae")
+        self.mse = keras.metrics.MeanSquaredError(name="mse")
+
+    def _target(self, labels, output) -> tf.Tensor:
+        return tf.reshape(tf.cast(labels, tf.float32), tf.shape(output))
+
+    def task_loss(self, labels, output) -> tf.Tensor:
+        """The chosen error of the outputs against the label columns, mean over every value."""
+        output = tf.cast(output, tf.float32)
+        error = output - self._target(labels, output)
+        return tf.reduce_mean(tf.square(error) if self.loss_name == "mse" else tf.abs(error))
+
+    def update_task_metrics(self, labels, output) -> None:
+        output = tf.cast(output, tf.float32)
+        target = self._target(labels, output)
+        self.mae.update_state(target, output)
+        self.mse.update_state(target, output)
+
+
+@register_task
+class FinetuneableZoobotTree(ZoobotTree):
+    """Finetune on votes for a (new) decision tree `schema`, as `ZoobotTree` does for pretraining.
+
+    Only the encoder source (`name=` or `encoder=`) and the finetuning defaults differ.
+    """
+
+    task = "finetuneable_tree"
+
+    def __init__(
+        self,
+        schema: Schema | str | Mapping,
+        name: str | os.PathLike | None = None,
+        encoder: keras.Model | None = None,
+        channels: int = 3,
+        dropout: float = 0.5,
+        n_blocks: int = 0,
+        lr_decay: float = 0.75,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int = 0,
+        cosine: bool = True,
+        **kwargs,
+    ):
+        super().__init__(
+            schema,
+            encoder=resolve_encoder(name, encoder, channels),
+            channels=channels,
+            dropout=dropout,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            warmup_steps=warmup_steps,
+            cosine=cosine,
+            n_blocks=n_blocks,
+            lr_decay=lr_decay,
+            **kwargs,
+        )
+        # The encoder came from name= or encoder=, not from ZoobotTree's default architecture.
+        del self.hparams["architecture"]
+        self.hparams["name"] = None if name is None else os.fspath(name)

@@ -1,0 +1,314 @@
+"""The Keras model every Zoobot model shares: encoder + head, partial freezing, schedule, MC passes.
+
+The TensorFlow twin of `zoobot.torch.module.ZoobotModule`, as a `keras.Model` trained with `fit`.
+`compile()` with no optimizer builds the one `zoobot.torch` configures: AdamW (PyTorch's update)
+with the head at `learning_rate` and trained encoder block `i` at `learning_rate * lr_decay**i`
+(`zoobot.tf.optimizers.LayerwiseAdamW`: Keras 3 has no parameter groups, so the optimizer scales the
+learning rate per variable), warmed up linearly for `warmup_epochs` + `warmup_steps` steps, then a
+cosine to 0 over the rest of training, whose length `fit` reads from `epochs` and the steps per
+epoch. `fit` compiles first when the model is not compiled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+import keras
+import tensorflow as tf
+
+from zoobot.tf.blocks import Blocks, encoder_blocks, freeze_blocks, lr_multipliers
+from zoobot.tf.encoders import load_encoder
+from zoobot.tf.optimizers import LayerwiseAdamW, WarmupCosine
+
+logger = logging.getLogger(__name__)
+
+# Constructor arguments that choose the encoder, which the Hub layout stores in its own right.
+ENCODER_ARGUMENTS = ("architecture", "name", "channels")
+
+
+def resolve_encoder(
+    name: str | os.PathLike | None, encoder: keras.Model | None, channels: int
+) -> keras.Model:
+    """The encoder given, or the one `load_encoder(name, channels)` builds: exactly one of the two."""
+    if (name is None) == (encoder is None):
+        raise ValueError("pass exactly one of name= (architecture, hf_hub: or folder) and encoder=")
+    return encoder if encoder is not None else load_encoder(name, channels)
+
+
+def torch_linear_initializers(in_features: int) -> dict:
+    """Kernel and bias initialisers drawing from torch.nn.Linear's U(-1/sqrt(in), 1/sqrt(in))."""
+    bound = 1 / math.sqrt(in_features)
+    return {
+        "kernel_initializer": keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"),
+        "bias_initializer": keras.initializers.RandomUniform(-bound, bound),
+    }
+
+
+def linear_head(
+    in_features: int, out_features: int, dropout: float, *extra: keras.layers.Layer
+) -> keras.Sequential:
+    """Dropout, a dense layer (torch `Linear` init) and `extra` layers, in float32 whatever the policy.
+
+    Layer `i` of the Sequential is module `i` of zoobot.torch's `nn.Sequential` head, so the dense
+    layer's weights are `1.weight` (out, in) and `1.bias` in `head.safetensors`.
+    """
+    head = keras.Sequential(
+        [
+            keras.layers.Dropout(dropout, dtype="float32", name="dropout"),
+            keras.layers.Dense(
+                out_features,
+                dtype="float32",
+                name="linear",
+                **torch_linear_initializers(in_features),
+            ),
+            *extra,
+        ],
+        name="head",
+    )
+    head.build((None, in_features))
+    return head
+
+
+def replicas() -> int:
+    """Replicas the current `tf.distribute` strategy trains on (1 without one)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def scale_for_replicas(loss: tf.Tensor) -> tf.Tensor:
+    """A per-replica batch mean as Keras wants it: summed over replicas it gives the global mean."""
+    n = replicas()
+    return loss / n if n > 1 else loss
+
+
+@dataclass(frozen=True)
+class BlockSplit:
+    """The encoder's blocks (head side first) split into trained and frozen (not Keras-tracked)."""
+
+    trained: tuple[tuple[keras.layers.Layer, ...], ...]
+    frozen: tuple[tuple[keras.layers.Layer, ...], ...]
+
+
+def _steps_per_epoch(x, batch_size, steps_per_epoch, validation_split) -> int | None:
+    if steps_per_epoch:
+        return int(steps_per_epoch)
+    if isinstance(x, tf.data.Dataset):
+        cardinality = int(x.cardinality())
+        return cardinality if cardinality > 0 else None
+    if isinstance(x, keras.utils.PyDataset):
+        try:
+            return len(x)
+        except (TypeError, NotImplementedError):
+            return None
+    first = x
+    while isinstance(first, dict | list | tuple) and first:
+        first = next(iter(first.values())) if isinstance(first, dict) else first[0]
+    if hasattr(first, "shape") and len(first.shape):
+        n = int(first.shape[0] * (1 - (validation_split or 0.0)))
+        return math.ceil(n / (batch_size or 32))
+    return None
+
+
+class ZoobotModel(keras.Model):
+    """An encoder and a head, training the head and the last `n_blocks` encoder blocks.
+
+    `n_blocks=-1` trains the whole encoder, 0 none (a linear probe on frozen features). Block `i`
+    (0 nearest the head, see `zoobot.tf.blocks`) learns at `learning_rate * lr_decay**i`, the head
+    at `learning_rate`. Frozen blocks are non-trainable Keras layers: no gradients, and their
+    BatchNorm layers run in inference mode, so their statistics never move. Dropout or stochastic
+    depth inside frozen blocks still follows `training` (0 in the published encoders).
+    `predict` makes `n_samples` passes per batch with the head's dropout on if `mc_dropout`
+    (attributes: set them before `predict`); `predict_samples` does the same on one batch.
+    Do not set `model.trainable = True` afterwards: Keras would unfreeze every block.
+    """
+
+    task: ClassVar[str]
+
+    def __init__(
+        self,
+        encoder: keras.Model,
+        head: keras.Model,
+        n_blocks: int = -1,
+        lr_decay: float = 1.0,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int = 0,
+        cosine: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.encoder, self.head = encoder, head
+        self.lr_decay, self.learning_rate, self.weight_decay = lr_decay, learning_rate, weight_decay
+        self.warmup_epochs, self.warmup_steps, self.cosine = warmup_epochs, warmup_steps, cosine
+        self.n_samples, self.mc_dropout = 1, False
+        trained, frozen = freeze_blocks(encoder_blocks(encoder), n_blocks)
+        self.blocks = BlockSplit(tuple(tuple(b) for b in trained), tuple(tuple(b) for b in frozen))
+        self.hparams: dict = {}
+
+    # -- the hub protocol ------------------------------------------------------------------------
+    def task_config(self) -> dict:
+        """The arguments that rebuild this model around an encoder (`zoobot.tf.hub` protocol)."""
+        return {k: v for k, v in dict(self.hparams).items() if k not in ENCODER_ARGUMENTS}
+
+    @classmethod
+    def from_task_config(cls, config: dict, encoder: keras.Model) -> ZoobotModel:
+        """The model `task_config()` describes, around `encoder`, with a fresh head."""
+        return cls(encoder=encoder, **config)
+
+    # -- forward ---------------------------------------------------------------------------------
+    def call(self, images, training=None):
+        """Head output for a batch of images (concentrations, logits or values)."""
+        return self.head(self.encoder(images, training=training), training=training)
+
+    @property
+    def trained_blocks(self) -> Blocks:
+        return [list(b) for b in self.blocks.trained]
+
+    @property
+    def frozen_blocks(self) -> Blocks:
+        return [list(b) for b in self.blocks.frozen]
+
+    # -- optimisation ----------------------------------------------------------------------------
+    def lr_multipliers(self) -> dict[int, float]:
+        """`id(variable) -> factor` of the learning rate: 1 for the head, `lr_decay**i` for block i."""
+        factors = lr_multipliers(self.trained_blocks, self.lr_decay)
+        for variable in self.head.weights:
+            factors[id(variable)] = 1.0
+        return factors
+
+    def param_groups(self) -> list[dict]:
+        """Like zoobot.torch: the head at `learning_rate`, then each trained block, decaying."""
+        groups = [{"params": list(self.head.trainable_weights), "lr": self.learning_rate}]
+        for i, block in enumerate(self.blocks.trained):
+            params = [v for layer in block for v in layer.trainable_weights]
+            groups.append({"params": params, "lr": self.learning_rate * self.lr_decay**i})
+        return [g for g in groups if g["params"]]
+
+    def default_optimizer(self, gradient_clip_val: float | None = None) -> LayerwiseAdamW:
+        """AdamW over the layer-wise learning rates, with the warmup + cosine schedule."""
+        factors = self.lr_multipliers()
+
+        def multiplier(variable) -> float:
+            if id(variable) not in factors:
+                raise ValueError(f"{variable.path} is trainable but in no block nor the head")
+            return factors[id(variable)]
+
+        schedule = WarmupCosine(self.learning_rate, self.warmup_steps, None, self.cosine)
+        return LayerwiseAdamW(
+            schedule,
+            weight_decay=self.weight_decay,
+            lr_multiplier=multiplier,
+            gradient_clip_norm=gradient_clip_val,
+        )
+
+    def compile(
+        self,
+        optimizer=None,
+        *,
+        gradient_clip_val: float | None = None,
+        jit_compile: bool | str = False,
+        **kwargs,
+    ) -> None:
+        """Compile for `fit`; without `optimizer`, the layer-wise AdamW of `default_optimizer`.
+
+        The loss is the model's own (`compute_loss`); `loss=` is refused. `gradient_clip_val` clips
+        the global gradient norm (Lightning's argument name). XLA is off unless `jit_compile=True`.
+        """
+        if kwargs.get("loss") is not None:
+            raise ValueError(f"{type(self).__name__} computes its own loss; do not pass loss=")
+        kwargs.pop("loss", None)
+        if optimizer is None:
+            optimizer = self.default_optimizer(gradient_clip_val)
+        elif gradient_clip_val is not None:
+            raise ValueError("gradient_clip_val applies to the default optimizer only")
+        super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+
+    def _base_optimizer(self):
+        optimizer = self.optimizer
+        return getattr(optimizer, "inner_optimizer", optimizer)
+
+    def configure_schedule(self, steps_per_epoch: int | None, epochs: int) -> None:
+        """Set the warmup length and the cosine's total steps (as Lightning does at fit start)."""
+        optimizer = self._base_optimizer()
+        schedule = getattr(optimizer, "_learning_rate", None)
+        if not isinstance(schedule, WarmupCosine):
+            return
+        if steps_per_epoch is None:
+            if self.warmup_epochs:
+                logger.warning("epoch length unknown: warmup_epochs ignored (pass steps_per_epoch)")
+            if self.cosine:
+                logger.warning("epoch length unknown: the learning rate stays flat after warmup")
+            warmup, total = self.warmup_steps, None
+        else:
+            warmup = self.warmup_steps + round(self.warmup_epochs * steps_per_epoch)
+            total = epochs * steps_per_epoch
+        if (schedule.warmup_steps, schedule.total_steps) != (warmup, total):
+            schedule.warmup_steps, schedule.total_steps = warmup, total
+            self.train_function = None  # retrace: the schedule's constants are baked into the graph
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, **kwargs):
+        """`keras.Model.fit`, compiling first if needed and sizing the schedule to the run."""
+        if not self.compiled:
+            self.compile()
+        steps = _steps_per_epoch(
+            x, batch_size, kwargs.get("steps_per_epoch"), kwargs.get("validation_split")
+        )
+        self.configure_schedule(steps, epochs)
+        if not self.optimizer.built:
+            # Built here rather than inside the first trace, which would then run twice.
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+        if isinstance(x, tf.data.Dataset):
+            kwargs.setdefault("shuffle", False)  # a dataset shuffles itself; Keras would warn
+        return super().fit(x, y, batch_size=batch_size, epochs=epochs, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        if not self.compiled:
+            self.compile()
+        return super().evaluate(*args, **kwargs)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The task loss of the batch (per-replica mean, scaled for `tf.distribute`) + extra losses."""
+        if sample_weight is not None:
+            raise ValueError(f"{type(self).__name__} takes no sample weights")
+        loss = scale_for_replicas(self.task_loss(y, y_pred))
+        for extra in self.losses:
+            loss = loss + self._aggregate_additional_loss(extra)
+        return loss
+
+    def task_loss(self, labels, output) -> tf.Tensor:
+        """The batch-mean loss of the head output against the labels (subclasses define it)."""
+        raise NotImplementedError
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Update the task's metrics, then any given to `compile(metrics=...)`."""
+        self.update_task_metrics(y, y_pred)
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
+    def update_task_metrics(self, labels, output) -> None:
+        """Update the task's metrics with a batch (subclasses define them)."""
+
+    # -- prediction ------------------------------------------------------------------------------
+    def prediction(self, output: tf.Tensor) -> tf.Tensor:
+        """What one pass predicts from the head output (probabilities for a classifier)."""
+        return output
+
+    def predict_samples(self, images, n_samples: int = 1, mc_dropout: bool = False) -> tf.Tensor:
+        """(batch, output, n_samples) predictions; with `mc_dropout` each pass draws new dropout."""
+        features = self.encoder(images, training=False)
+        passes = [
+            self.prediction(self.head(features, training=bool(mc_dropout)))
+            for _ in range(n_samples)
+        ]
+        return tf.stack(passes, axis=-1)
+
+    def predict_step(self, data):
+        """`predict_samples` of the batch's images with the `n_samples` and `mc_dropout` set."""
+        images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if isinstance(images, dict):
+            images = images["image"] if "image" in images else images["images"]
+        return self.predict_samples(images, self.n_samples, self.mc_dropout)

@@ -1,0 +1,186 @@
+"""AdamW with per-variable learning rates, and the warmup + cosine schedule of zoobot.torch.
+
+Keras 3 optimizers take one learning rate for every variable, and scaling gradients per block is no
+substitute under Adam (its update does not depend on the gradient's scale). `LayerwiseAdamW` instead
+multiplies the learning rate itself, variable by variable, in both the Adam update and the decoupled
+weight decay, which is exactly what PyTorch parameter groups with different `lr` do. Its update is
+PyTorch's AdamW formula (epsilon added to the bias-corrected root of the second moment, eps 1e-8),
+not Keras's (epsilon before bias correction), so one step from the same weights and gradients
+matches `torch.optim.AdamW`. Gradient clipping by global norm (`gradient_clip_norm`, as Lightning's
+`gradient_clip_val`) runs after the gradients are summed across `tf.distribute` replicas, with
+PyTorch's `clip_grad_norm_` coefficient `max_norm / (norm + 1e-6)`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+__all__ = ["LayerwiseAdamW", "WarmupCosine"]
+
+
+@keras.saving.register_keras_serializable(package="zoobot")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """`learning_rate` times zoobot.torch's factor: linear warmup to 1, then a cosine to 0 (or flat).
+
+    At optimizer step `s` (0 for the first update) the factor is `(s + 1) / warmup_steps` during the
+    warmup, then `0.5 (1 + cos(pi * min(1, (s - warmup) / max(1, total - warmup))))`, or 1 with
+    `cosine=False` or while `total_steps` is unknown (None).
+    """
+
+    def __init__(
+        self,
+        learning_rate: float,
+        warmup_steps: int = 0,
+        total_steps: float | None = None,
+        cosine: bool = True,
+    ):
+        self.learning_rate = float(learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = total_steps
+        self.cosine = bool(cosine)
+
+    def factor(self, step: int) -> float:
+        """The factor at `step`, in Python (the same arithmetic as `zoobot.torch.module.WarmupCosine`)."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if not self.cosine or self.total_steps is None:
+            return 1.0
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = float(self.warmup_steps)
+        if not self.cosine or self.total_steps is None:
+            after = tf.constant(1.0)
+        else:
+            span = float(max(1, self.total_steps - self.warmup_steps))
+            progress = tf.minimum(1.0, (step - warmup) / span)
+            after = 0.5 * (1.0 + tf.cos(math.pi * progress))
+        if self.warmup_steps > 0:
+            factor = tf.where(step < warmup, (step + 1.0) / warmup, after)
+        else:
+            factor = after
+        return self.learning_rate * factor
+
+    def get_config(self) -> dict:
+        return {
+            "learning_rate": self.learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "cosine": self.cosine,
+        }
+
+
+@keras.saving.register_keras_serializable(package="zoobot")
+class LayerwiseAdamW(keras.optimizers.AdamW):
+    """AdamW (PyTorch's update) whose learning rate is scaled per variable by `lr_multiplier(var)`.
+
+    `lr_multiplier` maps each trainable variable to a factor (1 if None): a variable with factor `f`
+    learns and decays at `f * learning_rate`, like a PyTorch parameter group with `lr = f * lr`. The
+    multipliers are read when the optimizer is built on its variables. `gradient_clip_norm` clips the
+    global gradient norm after the cross-replica sum. The multiplier is not part of `get_config`.
+    """
+
+    def __init__(
+        self,
+        learning_rate=1e-3,
+        weight_decay: float = 0.05,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        lr_multiplier: Callable[[keras.Variable], float] | None = None,
+        gradient_clip_norm: float | None = None,
+        name: str = "layerwise_adamw",
+        **kwargs,
+    ):
+        for unsupported in ("amsgrad", "clipnorm", "clipvalue", "global_clipnorm"):
+            if kwargs.get(unsupported):
+                raise ValueError(
+                    f"LayerwiseAdamW does not support {unsupported}; use gradient_clip_norm"
+                )
+            kwargs.pop(unsupported, None)
+        super().__init__(
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            name=name,
+            **kwargs,
+        )
+        self.lr_multiplier = lr_multiplier
+        self.gradient_clip_norm = gradient_clip_norm
+        self._multipliers: list[float] = []
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        multiplier = self.lr_multiplier or (lambda variable: 1.0)
+        self._multipliers = [float(multiplier(v)) for v in var_list]
+
+    def multiplier_of(self, variable) -> float:
+        """The learning-rate factor of a variable the optimizer was built on."""
+        return self._multipliers[self._get_variable_index(variable)]
+
+    def _step_scalars(self, learning_rate) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(lr, lr / bias_correction1, sqrt(bias_correction2)) of this step, computed once."""
+        lr = tf.cast(learning_rate, tf.float32)
+        step = tf.cast(self.iterations + 1, tf.float32)
+        bias_correction1 = 1 - tf.pow(tf.cast(self.beta_1, tf.float32), step)
+        bias_correction2 = 1 - tf.pow(tf.cast(self.beta_2, tf.float32), step)
+        return lr, lr / bias_correction1, tf.sqrt(bias_correction2)
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Decoupled weight decay, then PyTorch's Adam update, at this variable's learning rate.
+
+        `learning_rate` is the tuple of `_step_scalars` (shared by every variable of the step).
+        """
+        if not isinstance(learning_rate, tuple | list):
+            learning_rate = self._step_scalars(learning_rate)
+        lr, step_size, root_bias_correction2 = learning_rate
+        index = self._get_variable_index(variable)
+        factor = self._multipliers[index]
+        dtype = variable.dtype
+        if self.weight_decay and self._use_weight_decay(variable):
+            decay = tf.cast(lr * (factor * self.weight_decay), dtype)
+            variable.assign_sub(variable * decay)
+        gradient = tf.cast(gradient, dtype)
+        m = self._momentums[index]
+        v = self._velocities[index]
+        m.assign_add((gradient - m) * (1 - self.beta_1))
+        v.assign_add((tf.square(gradient) - v) * (1 - self.beta_2))
+        denominator = tf.sqrt(v) / tf.cast(root_bias_correction2, dtype) + self.epsilon
+        variable.assign_sub(m * tf.cast(step_size * factor, dtype) / denominator)
+
+    def _apply_weight_decay(self, variables):
+        """Weight decay runs in `update_step`, per variable at its own learning rate."""
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        """Sum gradients across replicas, clip their global norm, then update every variable."""
+        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, variables, strict=True)))
+        if self.gradient_clip_norm:
+            grads = [g for g, _ in grads_and_vars]
+            norm = tf.linalg.global_norm([tf.cast(g, tf.float32) for g in grads])
+            coefficient = tf.minimum(1.0, self.gradient_clip_norm / (norm + 1e-6))
+            grads = [g * tf.cast(coefficient, g.dtype) for g in grads]
+            grads_and_vars = list(zip(grads, [v for _, v in grads_and_vars], strict=True))
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._distributed_tf_update_step,
+            self._distribution_strategy,
+            grads_and_vars,
+            self._step_scalars(learning_rate),
+        )
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.pop("amsgrad", None)
+        for key in ("clipnorm", "clipvalue", "global_clipnorm"):
+            config.pop(key, None)
+        return {**config, "gradient_clip_norm": self.gradient_clip_norm}

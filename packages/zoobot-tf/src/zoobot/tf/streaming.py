@@ -1,0 +1,278 @@
+"""Run a Keras model over a catalog or shard folder in resumable chunks: the engine of `predict` and
+`get_representations`, the TensorFlow twin of `zoobot.torch.streaming`.
+
+The framework-free bookkeeping is `zoobot.data.streaming`, shared with `zoobot.torch`: chunks of
+`chunk_rows` galaxies, part files `<save_loc>.parts/part-000012.parquet` written atomically as each
+chunk finishes (so a run killed at any moment, even by SIGKILL, resumes from them), the manifest
+that fingerprints a run, the unreadable images, and the final tables. Here: images come from
+`zoobot.tf.data.eval_dataset` (decode + resize by `zoobot.data.images.read_image` in parallel
+`tf.data` threads, then the evaluation transform in TF ops; unreadable images are flagged per row by
+its `ok` / `error` fields, never stopping the run), in batches that never cross a chunk; the model
+runs in one compiled `tf.function`; at the start of every chunk each Keras `SeedGenerator` of the
+model (the dropout layers' randomness) is reset from the run's seed and the chunk number, so Monte
+Carlo passes of a resumed run equal those of an uninterrupted one.
+
+Sources: an image catalog (DataFrame or file with `id_str`, `file_loc`) or a folder of
+`zoobot-data` TFRecord shards (all its splits, in sidecar order); for shards, `file_loc` in the
+failure report is `<shard file>#<record number in that file>`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Hashable, Mapping
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from zoobot.data.streaming import (
+    ChunkWriter,
+    Parts,
+    StreamSettings,
+    arrays_digest,
+    chunk_seed,
+    read_catalog,
+    start_parts,
+)
+from zoobot.tf.cli import tf_device
+from zoobot.tf.data import CatalogSource, ShardSource, eval_dataset, is_shard_folder, open_source
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "StreamSettings",
+    "bfloat16_copy",
+    "input_channels",
+    "open_rows",
+    "reseed",
+    "run_chunks",
+    "seed_generators",
+    "weights_digest",
+]
+
+
+def open_rows(
+    source: pd.DataFrame | str | os.PathLike | ShardSource,
+) -> tuple[CatalogSource | ShardSource, pd.DataFrame]:
+    """(pipeline source, `id_str` + `file_loc` table in row order) of a catalog or shard folder."""
+    if isinstance(source, ShardSource) or is_shard_folder(source):
+        opened = open_source(source)
+        return opened, shard_table(opened)
+    table = read_catalog(source)
+    return open_source(table), table
+
+
+def shard_table(source: ShardSource) -> pd.DataFrame:
+    """`id_str` of every record of the shards in order, `file_loc` `<shard file>#<record number>`."""
+    spec = {"id_str": tf.io.FixedLenFeature([], tf.string)}
+    ids, locations = [], []
+    for path, count in zip(source.files, source.counts, strict=True):
+        records = tf.data.TFRecordDataset(path).map(
+            lambda record: tf.io.parse_single_example(record, spec)["id_str"],
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        found = [value for batch in records.batch(8192) for value in batch.numpy()]
+        if len(found) != count:
+            raise ValueError(f"{path} holds {len(found)} records, its sidecar says {count}")
+        ids += [value.decode("utf-8") for value in found]
+        locations += [f"{path}#{i}" for i in range(count)]
+    return pd.DataFrame({"id_str": ids, "file_loc": locations})
+
+
+def source_digest(source: CatalogSource | ShardSource) -> str | None:
+    """For shards, a digest of the sidecar's checksums of the files read (images included)."""
+    if not isinstance(source, ShardSource):
+        return None
+    entries = [
+        shard
+        for split in source.sidecar.get("splits", {}).values()
+        for shard in split.get("shards", [])
+    ]
+    text = json.dumps(entries, sort_keys=True).encode()
+    return hashlib.blake2b(text, digest_size=16).hexdigest()
+
+
+def weights_digest(model: keras.Model) -> str:
+    """A digest of every weight in order (not the random seed states), so parts from other weights
+    are never mixed in. Keras names variables with per-process counters (`dense_3`), so only the
+    order, shapes, dtypes and values count: a model reloaded in another process matches."""
+    return arrays_digest((f"{i:06d}", np.asarray(w.numpy())) for i, w in enumerate(model.weights))
+
+
+def input_channels(model: keras.Model) -> int:
+    """Image channels the model takes: its encoder's input (else its first convolution's, else 3)."""
+    encoder = getattr(model, "encoder", model)
+    for candidate in (encoder, model):
+        with contextlib.suppress(AttributeError, IndexError, TypeError, ValueError):
+            channels = candidate.inputs[0].shape[-1]
+            if channels:
+                return int(channels)
+    for layer in encoder._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.Conv2D) and layer.built:
+            return int(layer.kernel.shape[-2])
+    return 3
+
+
+def seed_generators(model: keras.Model) -> list[keras.random.SeedGenerator]:
+    """Every `SeedGenerator` of the model's layers (dropout and other random layers), once each."""
+    found, seen = [], set()
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for generator in getattr(layer, "_seed_generators", ()):
+            if id(generator) not in seen:
+                seen.add(id(generator))
+                found.append(generator)
+    return found
+
+
+def reseed(generators: list[keras.random.SeedGenerator], seed: int) -> None:
+    """Reset each generator's state from `seed`: the same draws follow whenever it is reset."""
+    states = np.random.SeedSequence(seed).generate_state(max(1, len(generators)), np.uint32)
+    for generator, state in zip(generators, states, strict=False):
+        value = np.array([int(state), 0], dtype=generator.state.dtype)
+        generator.state.assign(value)
+
+
+def _cache(model: keras.Model) -> dict:
+    """A dict living on `model` for what is built from it (kept out of Keras's layer tracking)."""
+    cache = model.__dict__.get("_zoobot_cache")
+    if cache is None:
+        cache = {}
+        object.__setattr__(model, "_zoobot_cache", cache)
+    return cache
+
+
+def bfloat16_copy(encoder: keras.Model) -> keras.Model:
+    """The encoder rebuilt with the `mixed_bfloat16` policy (bf16 compute, float32 weights) holding
+    the encoder's current weights: the fast path of `precision="bf16"` on CPUs with AVX-512 bf16 or
+    AMX. Built once per encoder; its weights are copied again at every call."""
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "mixed_bfloat16"})
+
+    copy = _cache(encoder).get("bfloat16")
+    if copy is None:
+        try:
+            copy = keras.models.clone_model(encoder, clone_function=clone)
+        except (TypeError, ValueError, NotImplementedError) as err:
+            raise ValueError(
+                f"precision='bf16' needs a functional encoder that Keras can clone; {err}"
+            ) from err
+        _cache(encoder)["bfloat16"] = copy
+    copy.set_weights(encoder.get_weights())
+    return copy
+
+
+def compiled(
+    model: keras.Model,
+    forward: Callable[[tf.Tensor], tf.Tensor],
+    key: Hashable | None,
+    size: int,
+    channels: int,
+):
+    """`forward` as one graph function of float32 (batch, size, size, channels) images.
+
+    Tracing a Keras model takes seconds, so with a `key` (what `forward` computes with `model`) the
+    function is kept for the model's lifetime and reused by the next call with the same key.
+    """
+    cache = _cache(model) if key is not None else {}
+    full_key = ("compiled", key, size, channels)
+    if full_key not in cache:
+        cache[full_key] = tf.function(
+            forward,
+            input_signature=[tf.TensorSpec((None, size, size, channels), tf.float32)],
+            autograph=False,  # Keras layers are graph code already; converting them costs time
+        )
+    return cache[full_key]
+
+
+def _runs(parts: Parts, todo: list[int], batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) rows of each dataset to read: contiguous todo chunks in one go when batches
+    of `batch_size` from a chunk start stay inside chunks, else one per chunk."""
+    if parts.chunk_rows % batch_size:
+        return [parts.rows(chunk) for chunk in todo]
+    runs: list[list[int]] = []
+    for chunk in todo:
+        if runs and runs[-1][1] == chunk:
+            runs[-1][1] = chunk + 1
+        else:
+            runs.append([chunk, chunk + 1])
+    return [(parts.rows(first)[0], parts.rows(last - 1)[1]) for first, last in runs]
+
+
+def run_chunks(
+    source: CatalogSource | ShardSource,
+    table: pd.DataFrame,
+    model: keras.Model,
+    forward: Callable[[tf.Tensor], tf.Tensor],
+    shape: tuple[int, ...],
+    save_loc: str | os.PathLike,
+    settings: StreamSettings,
+    run: Mapping,
+    seed: int = 0,
+    key: Hashable | None = None,
+) -> Parts:
+    """Compute `forward(images) -> (batch, *shape)` for every chunk of the source not yet on disk.
+
+    `source` and `table` come from `open_rows`; `model` holds the weights and random layers
+    `forward` uses. `run` describes what `forward` computes beyond the weights (task, passes...)
+    for the manifest. `key` names what `forward` computes with `model`, to reuse its compiled
+    graph in later calls (see `compiled`). Returns the finished `Parts`.
+    """
+    channels = input_channels(model)
+    fingerprint = {
+        **run,
+        "framework": "tf",
+        "weights": weights_digest(model),
+        "channels": channels,
+    }
+    shards = source_digest(source)
+    if shards is not None:
+        fingerprint["shards"] = shards
+    parts = start_parts(table, save_loc, shape, settings, fingerprint, seed)
+    todo = parts.todo()
+    spans = parts.spans(todo, settings.batch_size)
+    key = None if key is None else (key, settings.device)
+    step = compiled(model, forward, key, settings.image_size, channels)
+    generators = seed_generators(model)
+    device = tf.device(tf_device(settings.device)) if settings.device else contextlib.nullcontext()
+    with device, ChunkWriter(parts, spans, settings.progress) as writer:
+        for start, stop in _runs(parts, todo, settings.batch_size):
+            batches = eval_dataset(
+                source,
+                settings.image_size,
+                channels,
+                settings.batch_size,
+                start=start,
+                stop=stop,
+                num_parallel_calls=max(1, settings.workers),
+            )
+            _stream(batches, step, writer, generators, seed, start)
+    return parts
+
+
+def _stream(batches, step, writer: ChunkWriter, generators, seed: int, start: int) -> None:
+    """The hot loop: one forward pass per batch, one part file per finished chunk."""
+    for batch in batches:
+        chunk = writer.new_chunk(start)
+        if chunk is not None:
+            reseed(generators, chunk_seed(seed, chunk))
+        ok = batch["ok"].numpy()
+        index = batch["index"].numpy()
+        stop = start + len(ok)
+        values = np.asarray(step(batch["image"])) if ok.any() else None
+        errors = [
+            (int(position), message.decode("utf-8", "replace"))
+            for position, message, good in zip(index, batch["error"].numpy(), ok, strict=True)
+            if not good
+        ]
+        writer.add(start, stop, index[ok], None if values is None else values[ok], errors)
+        start = stop

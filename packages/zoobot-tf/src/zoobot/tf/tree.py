@@ -1,0 +1,195 @@
+"""ZoobotTree: learn a whole Galaxy Zoo decision tree from volunteer vote counts (DESIGN.md 1-2)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from zoobot.shared import Schema
+from zoobot.shared import as_schema as _registered_schema
+from zoobot.tf.encoders import encoder_dim, load_encoder
+from zoobot.tf.hub import register_task
+from zoobot.tf.loss import DirichletMultinomialLoss
+from zoobot.tf.module import ZoobotModel, linear_head
+
+STAGES = ("train", "validation", "test")
+
+
+def as_schema(schema: Schema | str | Mapping) -> Schema:
+    """`zoobot.shared.as_schema`, also taking the `to_dict()` form a saved task config holds."""
+    return Schema.from_dict(schema) if isinstance(schema, Mapping) else _registered_schema(schema)
+
+
+@keras.saving.register_keras_serializable(package="zoobot")
+class ScaledSigmoid(keras.layers.Layer):
+    """1 + 100 sigmoid(x): Dirichlet concentrations in (1, 101), never too peaked nor too flat."""
+
+    def call(self, x):
+        return 1 + 100 * keras.ops.sigmoid(x)
+
+
+def dirichlet_head(in_features: int, n_answers: int, dropout: float) -> keras.Sequential:
+    """Dropout, a dense layer, and concentrations in (1, 101): one per answer column (float32)."""
+    return linear_head(
+        in_features, n_answers, dropout, ScaledSigmoid(dtype="float32", name="scaled_sigmoid")
+    )
+
+
+def question_sums(values: tf.Tensor, index: tf.Tensor, n_questions: int) -> tf.Tensor:
+    """(batch, answer) -> (batch, question) sums, vectorised with one segment sum."""
+    return tf.transpose(tf.math.unsorted_segment_sum(tf.transpose(values), index, n_questions))
+
+
+class TreeMetrics(keras.metrics.Metric):
+    """Per question: the mean loss, and the vote-fraction error; per campaign: the summed loss.
+
+    `result()` is a dict: `loss/<question>` (the per-question loss averaged over galaxies, unasked
+    ones counting 0, as zoobot.torch logs it), `campaign_loss/<campaign>` (the sum over the
+    campaign's questions), `vote_fraction_error/<question>` (mean absolute error of the expected
+    vote fractions over the galaxies asked the question, answers averaged; NaN if none was) and
+    `vote_fraction_error` (their mean over the questions asked). Keras prefixes `val_` in validation.
+    """
+
+    def __init__(self, schema: Schema, name: str = "tree_metrics", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.schema = schema
+        self.questions = [q.name for q in schema.questions]
+        self.campaigns = list(schema.campaigns)
+        self.index = np.asarray(schema.answer_question_index, dtype=np.int32)
+        self.sizes = np.bincount(self.index, minlength=len(self.questions)).astype(np.float32)
+        self.membership = np.array(
+            [[float(q in qs) for qs in schema.campaigns.values()] for q in self.questions],
+            dtype=np.float32,
+        ).reshape(len(self.questions), len(self.campaigns))
+        n = len(self.questions)
+        add = self.add_variable
+        self.loss_sum = add((n,), initializer="zeros", name="loss_sum", aggregation="sum")
+        self.error_sum = add((n,), initializer="zeros", name="error_sum", aggregation="sum")
+        self.asked = add((n,), initializer="zeros", name="asked", aggregation="sum")
+        self.galaxies = add((), initializer="zeros", name="galaxies", aggregation="sum")
+
+    def update_state(self, counts, concentrations, per_question_loss, sample_weight=None):
+        n = len(self.questions)
+        counts = tf.cast(counts, tf.float32)
+        concentrations = tf.cast(concentrations, tf.float32)
+        alpha_total = question_sums(concentrations, self.index, n)
+        count_total = question_sums(counts, self.index, n)
+        observed = counts / tf.gather(tf.maximum(count_total, 1e-12), self.index, axis=1)
+        expected = concentrations / tf.gather(alpha_total, self.index, axis=1)
+        per_question = question_sums(tf.abs(expected - observed), self.index, n) / self.sizes
+        asked = count_total > 0
+        self.error_sum.assign_add(
+            tf.reduce_sum(tf.where(asked, per_question, tf.zeros_like(per_question)), axis=0)
+        )
+        self.asked.assign_add(tf.reduce_sum(tf.cast(asked, tf.float32), axis=0))
+        per_question_loss = tf.cast(per_question_loss, tf.float32)
+        self.loss_sum.assign_add(tf.reduce_sum(per_question_loss, axis=0))
+        self.galaxies.assign_add(tf.cast(tf.shape(counts)[0], tf.float32))
+
+    def result(self) -> dict[str, tf.Tensor]:
+        loss = tf.math.divide_no_nan(self.loss_sum, self.galaxies)
+        campaign = tf.linalg.matvec(self.membership, loss, transpose_a=True)
+        errors = self.error_sum / self.asked  # NaN where no galaxy was asked the question
+        finite = tf.math.is_finite(errors)
+        mean_error = tf.math.divide_no_nan(
+            tf.reduce_sum(tf.where(finite, errors, tf.zeros_like(errors))),
+            tf.reduce_sum(tf.cast(finite, tf.float32)),
+        )
+        out = {f"loss/{q}": loss[i] for i, q in enumerate(self.questions)}
+        out |= {f"campaign_loss/{c}": campaign[i] for i, c in enumerate(self.campaigns)}
+        out |= {f"vote_fraction_error/{q}": errors[i] for i, q in enumerate(self.questions)}
+        out["vote_fraction_error"] = mean_error
+        return out
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "schema": self.schema.to_dict()}
+
+
+class TreeSteps:
+    """Loss and metrics of a model whose head predicts Dirichlet concentrations for a schema."""
+
+    def _init_tree(self, schema: Schema) -> None:
+        self.schema = schema
+        self.hparams["schema"] = schema.to_dict()
+        self.dirichlet_loss = DirichletMultinomialLoss(schema)
+        self.tree_metrics = TreeMetrics(schema)
+
+    @staticmethod
+    def _counts(labels) -> tf.Tensor:
+        """Vote counts as float32, NaN (not asked) read as 0."""
+        counts = tf.cast(labels, tf.float32)
+        return tf.where(tf.math.is_nan(counts), tf.zeros_like(counts), counts)
+
+    def task_loss(self, labels, output) -> tf.Tensor:
+        """The Dirichlet-multinomial objective: summed over questions, mean over the batch."""
+        per_question = self.dirichlet_loss.per_question(self._counts(labels), output)
+        return tf.reduce_mean(tf.reduce_sum(per_question, axis=1))
+
+    def update_task_metrics(self, labels, output) -> None:
+        counts = self._counts(labels)
+        per_question = self.dirichlet_loss.per_question(counts, output)
+        self.tree_metrics.update_state(counts, output, per_question)
+
+
+@register_task
+class ZoobotTree(TreeSteps, ZoobotModel):
+    """Pretrain an encoder on Galaxy Zoo votes: Dirichlet concentrations for every answer of `schema`.
+
+    The loss is the Dirichlet-multinomial negative log-likelihood of the votes (`zoobot.tf.loss`),
+    summed over questions and averaged over the batch; `fit` logs it per question and per campaign,
+    with the vote-fraction error of each question (`TreeMetrics`). `architecture` is any name
+    `load_encoder` takes; `encoder=` uses a Keras model instead. Other arguments: `ZoobotModel` (by
+    default the whole encoder trains at `learning_rate`). Train with `model.fit(dataset, epochs=...)`
+    on batches of (images, vote counts); predictions are concentrations, `(batch, answer,
+    n_samples)`. The head and the loss run in float32 under any mixed-precision policy.
+    """
+
+    task = "tree"
+
+    def __init__(
+        self,
+        schema: Schema | str | Mapping,
+        architecture: str | os.PathLike = "convnext_nano",
+        encoder: keras.Model | None = None,
+        channels: int = 3,
+        dropout: float = 0.2,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 1.0,
+        warmup_steps: int = 0,
+        cosine: bool = True,
+        n_blocks: int = -1,
+        lr_decay: float = 1.0,
+        **kwargs,
+    ):
+        schema = as_schema(schema)
+        encoder = encoder if encoder is not None else load_encoder(architecture, channels)
+        super().__init__(
+            encoder,
+            dirichlet_head(encoder_dim(encoder), len(schema.label_cols), dropout),
+            n_blocks=n_blocks,
+            lr_decay=lr_decay,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            warmup_steps=warmup_steps,
+            cosine=cosine,
+            **kwargs,
+        )
+        self.hparams = {
+            "architecture": os.fspath(architecture),
+            "channels": channels,
+            "dropout": dropout,
+            "learning_rate": learning_rate,
+            "weight_decay": weight_decay,
+            "warmup_epochs": warmup_epochs,
+            "warmup_steps": warmup_steps,
+            "cosine": cosine,
+            "n_blocks": n_blocks,
+            "lr_decay": lr_decay,
+        }
+        self._init_tree(schema)
