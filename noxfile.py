@@ -6,6 +6,7 @@ reused between runs (`reuse_venv`), so a second local run only reinstalls the pr
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import nox
@@ -17,9 +18,15 @@ ROOT = Path(__file__).parent
 SHARED = str(ROOT / "packages" / "zoobot-shared")
 DATA = str(ROOT / "packages" / "zoobot-data")
 TORCH = str(ROOT / "packages" / "zoobot-torch")
+TF = str(ROOT / "packages" / "zoobot-tf")
 # The torch build CI machines hold on local disk (a CUDA build that runs on the CPU); pinning it
 # keeps pip from fetching several GB of a newer release.
 TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
+# TensorFlow 2.21 with Keras 3: the wheel runs on the CPU when no GPU is present.
+TF_PINS = ["tensorflow==2.21.0"]
+# The original Zoobot, measured against ours in the benchmarks (its own environment: it is a
+# regular `zoobot` package, which would shadow our PEP 420 namespace).
+PEER = ["zoobot[pytorch]==2.9.0"]
 TEST_DEPS = ["pytest>=8", "hypothesis>=6"]
 
 ABSENT_CHECK = """
@@ -70,9 +77,87 @@ def tests_torch(session: nox.Session) -> None:
     session.run("pytest", "tests/torch", *session.posargs, env={"OMP_NUM_THREADS": "1"})
 
 
-@nox.session
+@nox.session(name="tests-tf", tags=["tests"])
+def tests_tf(session: nox.Session) -> None:
+    """zoobot-tf with TensorFlow and Keras 3; torch must be absent."""
+    session.install(*TF_PINS, SHARED, f"{DATA}[synthetic]", TF, *TEST_DEPS)
+    assert_absent(session, "torch")
+    session.run(
+        "pytest",
+        "tests/tf",
+        *session.posargs,
+        env={"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+@nox.session(tags=["tests"])
+def parity(session: nox.Session) -> None:
+    """Both frameworks in one environment: the same inputs and weights give the same numbers.
+
+    triton (pulled in by torch) segfaults when its native module loads after TensorFlow's, so this
+    environment uninstalls it (nothing here compiles GPU kernels); tests/parity/conftest.py also
+    blocks its import. The report goes to parity-report.md and parity-report.json; the README code
+    blocks and the demo (quick mode) are tested here as well.
+    """
+    session.install(
+        *TORCH_PINS,
+        *TF_PINS,
+        SHARED,
+        f"{DATA}[synthetic,hubble]",
+        TORCH,
+        TF,
+        "matplotlib>=3.8",
+        *TEST_DEPS,
+    )
+    session.run_install("python", "-m", "pip", "uninstall", "--yes", "--quiet", "triton")
+    # The README's code blocks and the demo's quick mode need both frameworks too, so they run here.
+    session.run(
+        "pytest",
+        "tests/parity",
+        "tests/readme",
+        "tests/demo",
+        *session.posargs,
+        env={"PARITY_REPORT_DIR": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+@nox.session(name="bench-peer")
+def bench_peer(session: nox.Session) -> None:
+    """The original zoobot 2.9.0 with the same torch build, for the benchmarks' peer figures."""
+    session.install(*TORCH_PINS, *PEER)
+    session.run("python", "-c", "import zoobot.pytorch; print('peer ready:', zoobot.__file__)")
+
+
+def parity_python(session: nox.Session) -> str:
+    """The parity environment's Python (both frameworks, every package), created if missing.
+
+    The demo and the benchmarks need exactly what the parity session installs, so they share its
+    environment instead of building another several-GB one.
+    """
+    session.run(sys.executable, "-m", "nox", "-s", "parity", "--install-only", external=True)
+    return str(ROOT / ".nox" / "parity" / "bin" / "python")
+
+
+@nox.session(venv_backend="none")
+def demo(session: nox.Session) -> None:
+    """The whole story on the synthetic survey, in demo-output/ (report.md lists what it made)."""
+    python = parity_python(session)
+    session.run(python, "demo/run_demo.py", "--out", "demo-output", *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
-    """Benchmarks of zoobot-shared and zoobot-data: loss, image decoding, shards, synthetic survey."""
-    session.install(SHARED, f"{DATA}[synthetic,hubble]")
-    for script in ("loss", "decode", "shards", "synthetic"):
-        session.run("python", f"benchmarks/{script}.py")
+    """Every benchmark beside its peer in one table: bench-output/bench-table.md and .json."""
+    python = parity_python(session)
+    session.run(sys.executable, "-m", "nox", "-s", "bench-peer", "--install-only", external=True)
+    peer = ROOT / ".nox" / "bench-peer" / "bin" / "python"
+    session.run(
+        python,
+        "benchmarks/run_all.py",
+        "--out",
+        "bench-output",
+        "--peer-python",
+        str(peer),
+        *session.posargs,
+        external=True,
+    )

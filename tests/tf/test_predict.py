@@ -1,4 +1,4 @@
-"""zoobot.tf.predict: the documented tables (the same files and columns as zoobot.torch) for trees
+"""zoobot.tf.predictions: the documented tables (the same files and columns as zoobot.torch) for trees
 and classifiers (regressor tables: tests/data/test_streaming.py), equal to a direct forward pass;
 failures reported and skipped; shards give what files give; bf16 close to float32; a run killed
 with SIGKILL resumes to the uninterrupted table."""
@@ -27,7 +27,7 @@ from zoobot.tf.data import eval_transform
 from zoobot.tf.data import transforms as data_transforms
 from zoobot.tf.finetune import FinetuneableZoobotClassifier
 from zoobot.tf.hub import save_pretrained
-from zoobot.tf.predict import predict
+from zoobot.tf.predictions import predict
 from zoobot.tf.tree import ZoobotTree
 
 SCHEMA = get_schema("decals_dr5")
@@ -162,7 +162,7 @@ def test_bf16_is_close_to_fp32(survey, tree, tmp_path):
 KILLED_RUN = """
 import sys, time
 from zoobot.tf.data import transforms
-from zoobot.tf.predict import predict
+from zoobot.tf.predictions import predict
 
 read_image = transforms.read_image
 def slow_read_image(*args, **kwargs):

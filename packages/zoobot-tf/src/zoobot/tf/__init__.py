@@ -31,7 +31,7 @@ _EXPORTS = {
     "train": "zoobot.tf.training",
     "eval_dataset": "zoobot.tf.data",
     "train_dataset": "zoobot.tf.data",
-    "predict": "zoobot.tf.predict",
+    "predict": "zoobot.tf.predictions",
     "get_representations": "zoobot.tf.representations",
     "similar_galaxies": "zoobot.tf.representations",
 }

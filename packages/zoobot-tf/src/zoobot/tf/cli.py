@@ -352,7 +352,7 @@ def _catalog_or_shards(args: argparse.Namespace):
 def run_predict(args: argparse.Namespace) -> int:
     """Predict every galaxy of the catalog and write the prediction tables."""
     options = _run_options(args)
-    from zoobot.tf.predict import predict
+    from zoobot.tf.predictions import predict
 
     files = predict(
         _catalog_or_shards(args),

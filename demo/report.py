@@ -1,0 +1,538 @@
+"""The last step (no deep-learning framework): numbers, tables and plots, then report.md/.json.
+
+Everything is computed from the files the earlier steps wrote (prediction tables, logs, the
+survey catalog), with `zoobot.shared` for the vote statistics, as a user would analyse them.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plots
+from common import (
+    ENCODER,
+    HF_DATASET,
+    HUBBLE,
+    LABELS,
+    SHARDS,
+    SURVEY,
+    TORCH_TREE,
+    Run,
+    jsonable,
+    say,
+)
+
+TABLES = "tables"
+FIGURES = "figures"
+
+
+# -- analysis --------------------------------------------------------------------------------------
+def _vote_table(run: Run) -> pd.DataFrame:
+    return pd.read_parquet(run.path(SURVEY) / "catalog_with_splits.parquet").set_index("id_str")
+
+
+def vote_fraction_analysis(run: Run, predictions: Path, label: str) -> dict:
+    """Predicted vs volunteer fractions and interval calibration on the test galaxies."""
+    from zoobot.shared import (
+        calibration_table,
+        expected_vote_fractions,
+        read_predictions_full,
+        vote_fractions,
+    )
+    from zoobot.shared.votes import answer_totals
+
+    full = read_predictions_full(predictions)
+    schema = full.schema
+    catalog = _vote_table(run)
+    counts = catalog.loc[list(full.id_str), schema.label_cols].to_numpy(np.float64)
+    observed = vote_fractions(counts, schema)
+    predicted = expected_vote_fractions(full.concentrations, schema)
+    totals = answer_totals(counts, schema)
+
+    # A baseline that knows nothing about the images: each answer's mean fraction in training.
+    train = catalog[catalog["split"] == "train"][schema.label_cols].to_numpy(np.float64)
+    baseline = np.nanmean(vote_fractions(train, schema), axis=0)
+
+    rows = []
+    levels = (0.5, 0.68, 0.8, 0.9, 0.95)
+    calibration = calibration_table(full.concentrations, counts, schema, levels=levels)
+    cover90 = calibration[calibration["level"] == 0.9].set_index("question")
+    for q in schema.questions:
+        cols = [a.index for a in q.answers]
+        asked = totals[:, cols[0]] >= 5
+        error = np.abs(predicted[asked][:, cols] - observed[asked][:, cols]).mean()
+        base = np.abs(baseline[cols] - observed[asked][:, cols]).mean()
+        rows.append(
+            {
+                "question": q.name,
+                "galaxies_with_5_votes": int(asked.sum()),
+                "fraction_mae": float(error) if asked.any() else np.nan,
+                "baseline_mae": float(base) if asked.any() else np.nan,
+                "coverage_90": float(cover90.loc[q.name, "coverage"]),
+            }
+        )
+    table = pd.DataFrame(rows)
+    table.to_csv(run.path(f"{TABLES}/{label}_vote_fractions_by_question.csv"), index=False)
+    calibration.to_csv(run.path(f"{TABLES}/{label}_interval_calibration.csv"), index=False)
+    weights = table["galaxies_with_5_votes"]
+    valid = table["fraction_mae"].notna()
+    summary = {
+        "galaxies": len(full.id_str),
+        "passes": int(full.concentrations.shape[2]),
+        "fraction_mae": float(np.average(table["fraction_mae"][valid], weights=weights[valid])),
+        "baseline_mae": float(np.average(table["baseline_mae"][valid], weights=weights[valid])),
+        "coverage": {
+            str(level): float(
+                np.average(
+                    calibration[calibration["level"] == level]["coverage"].fillna(0),
+                    weights=calibration[calibration["level"] == level]["n"],
+                )
+            )
+            for level in levels
+        },
+    }
+    return {
+        "summary": summary,
+        "by_question": table,
+        "calibration": calibration,
+        "observed": observed,
+        "predicted": predicted,
+        "totals": totals,
+        "schema": schema,
+        "ids": list(full.id_str),
+        "concentrations": full.concentrations,
+    }
+
+
+def finetune_runs(run: Run) -> pd.DataFrame:
+    rows = []
+    for step in ("torch_finetune", "tf_finetune"):
+        for record in run.results(step).get("runs", []):
+            rows.append({"framework": "torch" if step.startswith("torch") else "tf", **record})
+    return pd.DataFrame(rows)
+
+
+def finetune_summary(runs: pd.DataFrame) -> dict:
+    """Mean (and spread over seeds) of the test metrics per framework and start."""
+    summary: dict = {}
+    if runs.empty:
+        return summary
+    for (framework, start), group in runs.groupby(["framework", "start"]):
+        summary.setdefault(framework, {})[start] = {
+            metric: {"mean": float(group[metric].mean()), "std": float(group[metric].std(ddof=0))}
+            for metric in ("roc_auc", "balanced_accuracy", "accuracy")
+        } | {"seeds": len(group)}
+    for starts in summary.values():
+        if {"pretrained", "scratch"} <= set(starts):
+            pre, scratch = starts["pretrained"], starts["scratch"]
+            starts["pretrained_wins"] = bool(pre["roc_auc"]["mean"] > scratch["roc_auc"]["mean"])
+            starts["roc_auc_gain"] = pre["roc_auc"]["mean"] - scratch["roc_auc"]["mean"]
+    return summary
+
+
+# -- figures -----------------------------------------------------------------------------------------
+def _lightning_curve(folder: Path) -> pd.DataFrame | None:
+    files = sorted(folder.glob("logs/version_*/metrics.csv"))
+    if not files:
+        return None
+    table = pd.read_csv(files[-1])
+    per_epoch = table.groupby("epoch").agg(
+        {c: "last" for c in ("train/loss_epoch", "validation/loss") if c in table}
+    )
+    return pd.DataFrame(
+        {
+            "epoch": per_epoch.index + 1,
+            "train": per_epoch.get("train/loss_epoch"),
+            "validation": per_epoch.get("validation/loss"),
+        }
+    ).reset_index(drop=True)
+
+
+def _keras_curve(folder: Path) -> pd.DataFrame | None:
+    path = folder / "logs" / "metrics.csv"
+    if not path.exists():
+        return None
+    table = pd.read_csv(path)
+    return pd.DataFrame(
+        {
+            "epoch": table["epoch"] + 1,
+            "train": table.get("loss"),
+            "validation": table.get("val_loss"),
+        }
+    )
+
+
+def _fraction_caption(schema, fractions, lower, upper, observed, index, questions) -> str:
+    lines = []
+    for name in questions:
+        q = schema.get_question(name)
+        best = max(q.answers, key=lambda a: fractions[index, a.index])
+        short = name.rsplit("-", 1)[0][:12]
+        line = (
+            f"{short:<12} {best.name[:10]:<10} {fractions[index, best.index]:.2f} "
+            f"[{lower[index, best.index]:.2f},{upper[index, best.index]:.2f}]"
+        )
+        if observed is not None and np.isfinite(observed[index, best.index]):
+            line += f" v{observed[index, best.index]:.2f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def draw_galleries(run: Run, analysis: dict) -> list[Path]:
+    """Test galaxies (predicted, with 90% intervals, vs volunteers) and Hubble Deep Field ones."""
+    from zoobot.shared import credible_intervals, expected_vote_fractions
+
+    s = run.settings
+    schema = analysis["schema"]
+    questions = [q.name for q in schema.questions[:4]]
+    catalog = _vote_table(run)
+    out = []
+    lower, upper = credible_intervals(analysis["concentrations"], schema, s.interval_level)
+    n = min(s.gallery_galaxies, len(analysis["ids"]))
+    ids = analysis["ids"][:n]
+    captions = [
+        _fraction_caption(
+            schema, analysis["predicted"], lower, upper, analysis["observed"], i, questions
+        )
+        for i in range(n)
+    ]
+    titles = [
+        f"{i}: true {catalog.loc[i, 'true_kind']}, bar {catalog.loc[i, 'true_bar']}"
+        + (", ring" if catalog.loc[i, "true_ring"] else "")
+        for i in ids
+    ]
+    out.append(
+        plots.gallery(
+            catalog.loc[ids, "file_loc"].tolist(),
+            captions,
+            titles,
+            run.path(f"{FIGURES}/gallery_test_galaxies.png"),
+            suptitle="Held-out synthetic galaxies: most likely answer, predicted fraction "
+            f"[{s.interval_level:.0%} interval], v = volunteers' fraction",
+        )
+    )
+    hubble = run.path("torch/predictions/hubble.parquet")
+    if hubble.exists():
+        from zoobot.shared import read_predictions_full
+
+        full = read_predictions_full(hubble)
+        fractions = expected_vote_fractions(full.concentrations, schema)
+        lo, hi = credible_intervals(full.concentrations, schema, s.interval_level)
+        hdf = pd.read_csv(run.path(HUBBLE) / "catalog.csv", dtype={"id_str": str}).set_index(
+            "id_str"
+        )
+        n = min(s.gallery_galaxies, len(full.id_str))
+        ids = list(full.id_str[:n])
+        out.append(
+            plots.gallery(
+                hdf.loc[ids, "file_loc"].tolist(),
+                [
+                    _fraction_caption(schema, fractions, lo, hi, None, i, questions)
+                    for i in range(n)
+                ],
+                ids,
+                run.path(f"{FIGURES}/gallery_hubble_deep_field.png"),
+                suptitle="Real Hubble Deep Field galaxies, predicted by the synthetic-trained model",
+            )
+        )
+    return out
+
+
+def draw_figures(run: Run, analysis: dict, runs: pd.DataFrame) -> list[Path]:
+    s = run.settings
+    schema = analysis["schema"]
+    figures = draw_galleries(run, analysis)
+    figures.append(
+        plots.predicted_vs_volunteers(
+            analysis["observed"],
+            analysis["predicted"],
+            analysis["totals"],
+            list(schema.label_cols),
+            run.path(f"{FIGURES}/predicted_vs_volunteer_fractions.png"),
+        )
+    )
+    figures.append(
+        plots.calibration(
+            analysis["calibration"],
+            run.path(f"{FIGURES}/interval_calibration.png"),
+            f"Central credible intervals of the predicted votes ({analysis['summary']['passes']} "
+            "MC-dropout passes), test galaxies",
+        )
+    )
+    curves = {}
+    pretrain = _lightning_curve(run.path(TORCH_TREE))
+    if pretrain is not None:
+        figures.append(
+            plots.training_curves(
+                {f"pretraining {s.architecture} (torch)": pretrain},
+                run.path(f"{FIGURES}/training_curves_pretraining.png"),
+                "Pretraining on votes: Dirichlet-multinomial loss (summed over questions)",
+            )
+        )
+    for framework, reader in (("torch", _lightning_curve), ("tf", _keras_curve)):
+        for folder in sorted(run.path(f"{framework}/finetune").glob("*-seed*")):
+            curve = reader(folder)
+            if curve is not None:
+                curves[f"{framework} {folder.name}"] = curve
+    if curves:
+        figures.append(
+            plots.training_curves(
+                curves,
+                run.path(f"{FIGURES}/training_curves_finetuning.png"),
+                f"Finetuning the '{s.feature}' classifier: cross-entropy",
+            )
+        )
+    if not runs.empty:
+        figures.append(
+            plots.finetune_comparison(
+                runs, run.path(f"{FIGURES}/finetune_pretrained_vs_scratch.png"), s.feature
+            )
+        )
+    features = run.path("comparison/features.npz")
+    if features.exists():
+        data = np.load(features)
+        figures.append(
+            plots.feature_agreement(
+                data["torch"], data["tf"], run.path(f"{FIGURES}/torch_vs_tf_features.png")
+            )
+        )
+    return figures
+
+
+# -- report ------------------------------------------------------------------------------------------
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+FILE_NOTES = {
+    f"{SURVEY}/": "synthetic survey: images/, catalog.parquet/.csv (votes + true_* columns), "
+    "catalog_with_splits.parquet",
+    f"{SHARDS}/": "TFRecord shards + shards.json sidecar (zoobot.data.shards; read by zoobot.tf.data)",
+    f"{HF_DATASET}/": "Hugging Face dataset in the Hub layout (datasets.load_dataset(folder))",
+    f"{HUBBLE}/": "real galaxies cut out of the Hubble Deep Field + catalog.csv",
+    LABELS: "the few hundred finetuning labels (and the held-out test labels)",
+    f"{ENCODER}/": "the pretrained encoder, timm Hub layout + model card (README.md): load it "
+    "with zoobot.torch.load_encoder or zoobot.tf.encoders.load_encoder",
+    f"{TORCH_TREE}/best/": "the whole pretrained tree model (encoder + Dirichlet head), Hub layout",
+    f"{TORCH_TREE}/logs/": "Lightning CSV logs of pretraining",
+    "torch/predictions/": "torch predictions: full tables (concentrations per MC pass) and "
+    "*_friendly.parquet (fractions with credible intervals), test + Hubble",
+    "tf/predictions/": "TensorFlow predictions of the same tree model (loaded from the torch folder)",
+    "torch/finetune/": "torch finetuning runs (Lightning logs, best/ model, test_predictions)",
+    "tf/finetune/": "TensorFlow finetuning runs (Keras CSV logs, best/ model, test_predictions)",
+    "comparison/features.npz": "the same galaxies' features from zoobot.torch and zoobot.tf",
+    f"{TABLES}/": "CSV tables behind the numbers below",
+    f"{FIGURES}/": "the plots",
+    "steps/": "one JSON per step: its results and time",
+}
+
+
+def write_report(run: Run, report: dict, figures: list[Path]) -> Path:
+    s = run.settings
+    h = report["headline"]
+    lines = [
+        "# Zoobot demo report",
+        "",
+        f"Mode `{s.mode}`: {s.n_galaxies} synthetic galaxies ({s.schema} decision tree, "
+        f"{s.image_size} px), encoder `{s.architecture}`, rare feature `{s.feature}`. "
+        f"This invocation took {_fmt(report['total_seconds'], 0)} s; the steps' own wall times "
+        f"sum to {_fmt(report['steps_seconds'], 0)} s, on {report['machine']['cpus']} CPUs "
+        f"(load average at the end {report['machine']['load_average']}).",
+        "",
+        "## Headline numbers",
+        "",
+        "| what | value |",
+        "| --- | --- |",
+    ]
+    for key, value in h.items():
+        lines.append(f"| {key} | {_fmt(value) if isinstance(value, float) else value} |")
+    ft = report.get("finetune", {})
+    if ft:
+        lines += [
+            "",
+            f"## Finetuning a '{s.feature}' classifier from {s.n_labels_train} labels",
+            "",
+            f"Held-out test galaxies: {report['labels'].get('test', {}).get('n', '?')} "
+            f"({report['labels'].get('test', {}).get('positives', '?')} with the feature). "
+            f"Means over seeds {list(s.finetune_seeds)} (± spread).",
+            "",
+            "| framework | start | ROC AUC | balanced accuracy | accuracy |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for framework, starts in ft.items():
+            for start in ("pretrained", "scratch"):
+                if start not in starts:
+                    continue
+                m = starts[start]
+                cells = [
+                    f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}"
+                    for k in ("roc_auc", "balanced_accuracy", "accuracy")
+                ]
+                lines.append(f"| {framework} | {start} | " + " | ".join(cells) + " |")
+    votes = report.get("vote_fractions", {})
+    if votes:
+        lines += [
+            "",
+            "## Vote fractions with uncertainty (test galaxies)",
+            "",
+            "| model | galaxies | MC passes | fraction MAE | baseline MAE | coverage of 90% intervals |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for label, v in votes.items():
+            lines.append(
+                f"| {label} | {v['galaxies']} | {v['passes']} | {v['fraction_mae']:.3f} | "
+                f"{v['baseline_mae']:.3f} | {v['coverage']['0.9']:.3f} |"
+            )
+        lines += [
+            "",
+            "MAE: mean absolute error of the expected vote fraction against the volunteers' "
+            "fraction, over galaxies with at least 5 votes for the question; baseline: always "
+            "predicting the training set's mean fraction. Coverage: share of the observed votes "
+            "inside the central 90% posterior-predictive interval (0.9 when calibrated).",
+        ]
+    cmp_ = report.get("comparison", {})
+    if cmp_:
+        lines += [
+            "",
+            "## The same weights in PyTorch and TensorFlow",
+            "",
+            "| check | max abs diff | max rel diff (to scale) | shape |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name in ("preprocessing", "features", "tree_concentrations"):
+            if name in cmp_:
+                d = cmp_[name]
+                lines.append(
+                    f"| {name} | {d['max_abs_diff']:.2e} | {d['max_rel_diff']:.2e} | "
+                    f"{tuple(d['shape'])} |"
+                )
+    lines += [
+        "",
+        "## Steps",
+        "",
+        "Wall time of each step's process, and the CPU time it used (with its workers): on a "
+        "shared machine the wall time grows with the other load, the CPU time much less.",
+        "",
+        "| step | wall seconds | CPU seconds | status |",
+        "| --- | --- | --- | --- |",
+    ]
+    for step, info in report["steps"].items():
+        status = info.get("status", "")
+        if info.get("skipped"):
+            status += " (earlier run)"
+        lines.append(
+            f"| {step} | {_fmt(info.get('seconds'), 1)} | {_fmt(info.get('cpu'), 1)} | {status} |"
+        )
+    lines += ["", "## Files", "", "| path | what |", "| --- | --- |"]
+    for path, note in FILE_NOTES.items():
+        if run.path(path.rstrip("/")).exists():
+            lines.append(f"| `{path}` | {note} |")
+    lines += ["", "## Figures", ""]
+    for figure in figures:
+        rel = figure.relative_to(run.out).as_posix()
+        lines += [f"### {figure.stem.replace('_', ' ')}", "", f"![{figure.stem}]({rel})", ""]
+    if report.get("missing"):
+        lines += ["## Not run or failed", ""]
+        lines += [f"- {m}: {report['steps'][m].get('status')}" for m in report["missing"]] + [""]
+    path = run.path("report.md")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def headline(report: dict) -> dict:
+    h: dict = {}
+    survey = report.get("survey", {})
+    if survey:
+        h["galaxies (train/validation/test)"] = "/".join(
+            str(survey["splits"].get(k, 0)) for k in ("train", "validation", "test")
+        )
+    votes = report.get("vote_fractions", {})
+    if "torch" in votes:
+        v = votes["torch"]
+        h["vote fraction MAE, test (baseline)"] = (
+            f"{v['fraction_mae']:.3f} ({v['baseline_mae']:.3f})"
+        )
+        h["coverage of 90% credible intervals"] = round(v["coverage"]["0.9"], 3)
+    for framework, starts in report.get("finetune", {}).items():
+        if "pretrained" in starts and "scratch" in starts:
+            h[f"{framework}: {report['feature']} ROC AUC pretrained vs scratch"] = (
+                f"{starts['pretrained']['roc_auc']['mean']:.3f} vs "
+                f"{starts['scratch']['roc_auc']['mean']:.3f}"
+            )
+    cmp_ = report.get("comparison", {})
+    if "features" in cmp_:
+        h["torch vs TF features, max rel diff"] = f"{cmp_['features']['max_rel_diff']:.1e}"
+    if "tree_concentrations" in cmp_:
+        h["torch vs TF tree outputs, max rel diff"] = (
+            f"{cmp_['tree_concentrations']['max_rel_diff']:.1e}"
+        )
+    if "torch_vs_tf_fractions" in report:
+        h["torch vs TF predicted fractions (MC dropout), mean abs diff"] = round(
+            report["torch_vs_tf_fractions"], 4
+        )
+    return h
+
+
+def make_report(run: Run, steps: dict, total_seconds: float) -> dict:
+    """Analyse, draw and write report.md + report.json; returns the report dictionary."""
+    import os
+
+    s = run.settings
+    run.path(TABLES).mkdir(parents=True, exist_ok=True)
+    data = run.results("data")
+    report: dict = {
+        "settings": json.loads(s.to_json()),
+        "feature": s.feature,
+        "survey": data.get("survey", {}),
+        "labels": data.get("labels", {}).get("splits", {}),
+        "pretrain": run.results("torch_pretrain"),
+        "comparison": run.results("compare"),
+        "steps": steps,
+        "total_seconds": total_seconds,
+        "steps_seconds": sum(info.get("seconds") or 0.0 for info in steps.values()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "vote_fractions": {},
+        "missing": [name for name, info in steps.items() if info.get("status") != "done"],
+    }
+    analysis = None
+    torch_test = run.path("torch/predictions/test.parquet")
+    if torch_test.exists():
+        analysis = vote_fraction_analysis(run, torch_test, "torch")
+        report["vote_fractions"]["torch"] = analysis["summary"]
+    tf_test = run.path("tf/predictions/test.parquet")
+    if tf_test.exists():
+        tf_analysis = vote_fraction_analysis(run, tf_test, "tf")
+        report["vote_fractions"]["tf"] = tf_analysis["summary"]
+        if analysis is not None:
+            order = pd.Index(tf_analysis["ids"]).get_indexer(analysis["ids"])
+            report["torch_vs_tf_fractions"] = float(
+                np.nanmean(np.abs(analysis["predicted"] - tf_analysis["predicted"][order]))
+            )
+    runs = finetune_runs(run)
+    if not runs.empty:
+        runs.to_csv(run.path(f"{TABLES}/finetune_runs.csv"), index=False)
+    report["finetune"] = finetune_summary(runs)
+    figures = draw_figures(run, analysis, runs) if analysis is not None else []
+    report["headline"] = headline(report)
+    report["figures"] = [f.relative_to(run.out).as_posix() for f in figures]
+    md = write_report(run, report, figures)
+    run.path("report.json").write_text(
+        json.dumps(jsonable(report), indent=2) + "\n", encoding="utf-8"
+    )
+    say(
+        f"  wrote {md.name}, report.json, {len(figures)} figures in {FIGURES}/, tables in {TABLES}/"
+    )
+    return report

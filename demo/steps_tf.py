@@ -1,0 +1,160 @@
+"""TensorFlow steps (zoobot.tf), run in their own process without PyTorch, as a user would.
+
+- `finetune`: the same binary classifiers as the torch step (from the published encoder, which
+  was trained and saved by zoobot.torch, and from scratch), trained with Keras `fit` on `tf.data`
+  pipelines, scored on the same held-out test galaxies;
+- `predict`: the torch-trained tree model reloaded in TensorFlow (`zoobot.tf.predictions` reads the
+  same folder) predicting vote fractions with MC dropout for the test galaxies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import pandas as pd
+from common import (
+    ENCODER,
+    LABELS,
+    SURVEY,
+    TORCH_TREE,
+    Run,
+    Timer,
+    balanced_class_weights,
+    classification_metrics,
+    say,
+)
+
+CLASS_NAMES = ("absent", "present")
+
+
+def quiet() -> None:
+    """TensorFlow's C++ logs and Python warnings off; one compute thread."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    import tensorflow as tf
+
+    # One thread for the model's ops (tf.data decodes on its own threads): on a shared 2-core
+    # machine more threads than free cores slow training down.
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def finetune(run: Run) -> dict:
+    """Finetune the published encoder and train the same classifier from scratch, in Keras."""
+    quiet()
+    import keras
+
+    from zoobot.tf.data import eval_dataset, train_dataset
+    from zoobot.tf.finetune import FinetuneableZoobotClassifier
+    from zoobot.tf.predictions import predict
+    from zoobot.tf.training import fit
+
+    s = run.settings
+    table = pd.read_csv(run.path(LABELS), dtype={"id_str": str})
+    test = table[table["split"] == "test"]
+    results: dict = {"framework": "tf", "runs": []}
+    starts = {"pretrained": str(run.path(ENCODER)), "scratch": s.architecture}
+    # The feature is rare: weight the classes so that missing it costs as much as a false alarm.
+    class_weights = balanced_class_weights(table[table["split"] == "train"]["label"])
+    for seed in s.finetune_seeds:
+        for start, name in starts.items():
+            timer = Timer()
+            keras.utils.set_random_seed(seed)
+            train = train_dataset(
+                table,
+                ["label"],
+                image_size=s.image_size,
+                batch_size=s.finetune_batch_size,
+                seed=seed,
+                split="train",
+            )
+            validation = eval_dataset(
+                table,
+                image_size=s.image_size,
+                batch_size=128,
+                label_cols=["label"],
+                split="validation",
+                as_tuples=True,
+            )
+            model = FinetuneableZoobotClassifier(
+                num_classes=2,
+                name=name,
+                n_blocks=-1,
+                lr_decay=1.0,
+                learning_rate=s.finetune_learning_rate,
+                dropout=0.2,
+                class_weights=class_weights,
+            )
+            save_dir = run.path(f"tf/finetune/{start}-seed{seed}")
+            shutil.rmtree(save_dir, ignore_errors=True)
+            fit(
+                model,
+                train,
+                validation,
+                save_dir=save_dir,
+                epochs=s.finetune_epochs,
+                patience=s.finetune_epochs,
+                tensorboard=False,
+                verbose=0,
+            )
+            files = predict(
+                test,
+                save_dir / "best",
+                save_dir / "test_predictions.parquet",
+                label_cols=list(CLASS_NAMES),
+                image_size=s.image_size,
+                progress=False,
+                resume=False,
+            )
+            predictions = pd.read_parquet(files.predictions)
+            truth = test.set_index("id_str").loc[predictions["id_str"], "label"]
+            metrics = classification_metrics(truth.to_numpy(), predictions["present_probability"])
+            record = {"start": start, "seed": seed, "seconds": timer(), **metrics}
+            results["runs"].append(record)
+            say(
+                f"  TF    {start:>10} seed {seed}: test ROC AUC {metrics['roc_auc']:.3f}, "
+                f"balanced accuracy {metrics['balanced_accuracy']:.3f} ({timer():.0f}s)"
+            )
+    return results
+
+
+def predict_votes(run: Run) -> dict:
+    """The torch-trained tree model, reloaded in TensorFlow, predicting the test galaxies."""
+    quiet()
+    from zoobot.tf.predictions import predict
+
+    s = run.settings
+    catalog = pd.read_parquet(run.path(SURVEY) / "catalog_with_splits.parquet")
+    test = catalog[catalog["split"] == "test"]
+    timer = Timer()
+    files = predict(
+        test,
+        run.path(TORCH_TREE) / "best",
+        run.path("tf/predictions/test.parquet"),
+        n_samples=s.mc_samples,
+        image_size=s.image_size,
+        progress=False,
+        resume=False,
+        seed=s.seed,
+    )
+    say(
+        f"  TF predictions (torch-trained model loaded in Keras) for {files.n_predicted} test "
+        f"galaxies, {s.mc_samples} MC-dropout passes: {files.friendly.name} ({timer():.1f}s)"
+    )
+    return {
+        "test": {
+            "galaxies": files.n_predicted,
+            "failed": files.n_failed,
+            "predictions": str(files.predictions),
+            "friendly": str(files.friendly),
+            "seconds": timer(),
+        }
+    }
+
+
+def run_step(run: Run) -> dict:
+    """Finetuning and predictions in one TensorFlow process (one startup)."""
+    return {"finetune": finetune(run), "predict": predict_votes(run)}
