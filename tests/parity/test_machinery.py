@@ -9,6 +9,7 @@ so they record nothing in the session's report.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 
@@ -107,7 +108,7 @@ def test_loss_with_one_question_sign_flipped_fails():
 
 
 def test_tf_loss_with_one_question_sign_flipped_fails(monkeypatch):
-    tf_loss = pytest.importorskip("zoobot.tf.loss", reason="zoobot.tf.loss is not available")
+    tf_loss = importlib.import_module("zoobot.tf.loss")
     import tensorflow as tf
 
     schema = get_schema("gz2")
@@ -148,7 +149,7 @@ def _torch_eval(path, size, channels=3):
 def _tf_eval(path, size, channels=3, **kwargs):
     import pandas as pd
 
-    data = pytest.importorskip("zoobot.tf.data", reason="zoobot.tf.data is not available")
+    data = importlib.import_module("zoobot.tf.data")
     catalog = pd.DataFrame({"id_str": ["g"], "file_loc": [str(path)]})
     batch = next(iter(data.eval_dataset(catalog, size, channels, batch_size=1, **kwargs)))
     return batch["image"].numpy()[0]
@@ -161,7 +162,7 @@ def test_tf_preprocessing_with_a_different_resize_fails(tmp_path, monkeypatch):
 
     import tensorflow as tf
 
-    pipelines = pytest.importorskip("zoobot.tf.data.pipelines")
+    pipelines = importlib.import_module("zoobot.tf.data.pipelines")
 
     def tf_resize(source, image_size, is_path, strict=False):
         """TF's own decode + bilinear resize instead of zoobot.data.images.read_image."""
@@ -191,13 +192,11 @@ def _conv_kernels(state):
 
 
 def test_transposed_conv_kernel_in_converted_weights_fails():
-    architectures = pytest.importorskip("zoobot.tf.architectures")
+    architectures = importlib.import_module("zoobot.tf.architectures")
     import timm
     import torch
 
     name = "resnet18"
-    if name not in architectures.supported_architectures():
-        pytest.skip(f"zoobot.tf offers no {name} yet")
     torch.manual_seed(0)
     encoder = randomise_torch(timm.create_model(name, num_classes=0).eval())
     state = {k: v.numpy() for k, v in encoder.state_dict().items()}

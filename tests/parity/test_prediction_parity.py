@@ -11,6 +11,8 @@ frameworks' dropout masks are not the same random numbers.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -71,9 +73,9 @@ def model_folders(tmp_path_factory):
 def _predict_both(catalog, folder, tmp_path, suffix=".parquet"):
     from zoobot.torch.predict import predict as torch_predict
 
-    tf_predict = pytest.importorskip("zoobot.tf.predictions")
-    pytest.importorskip("zoobot.tf.tree")
-    pytest.importorskip("zoobot.tf.finetune")
+    tf_predict = importlib.import_module("zoobot.tf.predictions")
+    importlib.import_module("zoobot.tf.tree")
+    importlib.import_module("zoobot.tf.finetune")
     options = {"image_size": IMAGE_SIZE, "batch_size": 8, "progress": False}
     torch_files = torch_predict(
         catalog, folder, tmp_path / f"torch{suffix}", num_workers=0, **options

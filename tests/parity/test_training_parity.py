@@ -12,14 +12,23 @@ level, whose first Adam update is +-lr of random sign in either backend, are lef
 the frozen ones (exactly unchanged in both), the BatchNorm running statistics of trained blocks (1e-4 relative to scale), and the loss
 of the batch (1e-4 relative). Architectures: resnet18 (BatchNorm) and convnext_pico (LayerNorm).
 
-Finetune: from the same random resnet18 encoder folder (no pretrained weights without network),
-each backend trains a `FinetuneableZoobotClassifier` (a linear probe, `n_blocks=0`, lr 1e-2,
-8 epochs, its own data pipeline and augmentations) to tell bright from faint galaxies of the
-synthetic survey (160 train / 80 validation; a balanced label: chance is 0.5).
-Comparable means validation accuracies within 0.1 of each other and both above 0.6.
+Finetune: one randomised `test_convnext` encoder is saved once in the Hub layout by zoobot.torch;
+each backend builds a `FinetuneableZoobotClassifier` from that folder (a linear probe, `n_blocks=0`,
+dropout 0, AdamW lr 0.1, weight decay 0.05, cosine schedule, gradients clipped to norm 1, batch 16,
+10 epochs, 32 px, its own data pipeline, no augmentations: the
+random-crop zoom shifts the frozen features between training and validation and made the probe's
+bias flip in one backend and not the other) and trains it with its package's trainer
+(`zoobot.torch.get_trainer` / Keras `fit` after `compile(gradient_clip_val=1.0)`) to tell disks
+from smooth galaxies (`true_kind`; artifacts left out) of the synthetic survey, on the same
+train / validation rows (157 / 77). Comparable means validation cross-entropies within 0.1 of
+each other (the steady measure), accuracies within 0.15 (one of 77 galaxies is 0.013 and the
+sampling error of a difference of two accuracies is about 0.065 here), and both accuracies at
+least 0.05 above the majority-class rate (0.636).
 """
 
 from __future__ import annotations
+
+import importlib
 
 import numpy as np
 import pytest
@@ -34,19 +43,19 @@ STEP_TOLERANCE = 1e-4
 NOISE = 1e-5
 FINETUNE_ARCHITECTURE = "test_convnext"
 FINETUNE_SIZE = 32
-FINETUNE_BATCH = 32
-FINETUNE_EPOCHS = 8
+FINETUNE_BATCH = 16
+FINETUNE_EPOCHS = 10
 FINETUNE_OPTIMISER = {"learning_rate": 0.1, "weight_decay": 0.05, "cosine": True}
-FINETUNE_GAP = 0.1  # accuracy
-FINETUNE_LOSS_GAP = 0.15  # cross-entropy
-FINETUNE_MARGIN = 0.1  # above the majority-class rate
+FINETUNE_GAP = 0.15  # accuracy
+FINETUNE_LOSS_GAP = 0.1  # cross-entropy
+FINETUNE_MARGIN = 0.05  # above the majority-class rate
 
 
 def _tf_modules():
-    tf_hub = pytest.importorskip("zoobot.tf.hub")
-    pytest.importorskip("zoobot.tf.tree")
-    pytest.importorskip("zoobot.tf.finetune")
-    architectures = pytest.importorskip("zoobot.tf.architectures")
+    tf_hub = importlib.import_module("zoobot.tf.hub")
+    importlib.import_module("zoobot.tf.tree")
+    importlib.import_module("zoobot.tf.finetune")
+    architectures = importlib.import_module("zoobot.tf.architectures")
     return tf_hub, architectures
 
 
@@ -133,12 +142,14 @@ def test_short_finetune_reaches_comparable_accuracy(recorder, survey, tmp_path):
     import zoobot.torch
     from zoobot.torch.datamodule import GalaxyDataModule
     from zoobot.torch.hub import save_pretrained
+    from zoobot.torch.transforms import eval_transform
 
     _tf_modules()
-    tf_data = pytest.importorskip("zoobot.tf.data")
-    tf_finetune = pytest.importorskip("zoobot.tf.finetune")
+    tf_data = importlib.import_module("zoobot.tf.data")
+    tf_finetune = importlib.import_module("zoobot.tf.finetune")
 
     # One encoder folder, written once by zoobot.torch and read by both backends.
+    torch.manual_seed(0)  # timm's random init of the kernels, whatever ran before
     encoder = randomise_torch(zoobot.torch.load_encoder(FINETUNE_ARCHITECTURE), seed=11)
     folder = save_pretrained(encoder, tmp_path / "encoder")
     catalog = survey.loc[survey["true_kind"] != "artifact", ["id_str", "file_loc", "split"]]
@@ -151,8 +162,9 @@ def test_short_finetune_reaches_comparable_accuracy(recorder, survey, tmp_path):
     torch.manual_seed(0)
     torch_model = zoobot.torch.FinetuneableZoobotClassifier(name=folder, **options)
     datamodule = GalaxyDataModule(
-        catalog, ["disk"], FINETUNE_SIZE, batch_size=FINETUNE_BATCH, num_workers=0
-    )
+        catalog, ["disk"], FINETUNE_SIZE, batch_size=FINETUNE_BATCH, num_workers=0,
+        train_transform=eval_transform(3),
+    )  # fmt: skip
     trainer = zoobot.torch.get_trainer(
         tmp_path / "torch-run", epochs=FINETUNE_EPOCHS, accelerator="cpu",
         patience=FINETUNE_EPOCHS, gradient_clip_val=1.0, export_best=False,
@@ -167,7 +179,7 @@ def test_short_finetune_reaches_comparable_accuracy(recorder, survey, tmp_path):
     keras.utils.set_random_seed(0)
     tf_model = tf_finetune.FinetuneableZoobotClassifier(name=folder, **options)
     train = tf_data.train_dataset(
-        catalog, ["disk"], FINETUNE_SIZE, batch_size=FINETUNE_BATCH, seed=0
+        catalog, ["disk"], FINETUNE_SIZE, batch_size=FINETUNE_BATCH, augment=False, seed=0
     )
     validation = tf_data.eval_dataset(
         catalog, FINETUNE_SIZE, batch_size=FINETUNE_BATCH, label_cols=["disk"],

@@ -21,7 +21,7 @@ timm Hub layout stands in for `hf_hub:mwalmsley/zoobot-encoder-convnext_nano`, w
 session in its `survey/` folder (100 galaxies, 64 pixels, seed 0): `make_survey` keeps images
 rendered with the same settings, so the block still runs in full, just without re-rendering.
 
-Runs where both frameworks are installed (the `parity` nox session); skipped elsewhere.
+Runs where both frameworks are installed (the `parity` nox session); refuses to run elsewhere.
 """
 
 from __future__ import annotations
@@ -56,10 +56,9 @@ PROGRAMS = ("zoobot-data", "zoobot-torch", "zoobot-tf")
 NETWORK = re.compile(r"needs the network", re.IGNORECASE)
 TIMEOUT = 1200  # seconds per chain: generous for a loaded 2-core machine
 
-pytestmark = pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in ("torch", "tensorflow")),
-    reason="the README shows both frameworks: run in the parity session (torch and TensorFlow)",
-)
+_MISSING = [m for m in ("torch", "tensorflow") if importlib.util.find_spec(m) is None]
+if _MISSING:  # fail loudly rather than skip: a skipped README test would hide broken recipes
+    raise ImportError(f"the README shows both frameworks: run in the parity session ({_MISSING})")
 
 
 @dataclass
