@@ -16,7 +16,7 @@ more than --busy-cores during it, keeping the quietest and most even attempt.
 
 Figures (issue 7):
 1. predictions, per architecture (efficientnet_b0, convnext_nano): `zoobot.tf.predictions` from the
-   image files over `zoobot.torch.predict` from the same files, 424 px JPEGs -> 224 px, fp32
+   image files over `zoobot.torch.predictions` from the same files, 424 px JPEGs -> 224 px, fp32
    defaults, n_samples=1, same batch size and decoding workers (target >= 0.8x);
 2. predictions from TFRecord shards over predictions from image files, both `zoobot.tf` (>= 1.0x);
    and (informative) TF from shards over torch from files;

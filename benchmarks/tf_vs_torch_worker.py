@@ -82,7 +82,7 @@ class Torch:
         return load_from_name(folder).eval()
 
     def predict(self, source, model, save_loc: Path, task: dict) -> None:
-        from zoobot.torch.predict import predict
+        from zoobot.torch.predictions import predict
 
         predict(
             source,

@@ -250,7 +250,7 @@ def fold_batchnorm(model):
 
 
 class Ours:
-    """This project's zoobot.torch: `zoobot.torch.predict.predict`, `ZoobotTree`, its loss."""
+    """This project's zoobot.torch: `zoobot.torch.predictions.predict`, `ZoobotTree`, its loss."""
 
     name = "ours"
 
@@ -276,7 +276,7 @@ class Ours:
 
     def predict(self, catalog: pd.DataFrame, model, save_loc: Path, task: dict):
         from zoobot.shared.tables import read_predictions_full
-        from zoobot.torch.predict import predict
+        from zoobot.torch.predictions import predict
 
         options = {
             "batch_size": task["batch_size"],

@@ -5,7 +5,7 @@
 - `finetune`: binary classifiers for the rare feature from a few hundred labels, from the published
   encoder and from scratch, scored on the held-out test galaxies;
 - `predict`: vote fractions with MC-dropout uncertainty for the test galaxies and the Hubble Deep
-  Field cutouts (`zoobot.torch.predict`), written as full and friendly tables.
+  Field cutouts (`zoobot.torch.predictions`), written as full and friendly tables.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def finetune(run: Run) -> dict:
     import pytorch_lightning as pl
 
     from zoobot.torch import FinetuneableZoobotClassifier, GalaxyDataModule, get_trainer
-    from zoobot.torch.predict import predict
+    from zoobot.torch.predictions import predict
 
     s = run.settings
     tables = finetune_labels(run)
@@ -222,7 +222,7 @@ def finetune(run: Run) -> dict:
 def predict_votes(run: Run) -> dict:
     """Vote fractions with MC-dropout uncertainty for the test galaxies and the Hubble cutouts."""
     quiet()
-    from zoobot.torch.predict import predict
+    from zoobot.torch.predictions import predict
 
     s = run.settings
     catalog = survey_catalog(run)

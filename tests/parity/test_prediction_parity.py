@@ -2,7 +2,7 @@
 
 A `ZoobotTree` (full + friendly tables) and a `FinetuneableZoobotClassifier` (probabilities), with
 random weights (randomised norms and BatchNorm statistics, see `parity.randomise_torch`), are saved
-once in the Hub layout by zoobot.torch; `zoobot.torch.predict.predict` and `zoobot.tf.predictions.
+once in the Hub layout by zoobot.torch; `zoobot.torch.predictions.predict` and `zoobot.tf.predictions.
 predict` run on the same 16 synthetic galaxies (64 px JPEGs) from that folder. The tables must have
 the same columns in the same order, the same ids, and values within 1e-4 relative to the scale of
 each column (concentrations, fractions, bounds, probabilities). One pass, no MC dropout: the two
@@ -71,7 +71,7 @@ def model_folders(tmp_path_factory):
 
 
 def _predict_both(catalog, folder, tmp_path, suffix=".parquet"):
-    from zoobot.torch.predict import predict as torch_predict
+    from zoobot.torch.predictions import predict as torch_predict
 
     tf_predict = importlib.import_module("zoobot.tf.predictions")
     importlib.import_module("zoobot.tf.tree")

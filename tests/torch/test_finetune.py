@@ -218,6 +218,11 @@ def test_finetune_from_a_hub_layout_folder(tmp_path):
             {"num_classes": 3, "class_weights": [1, 2, 3]},
             "classifier",
         ),
+        (
+            FinetuneableZoobotClassifier,
+            {"num_classes": 2, "class_names": ["ring", "no ring"]},
+            "classifier",
+        ),
         (FinetuneableZoobotRegressor, {"loss": "mae", "unit_interval": True}, "regressor"),
         (FinetuneableZoobotTree, {"schema": "gz2", "n_blocks": 2}, "finetuneable_tree"),
     ],
@@ -229,5 +234,17 @@ def test_save_pretrained_round_trip(tmp_path, cls, kwargs, task):
     reloaded = load_from_name(tmp_path / task).eval()
     assert type(reloaded) is cls and cls.task == task
     assert reloaded.task_config() == model.task_config()
+    assert getattr(reloaded, "class_names", None) == kwargs.get("class_names")
     images = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(reloaded(images), model(images), rtol=0, atol=0)
+
+
+def test_classifier_class_names_are_kept_only_when_given():
+    named = FinetuneableZoobotClassifier(2, name="resnet10t", class_names=["ring", "no ring"])
+    assert named.class_names == ["ring", "no ring"]
+    assert named.task_config()["class_names"] == ["ring", "no ring"]
+    unnamed = FinetuneableZoobotClassifier(2, name="resnet10t")
+    assert unnamed.class_names is None and "class_names" not in unnamed.task_config()
+    for wrong in (["ring"], ["ring", "ring"]):
+        with pytest.raises(ValueError, match="2 distinct names"):
+            FinetuneableZoobotClassifier(2, name="resnet10t", class_names=wrong)

@@ -10,7 +10,13 @@ from zoobot.shared.loss import (
     dirichlet_multinomial_nll_grad,
     training_objective,
 )
-from zoobot.torch.loss import DirichletMultinomialLoss, dirichlet_multinomial_loss
+from zoobot.torch.loss import (
+    DirichletMultinomialLoss,
+    QuestionLayout,
+    _DirichletMultinomialNLL,
+    dirichlet_multinomial_loss,
+    gamma_ratios,
+)
 
 SCHEMAS = ["decals_dr5", "gz_evo"]
 
@@ -148,6 +154,22 @@ def test_module_gives_the_training_objective(batch):
     assert "answer_question_index" not in criterion.state_dict()
 
 
+def test_objective_gradient_alone_and_with_the_per_question_one(batch):
+    """The objective comes out of the same pass as the per-question values: both gradients add."""
+    schema, counts, concentrations = batch
+    criterion = DirichletMultinomialLoss(schema)
+    expected = dirichlet_multinomial_nll_grad(counts, concentrations, schema) / len(counts)
+    alpha = torch.tensor(concentrations, requires_grad=True)
+    criterion(torch.tensor(counts), alpha).backward()
+    np.testing.assert_allclose(alpha.grad.numpy(), expected, rtol=1e-10, atol=1e-15)
+    alpha.grad = None
+    objective, per_question = criterion(torch.tensor(counts), alpha, return_per_question=True)
+    (objective + per_question.sum()).backward()
+    np.testing.assert_allclose(
+        alpha.grad.numpy(), expected * (1 + len(counts)), rtol=1e-10, atol=1e-15
+    )
+
+
 def test_index_form_equals_schema_form(batch):
     schema, counts, concentrations = batch
     counts, alpha = torch.tensor(counts), torch.tensor(concentrations)
@@ -163,3 +185,60 @@ def test_wrong_shapes_are_refused():
         dirichlet_multinomial_loss(torch.ones(2, n - 1), torch.ones(2, n - 1), schema)
     with pytest.raises(ValueError, match="must both be"):
         dirichlet_multinomial_loss(torch.ones(3, n), torch.ones(2, n), schema)
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_gamma_ratios_match_torch_from_tiny_to_huge_arguments(compact):
+    z = torch.logspace(-3, 6, 601, dtype=torch.float64).repeat(7)
+    m = torch.tensor([0, 1, 2, 7, 80, 0.37, 1e4], dtype=torch.float64).repeat_interleave(601)
+    d, p = gamma_ratios(z, m, compact)
+    lgammas, digammas = (
+        (torch.lgamma(w) for w in (z, z + m)),
+        (torch.digamma(w) for w in (z, z + m)),
+    )
+    (lz, lv), (dz, dv) = lgammas, digammas
+    # torch's differences lose what float64 holds of the larger lgamma: compare on that scale
+    assert ((d - (lv - lz)).abs() <= 1e-14 * (1 + lz.abs() + lv.abs())).all()
+    assert ((p - (dv - dz)).abs() <= 1e-14 * (1 + dz.abs() + dv.abs())).all()
+    assert (d[m == 0] == 0).all() and (p[m == 0] == 0).all()
+
+
+def test_dense_path_equals_compact_path(batch):
+    """Off CPU the loss keeps every pair (no device sync); run that path here against the CPU one."""
+    schema, counts, concentrations = batch
+    layout = QuestionLayout(schema.answer_question_index)
+    results = []
+    for compact in (True, False):
+        alpha = torch.tensor(concentrations, requires_grad=True)
+        loss, _ = _DirichletMultinomialNLL.apply(
+            torch.tensor(counts), alpha, layout, torch.float64, compact
+        )
+        loss.sum().backward()
+        results.append((loss.detach(), alpha.grad))
+    (loss, grad), (dense_loss, dense_grad) = results
+    np.testing.assert_allclose(dense_loss.numpy(), loss.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(dense_grad.numpy(), grad.numpy(), rtol=1e-12, atol=1e-15)
+    unanswered = np.add.reduceat(counts, schema.question_starts, axis=1) == 0
+    assert (dense_loss.numpy()[unanswered] == 0).all()
+    assert (dense_grad.numpy()[unanswered[:, schema.answer_question_index]] == 0).all()
+
+
+def test_non_integer_and_large_counts_match_reference(batch):
+    """Counts need not be integers (log-factorials then come from lgamma), nor small (the table of
+    log-factorials grows)."""
+    schema, counts, concentrations = batch
+    for scaled in (counts * 0.37, counts * 1000):
+        loss = dirichlet_multinomial_loss(
+            torch.tensor(scaled), torch.tensor(concentrations), schema
+        )
+        expected = dirichlet_multinomial_nll(scaled, concentrations, schema)
+        np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-10)
+
+
+def test_output_and_gradient_are_contiguous(batch):
+    schema, counts, concentrations = batch
+    alpha = torch.tensor(concentrations, dtype=torch.float32, requires_grad=True)
+    loss = dirichlet_multinomial_loss(torch.tensor(counts, dtype=torch.float32), alpha, schema)
+    loss.sum().backward()
+    assert loss.is_contiguous() and alpha.grad.is_contiguous()
+    assert alpha.grad.dtype == torch.float32

@@ -27,7 +27,7 @@ from zoobot.torch import (
     streaming,
 )
 from zoobot.torch.encoders import load_encoder
-from zoobot.torch.predict import predict
+from zoobot.torch.predictions import predict
 from zoobot.torch.transforms import eval_transform
 
 SCHEMA = get_schema("decals_dr5")
@@ -153,7 +153,7 @@ def test_predict_refuses_an_encoder(survey, tmp_path):
 KILLED_RUN = """
 import sys, time
 from zoobot.torch import streaming
-from zoobot.torch.predict import predict
+from zoobot.torch.predictions import predict
 
 read_image = streaming.read_image
 def slow_read_image(path, size):

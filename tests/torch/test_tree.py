@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from zoobot.shared import Schema, get_schema
 from zoobot.torch import DirichletMultinomialLoss, ZoobotTree, load_from_name, save_pretrained
+from zoobot.torch.module import ReusedMemory
 from zoobot.torch.tree import VoteFractionError
 
 TOY = Schema(
@@ -128,6 +129,36 @@ def test_bf16_mixed_precision_on_cpu_runs_a_step():
     trainer.fit(model, vote_batches(TOY))
     assert torch.isfinite(trainer.logged_metrics["train/loss_step"])
     assert not torch.equal(before, model.head[1].weight)
+
+
+def test_head_runs_in_float32_under_bf16_autocast():
+    """Only the encoder runs in bf16: the concentrations are not rounded to bf16's 3 digits."""
+    model = tiny_tree().eval()
+    images = torch.rand(3, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        samples = model.predict_samples(images)
+        features = model.encoder(images)
+        rounded = model.head(features)
+    assert features.dtype == torch.bfloat16 and samples.dtype == torch.float32
+    float32_head = model.head(features.float())
+    torch.testing.assert_close(samples[..., 0], float32_head, rtol=0, atol=0)
+    assert not torch.equal(rounded.float(), float32_head)
+
+
+def test_fit_on_cpu_uses_fused_adamw_and_reuses_memory_until_it_ends():
+    seen = []
+
+    class Spy(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            reused = [c for c in trainer.callbacks if isinstance(c, ReusedMemory)]
+            seen.append(len(reused) == 1 and reused[0]._active is not None)
+
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0, callbacks=[Spy()])
+    trainer.fit(tiny_tree(), vote_batches(TOY))
+    assert seen == [True, True]
+    assert all(c._active is None for c in trainer.callbacks if isinstance(c, ReusedMemory))
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4):  # fused CPU kernel
+        assert trainer.optimizers[0].defaults["fused"]
 
 
 def test_save_pretrained_reloads_identical_outputs(tmp_path):

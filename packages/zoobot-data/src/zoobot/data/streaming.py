@@ -12,7 +12,7 @@ Monte Carlo randomness of each chunk is seeded from the run's seed and the chunk
 (`chunk_seed`), so a resumed run gives the numbers of an uninterrupted one.
 
 When every chunk is done, `finish_predictions` / `finish_representations` assemble the final files
-from the parts (tables documented in `zoobot.torch.predict` and `zoobot.torch.representations`:
+from the parts (tables documented in `zoobot.torch.predictions` and `zoobot.torch.representations`:
 the full and friendly tables of `zoobot.shared.tables` for decision trees, `<class>_probability`
 columns for classifiers, `<label>_prediction` for regressors, `feat_*` columns for
 representations), write the unreadable images to `<save_loc>.failed.csv`, and delete the parts.

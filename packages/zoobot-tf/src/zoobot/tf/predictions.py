@@ -1,5 +1,5 @@
 """Predict with a Zoobot Keras model over a whole catalog: streamed to parquet, resumable, failures
-reported. The same arguments, files and columns as `zoobot.torch.predict` (the tables are written by
+reported. The same arguments, files and columns as `zoobot.torch.predictions` (the tables are written by
 `zoobot.data.streaming`, shared by both frameworks).
 
 Files written (`save_loc` is the main one; each appears under its name only when complete):

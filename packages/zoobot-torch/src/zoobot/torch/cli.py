@@ -222,7 +222,7 @@ def _finetune_model(args: argparse.Namespace, catalog):
         raise ValueError("--task classifier takes one --label-col (the class of each galaxy)")
     catalog, names = _class_labels(catalog, args.label_col[0])
     model = FinetuneableZoobotClassifier(
-        len(names), label_smoothing=args.label_smoothing, **options
+        len(names), label_smoothing=args.label_smoothing, class_names=names, **options
     )
     return model, catalog, args.label_col, names
 
@@ -255,7 +255,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Predict every galaxy of the catalog and write the prediction tables."""
-    from zoobot.torch.predict import predict
+    from zoobot.torch.predictions import predict
 
     catalog = load_input_catalog(args)
     files = predict(

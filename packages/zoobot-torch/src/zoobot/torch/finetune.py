@@ -79,6 +79,8 @@ class FinetuneableZoobotClassifier(_SupervisedSteps, ZoobotModule):
 
     Cross-entropy with optional `label_smoothing` and per-class `class_weights`; accuracy is logged.
     Predictions are softmax probabilities, `(batch, num_classes, n_samples)`, ready for calibration.
+    `class_names` (one per class, in index order) are kept in the task config, so a saved model
+    says what its outputs are (`model.class_names`; None if not given).
     """
 
     task = "classifier"
@@ -99,7 +101,15 @@ class FinetuneableZoobotClassifier(_SupervisedSteps, ZoobotModule):
         warmup_epochs: float = 0.0,
         warmup_steps: int = 0,
         cosine: bool = True,
+        class_names: Sequence[str] | None = None,
     ):
+        if class_names is not None:
+            class_names = [str(n) for n in class_names]
+            if len(class_names) != num_classes or len(set(class_names)) != num_classes:
+                raise ValueError(
+                    f"class_names must be {num_classes} distinct names (one per class), "
+                    f"got {class_names}"
+                )
         encoder = resolve_encoder(name, encoder, channels)
         super().__init__(
             encoder,
@@ -112,9 +122,12 @@ class FinetuneableZoobotClassifier(_SupervisedSteps, ZoobotModule):
             warmup_steps=warmup_steps,
             cosine=cosine,
         )
-        self._save_hyperparameters("class_weights")
+        self._save_hyperparameters("class_weights", "class_names")
         weights = None if class_weights is None else [float(w) for w in class_weights]
         self.hparams["class_weights"] = weights
+        self.class_names = class_names
+        if class_names is not None:  # absent otherwise: configs without names stay as they were
+            self.hparams["class_names"] = class_names
         self.register_buffer(
             "class_weights", None if weights is None else torch.tensor(weights), persistent=False
         )

@@ -21,6 +21,7 @@ Protocol for models beyond a bare encoder (implemented by the LightningModules):
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -349,6 +350,8 @@ def load_from_name(name: str | os.PathLike) -> nn.Module:
     task = zoobot.get("task", "encoder")
     if task == "encoder":
         return encoder
+    if task not in _TASKS:
+        importlib.import_module("zoobot.torch.finetune")  # registers the built-in tasks
     cls = _TASKS.get(task)
     if cls is None:
         raise ValueError(

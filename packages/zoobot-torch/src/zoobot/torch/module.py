@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -13,6 +14,7 @@ from torch import nn
 
 from zoobot.torch.blocks import block_parameters, encoder_blocks, matches
 from zoobot.torch.encoders import load_encoder
+from zoobot.torch.inference import reused_memory
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +46,66 @@ class WarmupCosine:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+class ReusedMemory(pl.Callback):
+    """While fitting on CPU, keep freed activations in the heap for the next step (glibc).
+
+    `zoobot.torch.inference.reused_memory` for training: each step's activations otherwise come
+    from fresh `mmap`s that page-fault in again, which costs convnext_nano training on a 2-core VM
+    about a tenth of its speed. The allocator's defaults come back when fitting ends or fails.
+    """
+
+    def __init__(self):
+        self._active: contextlib.ExitStack | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.strategy.root_device.type == "cpu" and self._active is None:
+            self._active = contextlib.ExitStack()
+            self._active.enter_context(reused_memory())
+
+    def _release(self) -> None:
+        if self._active is not None:
+            self._active.close()
+            self._active = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception) -> None:
+        self._release()
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """A block with autocast off on `device_type` (nothing to turn off where autocast is unknown)."""
+    try:
+        return torch.autocast(device_type, enabled=False)
+    except RuntimeError:
+        return contextlib.nullcontext()
+
+
+def adamw(param_groups: list[dict], fused: bool = True, **options) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where torch has one for the parameters' device (CPU from torch
+    2.4, CUDA): one pass over the weights, 6x faster than the default per-tensor loop on CPU.
+
+    `fused=False` keeps the per-tensor loop: Lightning refuses to clip the gradients of a fused
+    optimizer under mixed precision (such an optimizer unscales gradients itself).
+    """
+    if fused:
+        try:
+            return torch.optim.AdamW(param_groups, fused=True, **options)
+        except RuntimeError:  # no fused kernel for this device or torch version
+            pass
+    return torch.optim.AdamW(param_groups, **options)
+
+
 class ZoobotModule(pl.LightningModule):
     """An encoder and a head, training the head and the last `n_blocks` encoder blocks.
 
     `n_blocks=-1` trains the whole encoder, 0 none (a linear probe on frozen features). Block `i`
     (0 nearest the head, see `zoobot.torch.blocks`) learns at `learning_rate * lr_decay**i`, the head
     at `learning_rate`. Frozen blocks get no gradients and stay in eval mode, so their BatchNorm
-    statistics never move. AdamW; the learning rate warms up linearly for `warmup_epochs` +
-    `warmup_steps` steps, then follows a cosine to 0 over the rest of training (`cosine=False`: flat).
+    statistics never move. AdamW (fused where torch has the kernel); the learning rate warms up
+    linearly for `warmup_epochs` + `warmup_steps` steps, then follows a cosine to 0 over the rest of
+    training (`cosine=False`: flat). Fitting on CPU reuses activation memory (`ReusedMemory`).
     `predict_step` makes `n_samples` passes per batch, with the head's dropout on if `mc_dropout`
     (attributes: set them before `trainer.predict`).
     """
@@ -99,8 +153,14 @@ class ZoobotModule(pl.LightningModule):
         return cls(encoder=encoder, **config)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Head output for a batch of images (concentrations, logits or values)."""
-        return self.head(self.encoder(images))
+        """Head output for a batch of images (concentrations, logits or values), float32."""
+        return self.head_output(self.encoder(images))
+
+    def head_output(self, features: torch.Tensor) -> torch.Tensor:
+        """The head on the encoder's features in float32 with autocast off, even under bf16/fp16
+        autocast, which would round Dirichlet concentrations (up to 101) to steps of up to 0.5."""
+        with _autocast_off(features.device.type):
+            return self.head(features.float())
 
     def train(self, mode: bool = True) -> ZoobotModule:
         """Set the training mode, keeping frozen encoder blocks in eval mode."""
@@ -120,8 +180,11 @@ class ZoobotModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         """AdamW over `param_groups()` with the warmup + cosine schedule, stepped every batch."""
-        optimizer = torch.optim.AdamW(
-            self.param_groups(), lr=self.learning_rate, weight_decay=self.weight_decay
+        optimizer = adamw(
+            self.param_groups(),
+            fused="mixed" not in str(self.trainer.precision),
+            lr=self.learning_rate,
+            weight_decay=self.weight_decay,
         )
         total = self.trainer.estimated_stepping_batches
         batches = self.trainer.num_training_batches
@@ -136,6 +199,10 @@ class ZoobotModule(pl.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """`ReusedMemory`, whatever Trainer fits this module."""
+        return [ReusedMemory()]
+
     def prediction(self, output: torch.Tensor) -> torch.Tensor:
         """What one pass predicts from the head output (probabilities for a classifier)."""
         return output
@@ -143,14 +210,17 @@ class ZoobotModule(pl.LightningModule):
     def predict_samples(
         self, images: torch.Tensor, n_samples: int = 1, mc_dropout: bool = False
     ) -> torch.Tensor:
-        """(batch, output, n_samples) predictions; with `mc_dropout` each pass draws new dropout."""
+        """(batch, output, n_samples) predictions; with `mc_dropout` each pass draws new dropout.
+
+        The head runs in float32 outside autocast (`head_output`): only the encoder uses bf16.
+        """
         dropouts = [m for m in self.head.modules() if isinstance(m, nn.Dropout)]
         modes = [m.training for m in dropouts]
         for m in dropouts:
             m.train(mc_dropout)
         try:
             features = self.encoder(images)
-            passes = [self.prediction(self.head(features)) for _ in range(n_samples)]
+            passes = [self.prediction(self.head_output(features)) for _ in range(n_samples)]
         finally:
             for m, mode in zip(dropouts, modes, strict=True):
                 m.train(mode)
