@@ -251,6 +251,8 @@ def main() -> None:
             continue
         rows += [row.judge() for row in bench.rows(json.loads(output.read_text()))]
     where = machine()
+    if args.table_only:  # the machine is where the JSON came from; the date and load are not
+        where["date"] += " (table rebuilt; figures measured earlier)"
     atomic_write_text(args.out / "bench-table.md", markdown(rows, where))
     table = {"machine": where, "rows": [asdict(r) | {"ratio": r.ratio} for r in rows]}
     atomic_write_text(args.out / "bench-table.json", json.dumps(table, indent=2) + "\n")
