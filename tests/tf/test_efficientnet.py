@@ -102,9 +102,8 @@ def test_features_match_timm_with_adapted_channels(case):
 
 
 def test_hub_folder_loads_through_load_encoder():
-    encoders = pytest.importorskip("zoobot.tf.encoders")
-    if not hasattr(encoders, "load_encoder"):
-        pytest.skip("zoobot.tf.encoders.load_encoder is not written yet")
+    from zoobot.tf import encoders
+
     arrays = np.load(FIXTURES / "test_efficientnet.npz")
     folder = FIXTURES / "test_efficientnet"
     native = encoders.load_encoder(str(folder))
