@@ -290,9 +290,9 @@ def test_push_uploads_one_commit(tree, monkeypatch):
         def create_branch(self, repo_id, branch, exist_ok):
             calls.append(("create_branch", branch))
 
-        def create_commit(self, repo_id, operations, revision, commit_message):
-            files = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
-            calls.append(("create_commit", sorted(files), revision, commit_message))
+        def upload_folder(self, repo_id, folder_path, revision, commit_message):
+            files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+            calls.append(("one commit", sorted(files), revision, commit_message))
             assert json.loads(files["config.json"])["zoobot"]["task"] == "test-toy-tree"
             return huggingface_hub.CommitInfo(
                 commit_url=f"https://huggingface.co/{repo_id}/commit/abc",
@@ -308,7 +308,7 @@ def test_push_uploads_one_commit(tree, monkeypatch):
         ("token", "hf_x"),
         ("create_repo", "owner/toy-tree", True),
         ("create_branch", "v1"),
-        ("create_commit", LAYOUT, "v1", "Upload Zoobot test-toy-tree model"),
+        ("one commit", LAYOUT, "v1", "Upload Zoobot test-toy-tree model"),
     ]
     assert result.commit_url.endswith("/commit/abc")
     assert result.files == LAYOUT

@@ -19,24 +19,20 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-import huggingface_hub
-import huggingface_hub.constants
 import keras
 import numpy as np
 import safetensors.numpy
-from huggingface_hub.errors import (
-    LocalEntryNotFoundError,
-    RemoteEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
 
+from zoobot.data.model_hub import (
+    CONFIG_NAME,
+    SAFETENSORS_NAME,
+    HubUnavailableError,
+    ModelSource,
+    write_model_folder,
+)
 from zoobot.tf import architectures
 from zoobot.tf.legacy_weights import LegacyWeightsError, load_torch_state_dict
 from zoobot.tf.weights import WeightsMismatchError
@@ -46,26 +42,22 @@ __all__ = [
     "HubUnavailableError",
     "LegacyWeightsError",
     "ModelSource",
+    "read_weights",
     "WeightsMismatchError",
     "adapt_input_conv",
     "encoder_dim",
+    "is_architecture",
     "encoder_from_config",
     "first_conv",
     "load_encoder",
     "load_state_dict_file",
-    "replace_folder",
     "write_timm_files",
     "write_timm_folder",
 ]
 
 logger = logging.getLogger(__name__)
 
-HUB_PREFIXES = ("hf_hub:", "hf-hub:")
-LOCAL_PREFIX = "local-dir:"
 TORCHVISION_PREFIX = "torchvision:"
-CONFIG_NAME = "config.json"
-SAFETENSORS_NAME = "model.safetensors"
-LEGACY_NAME = "pytorch_model.bin"
 # torchvision ResNets are timm's architectures under the same tensor names (zoobot.torch saves them
 # in the timm layout), so the names zoobot.torch accepts build the timm twins here.
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -73,120 +65,12 @@ TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet1
 _CLASSIFIERS = {"convnext": "head.fc", "efficientnet": "classifier", "resnet": "fc"}
 # model_args timm leaves out of exported configs (training-time only)
 _DROP_ARGS = ("drop_rate", "drop_path_rate", "drop_block_rate")
-# mkdtemp and safetensors create owner-only paths; a saved model gets the usual permissions.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
-class HubUnavailableError(OSError):
-    """A Hub file that cannot be had here: offline and not cached, private, or no such repo/revision."""
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model in the timm Hub layout lives: a local folder, or a Hub repo at a revision."""
-
-    folder: Path | None = None
-    repo_id: str | None = None
-    revision: str | None = None
-
-    @classmethod
-    def parse(cls, name: str | os.PathLike) -> ModelSource | None:
-        """The source `name` points to; None for an architecture name (which wins over a folder)."""
-        text = os.fspath(name)
-        for prefix in HUB_PREFIXES:
-            if text.startswith(prefix):
-                repo_id, _, revision = text[len(prefix) :].partition("@")
-                if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-                    raise ValueError(f"{text!r}: expected hf_hub:owner/repo[@revision]")
-                return cls(repo_id=repo_id, revision=revision or None)
-        if text.startswith(LOCAL_PREFIX):
-            text = text[len(LOCAL_PREFIX) :]
-        elif not (isinstance(name, os.PathLike) or any(c in text for c in "/\\")) and (
-            text.split(".", 1)[0] in architectures.supported_architectures()
-            or not Path(text).is_dir()
-        ):
-            return None
-        folder = Path(text).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"no model folder at {str(folder)!r}; for a Hub repo write hf_hub:{text}"
-            )
-        return cls(folder=folder)
-
-    def __str__(self) -> str:
-        if self.folder is not None:
-            return str(self.folder)
-        return f"hf_hub:{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
-
-    def fetch(self, filename: str) -> Path | None:
-        """A local path to `filename`, downloading (or reading the cache) if needed; None if absent."""
-        if self.folder is not None:
-            path = self.folder / filename
-            return path if path.is_file() else None
-        try:
-            return Path(
-                huggingface_hub.hf_hub_download(self.repo_id, filename, revision=self.revision)
-            )
-        except RemoteEntryNotFoundError:
-            return None
-        except LocalEntryNotFoundError as err:
-            raise HubUnavailableError(self._not_cached_message(filename)) from err
-        except RevisionNotFoundError as err:
-            raise HubUnavailableError(f"{self}: the Hub has no revision {self.revision!r}") from err
-        except RepositoryNotFoundError as err:
-            raise HubUnavailableError(
-                f"{self}: no such repo on the Hub, or it is private/gated: check the name, or log in "
-                "with `hf auth login` (or set HF_TOKEN)"
-            ) from err
-
-    def read_config(self) -> dict:
-        """The parsed `config.json`, checked to be in the timm Hub layout."""
-        path = self.fetch(CONFIG_NAME)
-        if path is None:
-            raise FileNotFoundError(
-                f"{self} has no {CONFIG_NAME}: not a model in the timm Hub layout"
-            )
-        config = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(config, dict) or "architecture" not in config:
-            raise ValueError(
-                f"{self}/{CONFIG_NAME} names no 'architecture': not the timm Hub layout"
-            )
-        return config
-
-    def read_weights(self) -> dict[str, np.ndarray]:
-        """The encoder's timm state dict from `model.safetensors`.
-
-        Without it, a legacy `pytorch_model.bin` is read with the restricted torch-free reader.
-        """
-        try:
-            path = self.fetch(SAFETENSORS_NAME)
-        except HubUnavailableError as err:
-            unavailable = err
-            path = None
-        else:
-            unavailable = None
-        if path is not None:
-            return load_state_dict_file(path)
-        try:
-            legacy = self.fetch(LEGACY_NAME)
-        except HubUnavailableError:
-            legacy = None
-        if legacy is not None:
-            return load_state_dict_file(legacy, str(self))
-        if unavailable is not None:
-            raise unavailable
-        raise FileNotFoundError(f"{self} has neither {SAFETENSORS_NAME} nor {LEGACY_NAME}")
-
-    def _not_cached_message(self, filename: str) -> str:
-        revision = f" --revision {self.revision}" if self.revision else ""
-        return (
-            f"{self}: {filename} is not in the Hugging Face cache "
-            f"({huggingface_hub.constants.HF_HUB_CACHE}) and the Hub cannot be reached "
-            f"(offline={huggingface_hub.constants.HF_HUB_OFFLINE}). Fix: on a machine with network run "
-            f"`hf download {self.repo_id}{revision}` and copy that cache here (or point HF_HUB_CACHE "
-            "at it), or download the repo's files into a folder and pass the folder's path instead."
-        )
+def read_weights(source: ModelSource) -> dict[str, np.ndarray]:
+    """The encoder's timm state dict at `source`: `model.safetensors`, else the legacy `.bin`
+    (read by the restricted torch-free reader)."""
+    return load_state_dict_file(source.weights_path(), str(source))
 
 
 def load_state_dict_file(path: str | os.PathLike, name: str | None = None) -> dict[str, np.ndarray]:
@@ -377,11 +261,11 @@ def load_encoder(
                 f"{text} is not offered; choose from torchvision:{{{', '.join(TORCHVISION_RESNETS)}}}"
             )
         return _architecture_encoder(architecture, channels, model_args)
-    source = ModelSource.parse(name)
+    source = ModelSource.parse(name, is_architecture=is_architecture)
     if source is None:
         return _architecture_encoder(text, channels, model_args)
     config = source.read_config()
-    state = source.read_weights() if pretrained else None
+    state = read_weights(source) if pretrained else None
     return encoder_from_config(config, state, channels, **model_args)
 
 
@@ -437,35 +321,11 @@ def write_timm_folder(
     a model; an existing model folder is replaced, any other non-empty folder is refused.
     `extra_config` adds top-level `config.json` keys (e.g. `zoobot`).
     """
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not (folder / CONFIG_NAME).is_file():
-        raise FileExistsError(f"{folder} exists and is not a saved model; refusing to replace it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
-    try:
-        write_timm_files(encoder, staging, extra_config)
-        for path in staging.iterdir():
-            os.chmod(path, 0o666 & ~_UMASK)
-        os.chmod(staging, 0o777 & ~_UMASK)
-        replace_folder(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
-
-
-def replace_folder(new: Path, destination: Path) -> None:
-    """Rename `new` to `destination`, moving an old `destination` aside first and deleting it after."""
-    if not destination.exists():
-        os.replace(new, destination)
-        return
-    old = Path(
-        tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent)
+    return write_model_folder(
+        folder, lambda staging: write_timm_files(encoder, staging, extra_config)
     )
-    os.replace(destination, old / "model")
-    try:
-        os.replace(new, destination)
-    except OSError:
-        os.replace(old / "model", destination)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+
+
+def is_architecture(name: str) -> bool:
+    """Whether `name` is an architecture zoobot.tf builds (a name that wins over a folder)."""
+    return name in architectures.supported_architectures()

@@ -22,16 +22,15 @@ so PyTorch's strict loading accepts the file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 from keras import layers
 
-
-class WeightsMismatchError(ValueError):
-    """Checkpoint tensors that do not fit the model; the message names each tensor and both shapes."""
+from zoobot.data.model_hub import WeightsMismatchError as WeightsMismatchError  # re-exported
+from zoobot.data.model_hub import check_weights_fit
 
 
 def conv_to_keras(weight: np.ndarray) -> np.ndarray:
@@ -186,11 +185,6 @@ def timm_tensors(model: keras.Model) -> dict[str, TimmTensor]:
     return tensors
 
 
-def _mismatch_message(what: str, problems: Iterable[tuple[str, list[str]]]) -> str:
-    parts = [f"{len(items)} {label}: " + "; ".join(items) for label, items in problems if items]
-    return f"{what} weights do not fit the model: " + " | ".join(parts)
-
-
 def load_timm_state(
     model: keras.Model, state: Mapping[str, np.ndarray], what: str = "timm"
 ) -> None:
@@ -200,24 +194,9 @@ def load_timm_state(
     """
     tensors = timm_tensors(model)
     ignored = {key for layer in weighted_layers(model) for key in ignored_buffers(layer)}
-    missing = [key for key in tensors if key not in state]
-    unexpected = sorted(key for key in state if key not in tensors and key not in ignored)
-    mismatched = [
-        f"{key}: {tuple(np.shape(state[key]))} in the checkpoint, {tensor.timm_shape} in the model"
-        for key, tensor in tensors.items()
-        if key in state and tuple(np.shape(state[key])) != tensor.timm_shape
-    ]
-    if missing or unexpected or mismatched:
-        raise WeightsMismatchError(
-            _mismatch_message(
-                what,
-                (
-                    ("shape mismatch", mismatched),
-                    ("missing from the checkpoint", missing),
-                    ("unexpected in the checkpoint", unexpected),
-                ),
-            )
-        )
+    expected = {key: tensor.timm_shape for key, tensor in tensors.items()}
+    found = {key: tuple(np.shape(value)) for key, value in state.items()}
+    check_weights_fit(expected, found, what, ignored)
     for key, tensor in tensors.items():
         tensor.variable.assign(tensor.to_keras(np.asarray(state[key])))
 

@@ -8,147 +8,34 @@ The Hub layout (DESIGN.md contract 3) is a folder or Hub repo with `config.json`
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-import huggingface_hub
 import safetensors.torch
 import timm
 import torch
 import torchvision
-from huggingface_hub.errors import (
-    LocalEntryNotFoundError,
-    RemoteEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
 from torch import nn
+
+from zoobot.data.model_hub import HubUnavailableError as HubUnavailableError  # re-exported
+from zoobot.data.model_hub import ModelSource, check_weights_fit
+from zoobot.data.model_hub import WeightsMismatchError as WeightsMismatchError  # re-exported
 
 logger = logging.getLogger(__name__)
 
-HUB_PREFIXES = ("hf_hub:", "hf-hub:")
-LOCAL_PREFIX = "local-dir:"
 TORCHVISION_PREFIX = "torchvision:"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
 # torchvision ResNets share timm's parameter names, so they save to and reload from the timm layout.
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 _MAX_LISTED = 10
 _PRETRAINED_CFG_FIELDS = frozenset(timm.models.PretrainedCfg.__dataclass_fields__) - {"state_dict"}
 
 
-class WeightsMismatchError(ValueError):
-    """Checkpoint tensors that do not fit the model; the message names each tensor and both shapes."""
-
-
-class HubUnavailableError(OSError):
-    """A Hub file that cannot be had here: offline and not cached, private, or no such repo/revision."""
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model in the timm Hub layout lives: a local folder, or a Hub repo at a revision."""
-
-    folder: Path | None = None
-    repo_id: str | None = None
-    revision: str | None = None
-
-    @classmethod
-    def parse(cls, name: str | os.PathLike) -> ModelSource | None:
-        """The source `name` points to; None for an architecture name (which wins over a folder)."""
-        text = os.fspath(name)
-        for prefix in HUB_PREFIXES:
-            if text.startswith(prefix):
-                repo_id, _, revision = text[len(prefix) :].partition("@")
-                if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-                    raise ValueError(f"{text!r}: expected hf_hub:owner/repo[@revision]")
-                return cls(repo_id=repo_id, revision=revision or None)
-        if text.startswith(LOCAL_PREFIX):
-            text = text[len(LOCAL_PREFIX) :]
-        elif not (isinstance(name, os.PathLike) or any(c in text for c in "/\\")) and (
-            timm.is_model(text.split(".", 1)[0]) or not Path(text).is_dir()
-        ):
-            return None
-        folder = Path(text).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"no model folder at {str(folder)!r}; for a Hub repo write hf_hub:{text}"
-            )
-        return cls(folder=folder)
-
-    def __str__(self) -> str:
-        if self.folder is not None:
-            return str(self.folder)
-        return f"hf_hub:{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
-
-    def fetch(self, filename: str) -> Path | None:
-        """A local path to `filename`, downloading (or reading the cache) if needed; None if absent."""
-        if self.folder is not None:
-            path = self.folder / filename
-            return path if path.is_file() else None
-        try:
-            return Path(
-                huggingface_hub.hf_hub_download(self.repo_id, filename, revision=self.revision)
-            )
-        except RemoteEntryNotFoundError:
-            return None
-        except LocalEntryNotFoundError as err:
-            raise HubUnavailableError(self._not_cached_message(filename)) from err
-        except RevisionNotFoundError as err:
-            raise HubUnavailableError(f"{self}: the Hub has no revision {self.revision!r}") from err
-        except RepositoryNotFoundError as err:
-            raise HubUnavailableError(
-                f"{self}: no such repo on the Hub, or it is private/gated: check the name, or log in "
-                "with `hf auth login` (or set HF_TOKEN)"
-            ) from err
-
-    def fetch_first(self, filenames: tuple[str, ...]) -> Path:
-        """The first of `filenames` the source has (trying the rest when one is not cached)."""
-        unavailable = None
-        for filename in filenames:
-            try:
-                path = self.fetch(filename)
-            except HubUnavailableError as err:
-                unavailable = unavailable or err
-                continue
-            if path is not None:
-                return path
-        if unavailable is not None:
-            raise unavailable
-        raise FileNotFoundError(f"{self} has none of {', '.join(filenames)}")
-
-    def read_config(self) -> dict:
-        """The parsed `config.json`, checked to be in the timm Hub layout."""
-        path = self.fetch(CONFIG_NAME)
-        if path is None:
-            raise FileNotFoundError(
-                f"{self} has no {CONFIG_NAME}: not a model in the timm Hub layout"
-            )
-        config = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(config, dict) or "architecture" not in config:
-            raise ValueError(
-                f"{self}/{CONFIG_NAME} names no 'architecture': not the timm Hub layout"
-            )
-        return config
-
-    def read_weights(self) -> dict[str, torch.Tensor]:
-        """The encoder state dict (`model.safetensors`, else the legacy `pytorch_model.bin`)."""
-        return load_state_dict_file(self.fetch_first(WEIGHTS_NAMES))
-
-    def _not_cached_message(self, filename: str) -> str:
-        revision = f" --revision {self.revision}" if self.revision else ""
-        return (
-            f"{self}: {filename} is not in the Hugging Face cache "
-            f"({huggingface_hub.constants.HF_HUB_CACHE}) and the Hub cannot be reached "
-            f"(offline={huggingface_hub.constants.HF_HUB_OFFLINE}). Fix: on a machine with network run "
-            f"`hf download {self.repo_id}{revision}` and copy that cache here (or point HF_HUB_CACHE "
-            "at it), or download the repo's files into a folder and pass the folder's path instead."
-        )
+def read_weights(source: ModelSource) -> dict[str, torch.Tensor]:
+    """The encoder state dict at `source` (`model.safetensors`, else the legacy `.bin`)."""
+    return load_state_dict_file(source.weights_path())
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -173,25 +60,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
     """Load `state_dict` into `module` with every key and shape matching, else name the misfits."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = [
-        f"{key}: {tuple(state_dict[key].shape)} in the checkpoint, {tuple(expected[key].shape)} in the model"
-        for key in expected
-        if key in state_dict and state_dict[key].shape != expected[key].shape
-    ]
-    problems = []
-    for label, items in (
-        ("shape mismatch", mismatched),
-        ("missing from the checkpoint", missing),
-        ("unexpected in the checkpoint", unexpected),
-    ):
-        if items:
-            more = f" (and {len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-            problems.append(f"{len(items)} {label}: " + "; ".join(items[:_MAX_LISTED]) + more)
-    if problems:
-        raise WeightsMismatchError(f"{what} weights do not fit the model: " + " | ".join(problems))
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    check_weights_fit(expected, {k: tuple(v.shape) for k, v in state_dict.items()}, what)
     module.load_state_dict(state_dict, strict=True)
 
 
@@ -314,11 +184,11 @@ def load_encoder(
     text = os.fspath(name)
     if text.startswith(TORCHVISION_PREFIX):
         return _torchvision_encoder(text[len(TORCHVISION_PREFIX) :], channels, timm_kwargs)
-    source = ModelSource.parse(name)
+    source = ModelSource.parse(name, is_architecture=timm.is_model)
     if source is None:
         return _timm_encoder(text, channels, timm_kwargs)
     config = source.read_config()
-    state_dict = source.read_weights() if pretrained else None
+    state_dict = read_weights(source) if pretrained else None
     return encoder_from_config(config, state_dict, channels, **timm_kwargs)
 
 

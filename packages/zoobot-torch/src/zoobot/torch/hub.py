@@ -21,42 +21,39 @@ Protocol for models beyond a bare encoder (implemented by the LightningModules):
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
-import huggingface_hub
 import safetensors.torch
 import timm
 import torchvision
-from huggingface_hub.errors import HfHubHTTPError
 from torch import nn
 
-from zoobot.shared.schema import Schema
-from zoobot.torch.encoders import (
+from zoobot.data.model_hub import (
+    CARD_NAME,
     CONFIG_NAME,
-    HubUnavailableError,
+    HEAD_NAME,
     ModelSource,
+    PushResult,
+    TaskRegistry,
+    model_card,
+    push_folder,
+    write_model_folder,
+)
+from zoobot.torch.encoders import (
     encoder_dim,
     encoder_from_config,
     load_state_dict_file,
     load_strict,
+    read_weights,
 )
 
-HEAD_NAME = "head.safetensors"
-CARD_NAME = "README.md"
-RESERVED_KEYS = ("task", "zoobot_version")
-CARD_KEYS = ("description", "training_data", "metrics", "license")
-_TASKS: dict[str, type] = {}
-# mkdtemp and safetensors create owner-only paths; a saved model gets the usual permissions.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+_TASKS = TaskRegistry(builtin="zoobot.torch.finetune")
+register_task = _TASKS.register
 # torchvision ResNet layouts with their timm twins (same parameter names, same outputs).
 _RESNET_LAYOUTS = {
     ("BasicBlock", (2, 2, 2, 2)): "resnet18",
@@ -67,43 +64,15 @@ _RESNET_LAYOUTS = {
 }
 
 
-def register_task(cls: type) -> type:
-    """Class decorator: make `cls` the model `load_from_name` builds for `config["zoobot"]["task"]`."""
-    task = getattr(cls, "task", None)
-    if not isinstance(task, str) or task == "encoder":
-        raise TypeError(f"{cls.__qualname__}.task must be a task name other than 'encoder'")
-    for method in ("task_config", "from_task_config"):
-        if not callable(getattr(cls, method, None)):
-            raise TypeError(f"{cls.__qualname__} must define {method}() to be saved and reloaded")
-    known = _TASKS.get(task)
-    if known is not None and (known.__module__, known.__qualname__) != (
-        cls.__module__,
-        cls.__qualname__,
-    ):
-        raise ValueError(f"task {task!r} is already registered to {known.__qualname__}")
-    _TASKS[task] = cls
-    return cls
-
-
 def _zoobot_version() -> str:
     return metadata.version("zoobot-torch")
 
 
 def _split(model: nn.Module) -> tuple[nn.Module, nn.Module | None, dict]:
     """(encoder, head or None, the `zoobot` config) of an encoder or a protocol model."""
-    task = getattr(type(model), "task", None)
-    if task is None:
-        return model, None, {"task": "encoder", "zoobot_version": _zoobot_version()}
-    if _TASKS.get(task) is not type(model):
-        raise TypeError(
-            f"{type(model).__qualname__} is not registered: decorate it with @register_task "
-            f"(a subclass needs its own task name; {task!r} belongs to {_TASKS.get(task)})"
-        )
-    task_config = dict(model.task_config())
-    clash = sorted(set(task_config) & set(RESERVED_KEYS))
-    if clash:
-        raise ValueError(f"task_config() of {type(model).__qualname__} uses reserved keys {clash}")
-    zoobot = {"task": task, "zoobot_version": _zoobot_version(), **task_config}
+    zoobot = _TASKS.zoobot_config(model, _zoobot_version())
+    if zoobot["task"] == "encoder":
+        return model, None, zoobot
     return model.encoder, model.head, zoobot
 
 
@@ -142,7 +111,7 @@ def _write_layout(
     if head is not None:
         tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
         safetensors.torch.save_file(tensors, folder / HEAD_NAME, metadata={"format": "pt"})
-    card_text = model_card(config, encoder, card, title, repo_id)
+    card_text = model_card(config, encoder_dim(encoder), card, title, "zoobot-torch", repo_id)
     (folder / CARD_NAME).write_text(card_text, encoding="utf-8")
     return zoobot["task"]
 
@@ -156,118 +125,9 @@ def save_pretrained(
     a model; an existing model folder is replaced. `card` may give `description`, `training_data`,
     `metrics` (name -> value) and `license` for the model card.
     """
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not (folder / CONFIG_NAME).is_file():
-        raise FileExistsError(f"{folder} exists and is not a saved model; refusing to replace it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
-    try:
-        _write_layout(model, staging, card, title=folder.name)
-        for path in staging.iterdir():
-            os.chmod(path, 0o666 & ~_UMASK)
-        os.chmod(staging, 0o777 & ~_UMASK)
-        _replace_folder(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
-
-
-def _replace_folder(new: Path, destination: Path) -> None:
-    """Rename `new` to `destination`, moving an old `destination` aside first and deleting it after."""
-    if not destination.exists():
-        os.replace(new, destination)
-        return
-    old = Path(
-        tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent)
+    return write_model_folder(
+        folder, lambda staging: _write_layout(model, staging, card, Path(folder).name)
     )
-    os.replace(destination, old / "model")
-    try:
-        os.replace(new, destination)
-    except OSError:
-        os.replace(old / "model", destination)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def model_card(
-    config: Mapping,
-    encoder: nn.Module,
-    card: Mapping | None,
-    title: str,
-    repo_id: str | None = None,
-) -> str:
-    """The README.md: front matter, architecture, task (schema or classes), data, metrics, usage."""
-    card = dict(card or {})
-    unknown = sorted(set(card) - set(CARD_KEYS))
-    if unknown:
-        raise ValueError(f"unknown model card fields {unknown}; allowed: {list(CARD_KEYS)}")
-    zoobot = config["zoobot"]
-    channels = config["pretrained_cfg"]["input_size"][0]
-    hub_name = f"hf_hub:{repo_id}" if repo_id else "hf_hub:<owner>/<repo>"
-    front = ["---", "library_name: timm", "tags:"]
-    front += [f"- {tag}" for tag in ("image-classification", "timm", "zoobot", "galaxy-zoo")]
-    if card.get("license"):
-        front.append(f"license: {card['license']}")
-    lines = [*front, "---", "", f"# {title}", ""]
-    if card.get("description"):
-        lines += [card["description"], ""]
-    lines += [
-        f"A Zoobot `{zoobot['task']}` model (zoobot-torch {zoobot['zoobot_version']}).",
-        "",
-        "## Architecture",
-        "",
-        f"- encoder: timm `{config['architecture']}`, {encoder_dim(encoder)} pooled features, "
-        f"{channels} input channel(s)",
-    ]
-    lines += _task_lines(zoobot)
-    if card.get("training_data"):
-        lines += ["", "## Training data", "", card["training_data"]]
-    if card.get("metrics"):
-        lines += ["", "## Metrics", "", "| metric | value |", "| --- | --- |"]
-        lines += [f"| {name} | {value} |" for name, value in card["metrics"].items()]
-    lines += ["", "## Usage", "", "```python", "from zoobot.torch import load_from_name", ""]
-    lines += [f"model = load_from_name('{hub_name}')  # or the folder's path", "```", ""]
-    lines += ["The encoder alone loads with timm:", "", "```python", "import timm", ""]
-    in_chans = f", in_chans={channels}" if channels != 3 else ""
-    lines += [
-        f"encoder = timm.create_model('{hub_name}', pretrained=True, num_classes=0{in_chans})",
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _task_lines(zoobot: Mapping) -> list[str]:
-    """Model card lines describing the task config: the schema's questions, then other settings."""
-    lines = []
-    settings = {k: v for k, v in zoobot.items() if k not in (*RESERVED_KEYS, "schema")}
-    if settings:
-        lines += [f"- {key}: {json.dumps(value)}" for key, value in settings.items()]
-    if "schema" in zoobot:
-        schema = Schema.from_dict(zoobot["schema"])
-        lines += [
-            "",
-            "## Schema",
-            "",
-            f"`{schema.name}`: {len(schema.questions)} questions, {len(schema.label_cols)} answers "
-            "(head outputs in this order).",
-            "",
-        ]
-        for question in schema.questions:
-            after = f" (asked after `{question.asked_after}`)" if question.asked_after else ""
-            answers = ", ".join(a.name for a in question.answers)
-            lines.append(f"- `{question.name}`{after}: {answers}")
-    return lines
-
-
-@dataclass(frozen=True)
-class PushResult:
-    """What `push_to_hub` uploaded (or, in a dry run, would upload) and the commit it made."""
-
-    repo_id: str
-    files: list[str]
-    commit_url: str | None = None
 
 
 def push_to_hub(
@@ -285,50 +145,8 @@ def push_to_hub(
     `revision` is a branch (created if needed). `dry_run` writes the files locally, lists them and
     touches no network. Offline or unauthenticated pushes fail before uploading, saying how to fix it.
     """
-    if not dry_run:
-        _check_can_push(token)
-    with tempfile.TemporaryDirectory(prefix="zoobot-push-") as tmp:
-        folder = Path(tmp)
-        task = _write_layout(model, folder, card, title=repo_id, repo_id=repo_id)
-        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        if dry_run:
-            return PushResult(repo_id, files)
-        api = huggingface_hub.HfApi(token=token)
-        try:
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            if revision is not None:
-                api.create_branch(repo_id, branch=revision, exist_ok=True)
-            commit = api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                revision=revision,
-                commit_message=f"Upload Zoobot {task} model",
-            )
-        except HfHubHTTPError as err:
-            raise HubUnavailableError(
-                f"pushing to {repo_id} failed: {err}. Check the token has write access "
-                "(`hf auth login`, HF_TOKEN, or token=...)"
-            ) from err
-        except Exception as err:  # transport errors differ between huggingface_hub versions
-            raise HubUnavailableError(
-                f"pushing to {repo_id} failed ({type(err).__name__}: {err}). If the Hub cannot be "
-                "reached, save with save_pretrained(model, folder) and upload it later with `hf upload`"
-            ) from err
-        return PushResult(repo_id, files, commit.commit_url)
-
-
-def _check_can_push(token: str | None) -> None:
-    """Fail early, with the fix, when offline or without credentials."""
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
-        raise HubUnavailableError(
-            "cannot push: HF_HUB_OFFLINE is set. Unset it on a machine with network, or save with "
-            "save_pretrained(model, folder) and upload the folder later with `hf upload`"
-        )
-    if token is None and huggingface_hub.get_token() is None:
-        raise HubUnavailableError(
-            "cannot push: not logged in to the Hugging Face Hub. Run `hf auth login`, set HF_TOKEN, "
-            "or pass token=..."
-        )
+    write = partial(_write_layout, model, card=card, title=repo_id, repo_id=repo_id)
+    return push_folder(write, repo_id, private, revision, token, dry_run)
 
 
 def load_from_name(name: str | os.PathLike) -> nn.Module:
@@ -338,27 +156,20 @@ def load_from_name(name: str | os.PathLike) -> nn.Module:
     `config["zoobot"]["task"]` rebuilt with `from_task_config` and its head weights loaded strictly.
     Nothing is unpickled.
     """
-    source = ModelSource.parse(name)
+    source = ModelSource.parse(name, is_architecture=timm.is_model)
     if source is None:
         raise ValueError(
             f"{os.fspath(name)!r} is neither hf_hub:owner/repo nor a folder; "
             "for an untrained architecture use load_encoder"
         )
     config = source.read_config()
-    encoder = encoder_from_config(config, source.read_weights())
+    encoder = encoder_from_config(config, read_weights(source))
     zoobot = config.get("zoobot") or {}
     task = zoobot.get("task", "encoder")
     if task == "encoder":
         return encoder
-    if task not in _TASKS:
-        importlib.import_module("zoobot.torch.finetune")  # registers the built-in tasks
-    cls = _TASKS.get(task)
-    if cls is None:
-        raise ValueError(
-            f"{source} holds a {task!r} model but no class is registered for it (registered: "
-            f"{sorted(_TASKS)}); import the module that defines it"
-        )
-    task_config = {k: v for k, v in zoobot.items() if k not in RESERVED_KEYS}
+    cls = _TASKS.lookup(task, source)
+    task_config = _TASKS.task_config(zoobot)
     model = cls.from_task_config(task_config, encoder)
     if model.encoder is not encoder:
         raise TypeError(f"{cls.__qualname__}.from_task_config must use the encoder it is given")
