@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from zoobot.shared import Schema, get_schema
 from zoobot.torch import DirichletMultinomialLoss, ZoobotTree, load_from_name, save_pretrained
-from zoobot.torch.module import ReusedMemory
+from zoobot.torch.module import FastCPUTraining
 from zoobot.torch.tree import VoteFractionError
 
 TOY = Schema(
@@ -145,20 +145,33 @@ def test_head_runs_in_float32_under_bf16_autocast():
     assert not torch.equal(rounded.float(), float32_head)
 
 
-def test_fit_on_cpu_uses_fused_adamw_and_reuses_memory_until_it_ends():
+def test_fit_on_cpu_uses_fused_adamw_and_the_cpu_speedups_until_it_ends():
     seen = []
 
     class Spy(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            reused = [c for c in trainer.callbacks if isinstance(c, ReusedMemory)]
+            reused = [c for c in trainer.callbacks if isinstance(c, FastCPUTraining)]
             seen.append(len(reused) == 1 and reused[0]._active is not None)
 
     trainer = quiet_trainer(max_steps=2, limit_val_batches=0, callbacks=[Spy()])
     trainer.fit(tiny_tree(), vote_batches(TOY))
     assert seen == [True, True]
-    assert all(c._active is None for c in trainer.callbacks if isinstance(c, ReusedMemory))
+    assert all(c._active is None for c in trainer.callbacks if isinstance(c, FastCPUTraining))
     if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4):  # fused CPU kernel
         assert trainer.optimizers[0].defaults["fused"]
+
+
+@pytest.mark.skipif(
+    tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 4), reason="no fused CPU AdamW"
+)
+def test_mixed_precision_uses_fused_adamw_unless_gradients_are_clipped():
+    """Lightning cannot clip the gradients of a fused optimizer under mixed precision."""
+    for clip, fused in ((None, True), (1.0, False)):
+        trainer = quiet_trainer(
+            max_steps=1, precision="bf16-mixed", limit_val_batches=0, gradient_clip_val=clip
+        )
+        trainer.fit(tiny_tree(), vote_batches(TOY))
+        assert bool(trainer.optimizers[0].defaults["fused"]) is fused
 
 
 def test_save_pretrained_reloads_identical_outputs(tmp_path):

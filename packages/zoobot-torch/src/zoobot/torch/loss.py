@@ -3,12 +3,12 @@
 Per question, -log p(votes | concentrations) exactly as `zoobot.shared.loss.dirichlet_multinomial_nll`
 (the NumPy oracle, multinomial coefficient included). Unanswered questions give exactly 0 with zero
 gradient. The lgamma terms reach ~1e3 and cancel down to losses of ~1-10, so float32 keeps only 4-5
-digits: the loss is computed in float64 (float32 on MPS, which has no float64) with autocast off, and
-comes back in the concentrations' dtype, at least float32.
+digits: the loss is computed in float64 (float32 on MPS, which has no float64), under autocast too,
+and comes back in the concentrations' dtype, at least float32.
 
-One autograd function does the whole computation in a few dozen tensor operations, never a Python
-loop per question, and its backward is one multiplication (the gradient is analytic, see
-`_DirichletMultinomialNLL`):
+One autograd function computes the per-question values and the objective (their sum over questions,
+batch mean) in a few dozen tensor operations, never a Python loop per question, and its backward is
+one multiplication (the gradient is analytic, see `_DirichletMultinomialNLL`):
 
 - answers and questions form one list of (z, m) pairs, (concentration, count) per answer and
   (concentration total, vote total) per question, and every term of the likelihood is
@@ -91,7 +91,7 @@ def gamma_ratios(z: torch.Tensor, m: torch.Tensor, compact: bool = True) -> torc
     if compact:
         small = small.nonzero().squeeze(1)
         if small.numel():
-            few = w[:, small]
+            few = w[:, small]  # both arguments of a pair: log(2 pi) / 2 still cancels
             values[:, :, small] = torch.stack((torch.lgamma(few), torch.digamma(few)))
     else:
         values = torch.where(small, torch.stack((torch.lgamma(w), torch.digamma(w))), values)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from zoobot.torch.blocks import block_parameters, encoder_blocks, matches
+from zoobot.torch.depthwise import fast_depthwise
 from zoobot.torch.encoders import load_encoder
 from zoobot.torch.inference import reused_memory
 
@@ -46,12 +47,14 @@ class WarmupCosine:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-class ReusedMemory(pl.Callback):
-    """While fitting on CPU, keep freed activations in the heap for the next step (glibc).
+class FastCPUTraining(pl.Callback):
+    """While fitting on CPU: activations reuse freed memory and depthwise convolutions
+    back-propagate fast; everything is as it was when fitting ends or fails.
 
-    `zoobot.torch.inference.reused_memory` for training: each step's activations otherwise come
-    from fresh `mmap`s that page-fault in again, which costs convnext_nano training on a 2-core VM
-    about a tenth of its speed. The allocator's defaults come back when fitting ends or fails.
+    `zoobot.torch.inference.reused_memory`: each step's activations otherwise come from fresh
+    `mmap`s that page-fault in again. `zoobot.torch.depthwise.fast_depthwise`: torch's depthwise
+    convolution backward is 5-15x slower than its forward on CPU; with the fast one a convnext_nano
+    training step at batch 16 takes 7% less CPU time in fp32 and 19% less in bf16, same numbers.
     """
 
     def __init__(self):
@@ -61,6 +64,7 @@ class ReusedMemory(pl.Callback):
         if trainer.strategy.root_device.type == "cpu" and self._active is None:
             self._active = contextlib.ExitStack()
             self._active.enter_context(reused_memory())
+            self._active.enter_context(fast_depthwise(pl_module))
 
     def _release(self) -> None:
         if self._active is not None:
@@ -87,7 +91,8 @@ def adamw(param_groups: list[dict], fused: bool = True, **options) -> torch.opti
     2.4, CUDA): one pass over the weights, 6x faster than the default per-tensor loop on CPU.
 
     `fused=False` keeps the per-tensor loop: Lightning refuses to clip the gradients of a fused
-    optimizer under mixed precision (such an optimizer unscales gradients itself).
+    optimizer under mixed precision (such an optimizer unscales gradients itself), so
+    `configure_optimizers` asks for it only then.
     """
     if fused:
         try:
@@ -105,7 +110,7 @@ class ZoobotModule(pl.LightningModule):
     at `learning_rate`. Frozen blocks get no gradients and stay in eval mode, so their BatchNorm
     statistics never move. AdamW (fused where torch has the kernel); the learning rate warms up
     linearly for `warmup_epochs` + `warmup_steps` steps, then follows a cosine to 0 over the rest of
-    training (`cosine=False`: flat). Fitting on CPU reuses activation memory (`ReusedMemory`).
+    training (`cosine=False`: flat). Fitting on CPU is sped up by `FastCPUTraining`.
     `predict_step` makes `n_samples` passes per batch, with the head's dropout on if `mc_dropout`
     (attributes: set them before `trainer.predict`).
     """
@@ -182,7 +187,7 @@ class ZoobotModule(pl.LightningModule):
         """AdamW over `param_groups()` with the warmup + cosine schedule, stepped every batch."""
         optimizer = adamw(
             self.param_groups(),
-            fused="mixed" not in str(self.trainer.precision),
+            fused=not ("mixed" in str(self.trainer.precision) and self.trainer.gradient_clip_val),
             lr=self.learning_rate,
             weight_decay=self.weight_decay,
         )
@@ -200,8 +205,8 @@ class ZoobotModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """`ReusedMemory`, whatever Trainer fits this module."""
-        return [ReusedMemory()]
+        """`FastCPUTraining`, whatever Trainer fits this module."""
+        return [FastCPUTraining()]
 
     def prediction(self, output: torch.Tensor) -> torch.Tensor:
         """What one pass predicts from the head output (probabilities for a classifier)."""
