@@ -152,6 +152,7 @@ def test_predict_refuses_an_encoder(survey, tmp_path):
 
 KILLED_RUN = """
 import sys, time
+import torch
 from zoobot.torch import streaming
 from zoobot.torch.predictions import predict
 
@@ -160,6 +161,7 @@ def slow_read_image(path, size):
     time.sleep(0.05)  # a slow disk, so the run is still going when it is killed
     return read_image(path, size)
 streaming.read_image = slow_read_image
+torch.set_num_threads(int(sys.argv[4]))  # the parent's: thread counts change float sums
 predict(sys.argv[1], sys.argv[2], sys.argv[3], n_samples=2, num_workers=0, **{fast})
 """
 
@@ -173,6 +175,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_table(survey, tree, tmp_path,
     script.write_text(textwrap.dedent(KILLED_RUN).format(fast=FAST))
     process = subprocess.Popen(
         [sys.executable, str(script), str(catalog_file), str(model_dir), str(save_loc)]
+        + [str(torch.get_num_threads())]
     )
     first_part = tmp_path / "killed.parquet.parts" / "part-000000.parquet"
     deadline = time.monotonic() + 120
