@@ -6,18 +6,12 @@ gradient. The lgamma terms reach ~1e3 and cancel down to losses of ~1-10, so flo
 digits: the loss is computed in float64 (float32 on MPS, which has no float64), under autocast too,
 and comes back in the concentrations' dtype, at least float32.
 
-One autograd function computes the per-question values and the objective (their sum over questions,
-batch mean) in a few dozen tensor operations, never a Python loop per question, and its backward is
-one multiplication (the gradient is analytic, see `_DirichletMultinomialNLL`):
-
-- answers and questions form one list of (z, m) pairs, (concentration, count) per answer and
-  (concentration total, vote total) per question, and every term of the likelihood is
-  lgamma(z + m) - lgamma(z) (and digamma(z + m) - digamma(z) for the gradient) of a pair;
-- on CPU only pairs with m > 0 are kept (nothing else contributes), which in Galaxy Zoo's deep trees
-  is about half of them, and log-factorials of integer counts come from a table;
-- lgamma and digamma are evaluated together from their asymptotic series (a log, a reciprocal and a
-  short polynomial shared by both), exact in float64 for arguments >= 10; the few smaller arguments
-  use torch's `lgamma` / `digamma`.
+One autograd function computes the per-question values, the objective (their sum over questions,
+batch mean) and the gradient in the forward pass; its backward is one multiplication (the gradient is
+analytic, see `zoobot.shared.fused_loss`). On CPU the forward is `zoobot.shared.fused_loss`'s NumPy
+kernel (at training batch sizes NumPy's vectorised log and lower per-call overhead make it about 1.7x
+faster than the same computation in torch operations); on other devices it is the same series in
+torch operations that never sync the device, over every (concentration, count) pair.
 """
 
 from __future__ import annotations
@@ -28,55 +22,29 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoobot.shared import fused_loss
 from zoobot.shared.schema import Schema
-
-ASYMPTOTIC_FROM = 10.0
-"""Arguments from which the asymptotic series are used (to ~1e-15 with the terms below)."""
-# lgamma(w) = (w - 1/2) log w - w + log(2 pi) / 2 + (1/w) LG(1/w^2)
-# digamma(w) = log w - 1/(2w) + (1/w^2) PS(1/w^2)
-# coefficients B_2k / (2k (2k - 1)) and -B_2k / (2k) of the Bernoulli numbers, highest power first
-_LGAMMA_SERIES = (1 / 1188, -1 / 1680, 1 / 1260, -1 / 360, 1 / 12)
-_DIGAMMA_SERIES = (-1 / 132, 1 / 240, -1 / 252, 1 / 120, -1 / 12)
-_LOG_FACTORIALS = 1 << 16
-"""Size of the table of log k! for integer counts (half a megabyte in float64)."""
 
 
 @functools.lru_cache(maxsize=16)
 def _series_coefficients(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
     """Per term, highest power first, both series' coefficients as a (series, 1, 1) tensor: one
     Horner scheme evaluates the two series at once on (argument, pair) tensors."""
-    coefficients = torch.tensor([_LGAMMA_SERIES, _DIGAMMA_SERIES], dtype=dtype, device=device)
+    coefficients = torch.tensor(
+        [fused_loss.LGAMMA_SERIES, fused_loss.DIGAMMA_SERIES], dtype=dtype, device=device
+    )
     return tuple(coefficients.T.reshape(-1, 2, 1, 1).unbind(0))
 
 
-@functools.lru_cache(maxsize=16)
-def _log_factorial_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """log k! for k < `_LOG_FACTORIALS`."""
-    return torch.lgamma(torch.arange(1, _LOG_FACTORIALS + 1, dtype=dtype, device=device))
-
-
-def _log_factorial(counts: torch.Tensor, lookup: bool) -> torch.Tensor:
-    """log(counts!) = lgamma(counts + 1); from a table when `lookup` and the counts are integers
-    below `_LOG_FACTORIALS` (anything else, e.g. vote fractions times volunteers, uses lgamma)."""
-    if lookup:
-        whole = counts.long().clamp_(0, _LOG_FACTORIALS - 1)
-        if torch.equal(whole, counts):
-            return _log_factorial_table(counts.dtype, counts.device).index_select(0, whole)
-    return torch.lgamma(counts + 1)
-
-
-def gamma_ratios(z: torch.Tensor, m: torch.Tensor, compact: bool = True) -> torch.Tensor:
+def gamma_ratios(z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """lgamma(z + m) - lgamma(z) and digamma(z + m) - digamma(z) of 1-D z > 0, m >= 0: (2, len).
 
-    Both come from one asymptotic expansion of lgamma and digamma at z and z + m, exact in float64
-    from `ASYMPTOTIC_FROM`; pairs with a smaller z use torch's `lgamma` and `digamma`, gathered first
-    when `compact` (worth it on CPU, where they are few; elsewhere, to avoid a device sync, both are
-    computed everywhere and selected). m = 0 gives exactly 0.
+    `zoobot.shared.fused_loss.gamma_ratios` in torch operations on any device: the asymptotic series
+    everywhere, torch's `lgamma` / `digamma` selected where z < `ASYMPTOTIC_FROM` (no device sync).
+    m = 0 gives exactly 0.
     """
     w = torch.stack((z, z + m))
-    # xlogy(1, w) is log(w) without torch.log's parallel region, which on small tensors only costs
-    # time, and stalls for milliseconds when other processes hold the cores
-    log_w = torch.xlogy(1.0, w)
+    log_w = torch.log(w)
     r = w.reciprocal()
     r2 = r * r
     highest, *lower = _series_coefficients(w.dtype, w.device)
@@ -87,37 +55,26 @@ def gamma_ratios(z: torch.Tensor, m: torch.Tensor, compact: bool = True) -> torc
     lgamma, digamma = values
     lgamma.mul_(r).addcmul_(w - 0.5, log_w).sub_(w)
     digamma.mul_(r2).add_(log_w).sub_(r, alpha=0.5)
-    small = z < ASYMPTOTIC_FROM  # z + m >= z, so these are all the pairs with a small argument
-    if compact:
-        small = small.nonzero().squeeze(1)
-        if small.numel():
-            few = w[:, small]  # both arguments of a pair: log(2 pi) / 2 still cancels
-            values[:, :, small] = torch.stack((torch.lgamma(few), torch.digamma(few)))
-    else:
-        values = torch.where(small, torch.stack((torch.lgamma(w), torch.digamma(w))), values)
+    small = z < fused_loss.ASYMPTOTIC_FROM  # z + m >= z: all the pairs with a small argument
+    values = torch.where(small, torch.stack((torch.lgamma(w), torch.digamma(w))), values)
     return values[:, 1] - values[:, 0]
 
 
 class QuestionLayout:
-    """Where each answer column's question is, for one schema; cached tensors per device and batch.
-
-    The loss lays answers and question totals out as (2, n_answers + n_questions, batch) in the
-    compute dtype, counts in row 0 and concentrations in row 1, so one selection covers both levels.
-    """
+    """Which question each answer column belongs to, for one schema; cached per device and dtype."""
 
     def __init__(self, answer_question_index, n_questions: int | None = None):
-        index = torch.as_tensor(np.asarray(answer_question_index), dtype=torch.long)
-        if index.ndim != 1 or index.numel() == 0 or int(index.min()) < 0:
+        index = np.asarray(answer_question_index)
+        if index.ndim != 1 or index.size == 0 or index.dtype.kind not in "iu" or index.min() < 0:
             raise ValueError("answer_question_index must be a non-empty 1-D array of indices >= 0")
-        self.n_answers = index.numel()
+        self.n_answers = index.size
         self.n_questions = int(index.max()) + 1 if n_questions is None else n_questions
-        self._index = index
-        self._cache: dict[tuple, torch.Tensor | tuple[torch.Tensor, ...]] = {}
+        self.membership = fused_loss.answer_membership(index, self.n_questions)
+        self._index = torch.as_tensor(index, dtype=torch.long)
+        self._cache: dict[tuple, torch.Tensor] = {}
 
-    def _cached(self, key: tuple, make):
+    def _cached(self, key: tuple, make) -> torch.Tensor:
         if key not in self._cache:
-            if len(self._cache) > 32:  # a few batch sizes and devices are in use at a time
-                self._cache.clear()
             self._cache[key] = make()
         return self._cache[key]
 
@@ -125,16 +82,12 @@ class QuestionLayout:
         """The answer -> question index on `device`."""
         return self._cached(("index", device), lambda: self._index.to(device))
 
-    def to_question(self, batch: int, device: torch.device) -> torch.Tensor:
-        """For each flat position of the (answer or question, galaxy) layout, the flat position of
-        its question in a (galaxy, question) table."""
-
-        def make():
-            galaxies = torch.arange(batch, device=device)
-            owners = torch.cat((self.index(device), torch.arange(self.n_questions, device=device)))
-            return (galaxies * self.n_questions + owners[:, None]).view(-1)
-
-        return self._cached(("to_question", batch, device), make)
+    def membership_on(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The (answer, question) 0/1 matrix on `device`."""
+        return self._cached(
+            ("membership", device, dtype),
+            lambda: torch.as_tensor(self.membership, dtype=dtype, device=device),
+        )
 
 
 @functools.lru_cache(maxsize=32)
@@ -142,68 +95,70 @@ def _layout_of(answer_question_index: tuple[int, ...], n_questions: int) -> Ques
     return QuestionLayout(answer_question_index, n_questions)
 
 
+def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's values as an array without a copy (a float32 copy for bf16/fp16)."""
+    tensor = tensor.detach()
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
+def _dense_nll_and_gradient(
+    counts: torch.Tensor, concentrations: torch.Tensor, layout: QuestionLayout, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`zoobot.shared.fused_loss.nll_and_gradient` in torch operations over every pair, in
+    `dtype` on the tensors' device."""
+    membership = layout.membership_on(concentrations.device, dtype)
+    n_answers = layout.n_answers
+    counts, alphas = counts.to(dtype), concentrations.detach().to(dtype)
+    with torch.autocast(concentrations.device.type, enabled=False):  # matmuls stay in `dtype`
+        counts_all = torch.cat((counts, counts @ membership), 1)  # answers, then questions
+        alphas_all = torch.cat((alphas, alphas @ membership), 1)
+        d, p = gamma_ratios(alphas_all.view(-1), counts_all.view(-1))
+        d = d - torch.lgamma(counts_all.view(-1) + 1)
+        voted = counts_all.view(-1) > 0  # exact zeros without votes, whatever lgamma's rounding
+        d, p = (torch.where(voted, t, 0.0).view_as(counts_all) for t in (d, p))
+        nll = d[:, n_answers:] - d[:, :n_answers] @ membership
+        return nll, p[:, n_answers:] @ membership.T - p[:, :n_answers]
+
+
 class _DirichletMultinomialNLL(torch.autograd.Function):
     """The per-question loss (batch, question) and the objective (its sum over questions, batch
     mean) from counts and concentrations (batch, answer).
 
-    For question q with vote total n and concentration total A, and answers i with counts x_i and
-    concentrations a_i, and D(z, m) = lgamma(z + m) - lgamma(z):
-
-        nll_q = D(A, n) - log n! - sum_i [D(a_i, x_i) - log x_i!]
-        d nll_q / d a_i = P(A, n) - P(a_i, x_i),   P(z, m) = digamma(z + m) - digamma(z)
-
-    so the gradient is computed in the forward pass (from the same series) and the backward pass
-    multiplies it by the incoming gradient of each answer's question. Counts get no gradient.
+    The gradient is analytic (`zoobot.shared.fused_loss`), so it is computed in the forward pass
+    from the same series and the backward pass multiplies it by the incoming gradient of each
+    answer's question. Counts get no gradient. `on_cpu`: the NumPy float64 kernel, else torch
+    operations in `compute_dtype`.
     """
 
     @staticmethod
-    def forward(ctx, counts, concentrations, layout, compute_dtype, compact):
-        n_answers, n_questions = layout.n_answers, layout.n_questions
-        batch, device = concentrations.shape[0], concentrations.device
-        index = layout.index(device)
-        pairs = torch.stack((counts.T, concentrations.T)).to(compute_dtype)
-        totals = pairs.new_zeros(2, n_questions, batch).index_add_(1, index, pairs)
-        counts, alphas = torch.cat((pairs, totals), 1).view(2, -1)
-        if compact:  # only pairs with votes contribute; answers come first in the layout
-            chosen = counts.nonzero().squeeze(1)
-            counts, alphas = counts.index_select(0, chosen), alphas.index_select(0, chosen)
-            split = int(torch.searchsorted(chosen, n_answers * batch))
+    def forward(ctx, counts, concentrations, layout, compute_dtype, on_cpu):
+        needs_gradient = ctx.needs_input_grad[1]
+        if on_cpu:
+            nll, gradient = fused_loss.nll_and_gradient(
+                _as_numpy(counts), _as_numpy(concentrations), layout.membership, needs_gradient
+            )
+            nll = torch.from_numpy(nll)
+            gradient = None if gradient is None else torch.from_numpy(gradient)
         else:
-            chosen = torch.arange(len(counts), device=device)
-            split = n_answers * batch
-        d, p = gamma_ratios(alphas, counts, compact)
-        d.sub_(_log_factorial(counts, lookup=compact))
-        if not compact:  # exact zeros without votes, whatever the rounding of lgamma's branches
-            voted = counts > 0
-            d, p = torch.where(voted, d, 0.0), torch.where(voted, p, 0.0)
-        sizes = (split, len(chosen) - split)
-        to_question = layout.to_question(batch, device).index_select(0, chosen)
-        (answers_question, question), answers = to_question.split(sizes), chosen[:split]
-        (d_answers, d_questions), (p_answers, p_questions) = d.split(sizes), p.split(sizes)
-        nll = d.new_zeros(batch * n_questions).index_copy_(0, question, d_questions)
-        nll.index_add_(0, answers_question, d_answers, alpha=-1)
-        if ctx.needs_input_grad[1]:  # laid out (answer, galaxy) like the pairs
-            per_question = p.new_zeros(n_questions * batch)
-            per_question.index_copy_(0, chosen[split:] - n_answers * batch, p_questions)
-            gradient = per_question.view(n_questions, batch).index_select(0, index)
-            gradient.view(-1).index_add_(0, answers, p_answers, alpha=-1)
+            nll, gradient = _dense_nll_and_gradient(counts, concentrations, layout, compute_dtype)
+        if needs_gradient:
             ctx.save_for_backward(gradient)
-            ctx.index, ctx.dtype = index, concentrations.dtype
+            ctx.index, ctx.dtype = layout.index(concentrations.device), concentrations.dtype
         ctx.set_materialize_grads(False)
-        per_question = nll.view(batch, n_questions).to(
-            torch.promote_types(concentrations.dtype, torch.float32)
-        )
-        return per_question, per_question.sum().div(batch)
+        per_question = nll.to(torch.promote_types(concentrations.dtype, torch.float32))
+        return per_question, per_question.sum().div(len(per_question))
 
     @staticmethod
     def backward(ctx, grad_per_question, grad_objective):
         (gradient,) = ctx.saved_tensors
         incoming = 0.0
         if grad_per_question is not None:
-            incoming = grad_per_question.T.index_select(0, ctx.index).to(gradient.dtype)
+            incoming = grad_per_question.index_select(1, ctx.index).to(gradient.dtype)
         if grad_objective is not None:
-            incoming = incoming + grad_objective.to(gradient.dtype) / gradient.shape[1]
-        return None, (gradient * incoming).T.to(ctx.dtype), None, None, None
+            incoming = incoming + grad_objective.to(gradient.dtype) / len(gradient)
+        return None, (gradient * incoming).to(ctx.dtype), None, None, None
 
 
 def _as_layout(
@@ -240,9 +195,8 @@ def _loss_and_objective(
     device = concentrations.device
     if compute_dtype is None:
         compute_dtype = torch.float32 if device.type == "mps" else torch.float64
-    compact = device.type == "cpu"  # selections sync the device: cheap on CPU only
-    # no operation in it is autocast-eligible: it computes in `compute_dtype` under autocast too
-    return _DirichletMultinomialNLL.apply(counts, concentrations, layout, compute_dtype, compact)
+    on_cpu = device.type == "cpu" and compute_dtype == torch.float64
+    return _DirichletMultinomialNLL.apply(counts, concentrations, layout, compute_dtype, on_cpu)
 
 
 def dirichlet_multinomial_loss(
