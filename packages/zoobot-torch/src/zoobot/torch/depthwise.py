@@ -23,12 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _cpu_autocast_dtype() -> torch.dtype | None:
-    """The dtype CPU autocast runs convolutions in, or None when it is off."""
-    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
-        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-    return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+from zoobot.torch.inference import cpu_autocast_dtype
 
 
 def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
@@ -75,7 +70,7 @@ class DepthwiseConv2d(nn.Conv2d):
     def _conv_forward(self, input, weight, bias):
         if input.device.type != "cpu" or not torch.is_grad_enabled() or input.ndim != 4:
             return super()._conv_forward(input, weight, bias)
-        dtype = _cpu_autocast_dtype() or input.dtype  # what autocast would have run it in
+        dtype = cpu_autocast_dtype() or input.dtype  # what autocast would have run it in
         with torch.autocast("cpu", enabled=False):
             bias = None if bias is None else bias.to(dtype)
             return _DepthwiseConv.apply(input.to(dtype), weight.to(dtype), bias, self.padding)

@@ -34,6 +34,13 @@ def input_channels(model: nn.Module) -> int:
     return 3 if conv is None else conv.in_channels
 
 
+def cpu_autocast_dtype() -> torch.dtype | None:
+    """The dtype CPU autocast runs convolutions in, or None when it is off."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+
+
 def prefers_channels_last(model: nn.Module, precision: str) -> bool:
     """Whether channels-last is faster: for convolution + BatchNorm networks, and under bf16."""
     if not any(isinstance(m, nn.Conv2d) for m in model.modules()):

@@ -6,12 +6,14 @@ fingerprints a run, failures, the final tables) is `zoobot.data.streaming`, shar
 Here: DataLoader workers decode each batch (which never crosses a chunk) to uint8 with
 `zoobot.data.images.read_image`, catching an unreadable image per row; the main process converts
 the batch to float, applies the evaluation transform, and runs the model under
-`torch.inference_mode` (optionally channels-last and bf16 autocast), reseeding torch's generator at
-each chunk so Monte Carlo passes repeat when a run resumes.
+`torch.inference_mode` (optionally channels-last and bf16 autocast, on CPU with convolution + GELU
+fused, `zoobot.torch.fusion`), reseeding torch's generator at each chunk so Monte Carlo passes
+repeat when a run resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -44,6 +46,7 @@ from zoobot.data.streaming import (
     start_parts,
     write_failures,
 )
+from zoobot.torch.fusion import fused_conv_gelu
 from zoobot.torch.inference import (
     PRECISIONS,
     input_channels,
@@ -175,8 +178,10 @@ def run_chunks(
     step = _Step(forward, eval_transform(channels), device, channels_last)
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     dtype = PRECISIONS[str(settings.precision)]
+    fused = dtype == torch.bfloat16 and device.type == "cpu"
     with (
         prepared(model, channels_last),
+        fused_conv_gelu(model) if fused else contextlib.nullcontext(),
         reused_memory(),
         torch.inference_mode(),
         torch.autocast(device.type, dtype, enabled=dtype is not None),
