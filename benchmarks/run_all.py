@@ -187,7 +187,8 @@ def machine() -> dict:
 def _number(value: float | None, digits: int = 3) -> str:
     if value is None:
         return ""
-    return f"{value:,.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    # below 10^digits - 0.5, `g` keeps `digits` significant digits without an exponent
+    return f"{value:,.{digits}g}" if abs(value) < 10**digits - 0.5 else f"{value:,.0f}"
 
 
 def markdown(rows: list[Row], where: dict) -> str:
