@@ -1,0 +1,363 @@
+"""The subcommands `zoobot-torch` and `zoobot-tf` share: train, finetune, predict, represent, push.
+
+Both commands take the same arguments, so their parsers are built here, without a deep-learning
+framework; each package supplies the functions that run the subcommands and the few help texts
+that differ (`ModelCommand.help`). Errors a library reports about inputs, files or the Hub are
+printed as one message on stderr with exit code 1 (2 for a bad command line), not a traceback;
+`--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from zoobot.data.commands.common import (
+    HelpFormatter,
+    add_catalog_input,
+    add_no_progress,
+    add_split_options,
+    add_subcommand,
+    positive_int,
+    schema_type,
+)
+
+COMMANDS = ("train", "finetune", "predict", "represent", "push")
+RUN_OPTIONS = ("batch_size", "num_workers", "image_size", "precision", "channels_last")
+"""Options of predict and represent passed to the library under the same names."""
+HELP_KEYS = (
+    "architecture",  # --architecture of train
+    "train_precision",  # --precision of train and finetune
+    "devices",  # --devices of train and finetune
+    "train_workers",  # --num-workers of train and finetune
+    "predict_input",  # what predict reads, in its description
+    "run_precision",  # --precision of predict and represent
+    "channels_last",  # --channels-last of predict and represent
+    "run_workers",  # --num-workers of predict and represent
+    "device",  # --device of predict and represent
+)
+
+
+@dataclass(frozen=True)
+class ModelCommand:
+    """One framework's command: its name, texts, and the function that runs each subcommand."""
+
+    prog: str
+    framework: str
+    description: str
+    epilog: str
+    runners: Mapping[str, Callable[[argparse.Namespace], int]]
+    help: Mapping[str, str]
+
+    def __post_init__(self):
+        missing = set(COMMANDS) - set(self.runners) | set(HELP_KEYS) - set(self.help)
+        if missing:
+            raise ValueError(f"{self.prog}: no runner or help text for {sorted(missing)}")
+
+
+def devices_type(text: str) -> int | str:
+    """`auto`, or a number of devices."""
+    return text if text == "auto" else positive_int(text)
+
+
+def components_type(text: str) -> int | float:
+    """A number of PCA components, or a fraction of variance in (0, 1)."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number of components or a fraction in (0, 1), got {text!r}"
+            ) from None
+
+
+def class_labels(catalog, column: str):
+    """The catalog with `column` as class indices, and the class names in index order."""
+    import pandas as pd
+
+    values = catalog[column]
+    if pd.api.types.is_integer_dtype(values):
+        names = [str(i) for i in range(int(values.max()) + 1)]
+        return catalog, names
+    codes, names = pd.factorize(values.astype(str), sort=True)
+    return catalog.assign(**{column: codes}), [str(n) for n in names]
+
+
+def report_predictions(files) -> None:
+    """What `predict` wrote."""
+    print(f"{files.n_predicted} galaxies predicted: {files.predictions}")
+    if files.friendly is not None:
+        print(f"friendly table: {files.friendly}")
+    print(f"{files.n_failed} unreadable image(s) listed in {files.failed}")
+
+
+def report_representations(files) -> None:
+    """What `get_representations` wrote."""
+    print(f"{files.n_represented} galaxies embedded: {files.representations}")
+    if files.pca is not None:
+        print(f"PCA projection: {files.pca}")
+    print(f"{files.n_failed} unreadable image(s) listed in {files.failed}")
+
+
+def report_push(result, dry_run: bool) -> None:
+    """What `push_to_hub` uploaded (or would)."""
+    verb = "would upload" if dry_run else "uploaded"
+    print(f"{verb} to {result.repo_id}: {', '.join(result.files)}")
+    if result.commit_url:
+        print(result.commit_url)
+
+
+def report_finetuned(prog: str, save_dir: Path, names: list[str] | None) -> None:
+    """Where the finetuned model is, and for a classifier its classes and how to predict."""
+    print(f"finetuned weights (Hub layout): {Path(save_dir) / 'best'}")
+    if names is not None:
+        print(f"classes in output order: {' '.join(names)}")
+        print(
+            f"predict with: {prog} predict CATALOG {Path(save_dir) / 'best'} OUT "
+            f"--label-cols {' '.join(names)}"
+        )
+
+
+def _add_training_options(
+    parser: argparse.ArgumentParser, command: ModelCommand, epochs: int, batch: int
+) -> None:
+    """Options shared by `train` and `finetune`."""
+    parser.add_argument("--epochs", type=positive_int, default=epochs, help="maximum epochs")
+    parser.add_argument("--batch-size", type=positive_int, default=batch, help="images per batch")
+    parser.add_argument("--image-size", type=positive_int, default=224, help="pixels per side")
+    parser.add_argument("--learning-rate", type=float, help="peak learning rate (default: model's)")
+    parser.add_argument(
+        "--precision",
+        default="32",
+        choices=["32", "bf16-mixed", "16-mixed", "mixed"],
+        help=command.help["train_precision"] + " (default: %(default)s)",
+    )
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    parser.add_argument(
+        "--devices", type=devices_type, default="auto", help=command.help["devices"]
+    )
+    parser.add_argument("--num-workers", type=int, default=4, help=command.help["train_workers"])
+    parser.add_argument(
+        "--patience",
+        type=positive_int,
+        default=8,
+        help="epochs without improvement before stopping",
+    )
+    add_split_options(parser)
+    add_no_progress(parser)
+
+
+def _add_run_options(parser: argparse.ArgumentParser, command: ModelCommand) -> None:
+    """Options shared by `predict` and `represent`: speed, numerics, resuming."""
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch")
+    parser.add_argument("--num-workers", type=int, help=command.help["run_workers"])
+    parser.add_argument("--image-size", type=positive_int, default=224, help="pixels per side")
+    parser.add_argument(
+        "--precision",
+        default="32",
+        choices=["32", "bf16"],
+        help=command.help["run_precision"] + " (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        help=command.help["channels_last"],
+    )
+    parser.add_argument(
+        "--chunk-rows", type=positive_int, default=4096, help="galaxies per part file"
+    )
+    parser.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="discard the parts of an interrupted run instead of carrying on from them",
+    )
+    parser.add_argument("--device", help=command.help["device"])
+    parser.add_argument(
+        "--threads", type=positive_int, help=f"compute threads ({command.framework})"
+    )
+    add_no_progress(parser)
+
+
+def _register_train(commands, command: ModelCommand) -> None:
+    parser = add_subcommand(
+        commands,
+        "train",
+        "pretrain an encoder on Galaxy Zoo volunteer votes",
+        "Train a ZoobotTree (encoder + Dirichlet head) on the vote counts of every answer of\n"
+        "--schema. The catalog is split into train/validation/test (its split column, or\n"
+        "--splits). Writes to SAVE_DIR: checkpoints/, logs/ (CSV), tensorboard/, and best/: the\n"
+        "best validation weights in the timm Hub layout, ready for predict, finetune and push in\n"
+        "zoobot-torch or zoobot-tf.",
+        f"  {command.prog} train data/survey/catalog.parquet runs/pretrain --schema decals_dr5 \\\n"
+        "      --architecture convnext_nano --epochs 50 --precision bf16-mixed",
+    )
+    add_catalog_input(parser)
+    parser.add_argument("save_dir", metavar="SAVE_DIR", type=Path, help="output folder")
+    parser.add_argument("--schema", type=schema_type, required=True, help="decision tree name")
+    parser.add_argument(
+        "--architecture",
+        default="convnext_nano",
+        help=command.help["architecture"] + " (default: %(default)s)",
+    )
+    _add_training_options(parser, command, epochs=100, batch=128)
+
+
+def _register_finetune(commands, command: ModelCommand) -> None:
+    parser = add_subcommand(
+        commands,
+        "finetune",
+        "finetune a pretrained encoder for a new question",
+        "Train a head (and the last --n-blocks encoder blocks) on top of a pretrained encoder:\n"
+        "a classifier of the --label-col column (class names or indices), a regressor of one or\n"
+        "more --label-col columns, or a new decision tree (--schema, vote counts). Writes to\n"
+        "SAVE_DIR as train does; best/ holds the finetuned model for predict and push.",
+        f"  {command.prog} finetune rings.csv runs/rings --pretrained \\\n"
+        "      hf_hub:mwalmsley/zoobot-encoder-convnext_nano --task classifier --label-col ring",
+    )
+    add_catalog_input(parser)
+    parser.add_argument("save_dir", metavar="SAVE_DIR", type=Path, help="output folder")
+    parser.add_argument(
+        "--pretrained",
+        required=True,
+        help="encoder: hf_hub:owner/repo, a saved folder, or timm name",
+    )
+    parser.add_argument("--task", choices=["classifier", "regressor", "tree"], default="classifier")
+    parser.add_argument("--label-col", nargs="+", metavar="COLUMN", help="label column(s)")
+    parser.add_argument("--schema", type=schema_type, help="decision tree of a tree task")
+    parser.add_argument(
+        "--n-blocks", type=int, default=0, help="encoder blocks to train (0: linear probe, -1: all)"
+    )
+    parser.add_argument(
+        "--lr-decay", type=float, default=0.75, help="learning-rate decay per block"
+    )
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="classifier only")
+    parser.add_argument("--loss", choices=["mse", "mae"], default="mse", help="regressor only")
+    parser.add_argument(
+        "--unit-interval", action="store_true", help="regressor outputs in (0, 1) (fractions)"
+    )
+    _add_training_options(parser, command, epochs=30, batch=64)
+
+
+def _register_predict(commands, command: ModelCommand) -> None:
+    parser = add_subcommand(
+        commands,
+        "predict",
+        "predict a whole catalog with a trained model",
+        f"Predict every galaxy of {command.help['predict_input']} with MODEL (a folder saved by\n"
+        "train/finetune of either framework, or hf_hub:owner/repo), streaming chunks to\n"
+        "SAVE_LOC.parts/ and assembling at the end; run the same command again to resume an\n"
+        "interrupted run. A tree model writes SAVE_LOC (every answer's Dirichlet concentrations\n"
+        "per pass) and <stem>_friendly.parquet (vote fractions with credible intervals); a\n"
+        "classifier <class>_probability columns; a regressor <label>_prediction columns.\n"
+        "Unreadable images are listed in SAVE_LOC.failed.csv.",
+        f"  {command.prog} predict data/survey/catalog.parquet runs/pretrain/best preds.parquet \\\n"
+        "      --n-samples 5 --precision bf16",
+    )
+    add_catalog_input(parser)
+    parser.add_argument("model", metavar="MODEL", help="saved model folder or hf_hub:owner/repo")
+    parser.add_argument("save_loc", metavar="SAVE_LOC", type=Path, help="output parquet file")
+    parser.add_argument(
+        "--n-samples", type=positive_int, default=1, help="forward passes (MC dropout if > 1)"
+    )
+    parser.add_argument("--label-cols", nargs="+", metavar="NAME", help="class or output names")
+    parser.add_argument("--friendly-loc", type=Path, help="friendly table path (.parquet or .csv)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the MC dropout passes")
+    _add_run_options(parser, command)
+
+
+def _register_represent(commands, command: ModelCommand) -> None:
+    parser = add_subcommand(
+        commands,
+        "represent",
+        "write each galaxy's representation (embedding)",
+        "Embed every galaxy with ENCODER's pooled features (a saved folder, hf_hub:owner/repo, or a\n"
+        "timm name for random weights) into SAVE_LOC: id_str and feat_0, feat_1... columns, or\n"
+        "feat_pca_0... with --n-components (projection saved as SAVE_LOC.pca.npz). Resumes and\n"
+        "reports unreadable images as predict does.",
+        f"  {command.prog} represent data/survey/catalog.parquet \\\n"
+        "      hf_hub:mwalmsley/zoobot-encoder-convnext_nano features.parquet --n-components 40",
+    )
+    add_catalog_input(parser)
+    parser.add_argument(
+        "encoder", metavar="ENCODER", help="saved folder, hf_hub:owner/repo or timm"
+    )
+    parser.add_argument("save_loc", metavar="SAVE_LOC", type=Path, help="output parquet file")
+    parser.add_argument(
+        "--n-components", type=components_type, help="PCA components (or variance fraction)"
+    )
+    parser.add_argument(
+        "--pca-fit-rows", type=positive_int, default=50_000, help="galaxies the PCA is fitted on"
+    )
+    _add_run_options(parser, command)
+
+
+def _register_push(commands, command: ModelCommand) -> None:
+    parser = add_subcommand(
+        commands,
+        "push",
+        "upload a saved model folder to the Hugging Face Hub",
+        "Upload FOLDER (written by train, finetune or save_pretrained) to REPO_ID in the timm Hub\n"
+        "layout as one commit. --dry-run lists the files without touching the network.",
+        f"  {command.prog} push runs/pretrain/best my-name/zoobot-convnext-nano --private",
+    )
+    parser.add_argument("folder", metavar="FOLDER", type=Path, help="saved model folder")
+    parser.add_argument("repo_id", metavar="REPO_ID", help="owner/name on the Hub")
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--revision", help="branch to commit to (created if needed)")
+    parser.add_argument("--token", help="Hub token (default: the logged-in one or HF_TOKEN)")
+    parser.add_argument("--dry-run", action="store_true", help="list the files, upload nothing")
+
+
+_REGISTER = {
+    "train": _register_train,
+    "finetune": _register_finetune,
+    "predict": _register_predict,
+    "represent": _register_represent,
+    "push": _register_push,
+}
+
+
+def build_parser(command: ModelCommand) -> argparse.ArgumentParser:
+    """The parser of `command` with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog=command.prog,
+        description=command.description,
+        epilog=command.epilog,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback when a command fails"
+    )
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    commands.required = True
+    for name in COMMANDS:
+        _REGISTER[name](commands, command)
+        commands.choices[name].set_defaults(run=command.runners[name])
+    return parser
+
+
+def _is_reported(err: Exception) -> bool:
+    """Whether `err` is a failure to report in one message rather than a bug to trace back."""
+    return isinstance(err, (ValueError, OSError, ImportError, KeyError))
+
+
+def run_command(command: ModelCommand, argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` (default: the command line) and run the subcommand; return the exit code."""
+    args = build_parser(command).parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print(f"{command.prog} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug or not _is_reported(err):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"{command.prog} {args.command}: error: {message}", file=sys.stderr)
+        return 1
