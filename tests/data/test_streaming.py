@@ -221,6 +221,10 @@ def test_classifier_table_with_failures(catalog, tmp_path):
 
 def test_output_names_are_checked():
     assert output_names("classifier", 2, None) == ["class_0", "class_1"]
+    # a classifier's own class names are the default; label_cols still win
+    assert output_names("classifier", 2, None, class_names=["ring", "none"]) == ["ring", "none"]
+    assert output_names("classifier", 2, ["a", "b"], class_names=["ring", "none"]) == ["a", "b"]
+    assert output_names("regressor", 1, None, class_names=["x"]) == ["output_0"]
     with pytest.raises(ValueError, match="2 names but the model has 3"):
         output_names("regressor", 3, ["a", "b"])
     with pytest.raises(ValueError, match="omit label_cols"):

@@ -190,3 +190,23 @@ def test_tf_saved_model_loads_in_torch(recorder, tmp_path, architecture):
         compare(f"{label} classifier logits", logits, tf_logits, TOLERANCE, group="encoders",
                 note="FinetuneableZoobotClassifier(5) head, load_from_name(folder)"),
     )  # fmt: skip
+
+
+def test_classifier_class_names_survive_either_direction(tmp_path):
+    """A classifier saved with class names (as `finetune --task classifier` does) loads in the
+    other framework with them, and names its prediction columns by them."""
+    from zoobot.torch import FinetuneableZoobotClassifier
+    from zoobot.torch.hub import load_from_name, save_pretrained
+
+    tf_finetune = importlib.import_module("zoobot.tf.finetune")
+    tf_hub = importlib.import_module("zoobot.tf.hub")
+    register_tf_tasks()
+    names = ["ring", "no ring"]
+
+    saved = save_pretrained(
+        FinetuneableZoobotClassifier(2, name="test_resnet", class_names=names), tmp_path / "torch"
+    )
+    assert list(tf_hub.load_from_name(saved).class_names) == names
+    tf_model = tf_finetune.FinetuneableZoobotClassifier(2, name="test_resnet", class_names=names)
+    saved = tf_hub.save_pretrained(tf_model, tmp_path / "tf")
+    assert load_from_name(saved).class_names == names

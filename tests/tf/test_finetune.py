@@ -223,6 +223,11 @@ def test_finetune_from_a_hub_layout_folder(tmp_path):
             {"num_classes": 3, "class_weights": [1, 2, 1]},
             "classifier",
         ),
+        (
+            FinetuneableZoobotClassifier,
+            {"num_classes": 2, "class_names": ["ring", "no ring"]},
+            "classifier",
+        ),
         (FinetuneableZoobotRegressor, {"unit_interval": True, "num_outputs": 2}, "regressor"),
         (FinetuneableZoobotTree, {"schema": get_schema("gz_rings")}, "finetuneable_tree"),
     ],
@@ -238,6 +243,17 @@ def test_save_pretrained_round_trip(tmp_path, cls, kwargs, task):
     assert len(reloaded.trained_blocks) == 2
     images = labelled_arrays(n=4)[0]
     np.testing.assert_array_equal(reloaded(images).numpy(), model(images).numpy())
+
+
+def test_classifier_class_names_are_kept_only_when_given():
+    named = FinetuneableZoobotClassifier(2, name="resnet10t", class_names=["ring", "no ring"])
+    assert list(named.class_names) == ["ring", "no ring"]
+    assert named.task_config()["class_names"] == ["ring", "no ring"]
+    unnamed = FinetuneableZoobotClassifier(2, name="resnet10t")
+    assert unnamed.class_names is None and "class_names" not in unnamed.task_config()
+    for wrong in (["ring"], ["ring", "ring"]):
+        with pytest.raises(ValueError, match="2 distinct names"):
+            FinetuneableZoobotClassifier(2, name="resnet10t", class_names=wrong)
 
 
 def test_warmup_then_cosine_matches_zoobot_torch_and_fit_sizes_it():

@@ -110,6 +110,13 @@ def test_classifier_table_has_probability_columns_and_passes(survey, tmp_path):
     np.testing.assert_allclose(passes.mean(2), probabilities, rtol=1e-6)
 
 
+def test_a_named_classifier_names_its_columns(survey, tmp_path):
+    model = FinetuneableZoobotClassifier(2, name=ARCH, class_names=["ring", "no ring"])
+    files = predict(survey.head(8), model, tmp_path / "named.parquet", num_workers=1, **FAST)
+    columns = pq.read_table(files.predictions).column_names
+    assert columns == ["id_str", "ring_probability", "no ring_probability"]
+
+
 def test_unreadable_images_are_reported_and_the_rest_predicted(survey, tree, tmp_path):
     catalog = survey.copy()
     broken = tmp_path / "broken.jpg"

@@ -107,6 +107,13 @@ def test_classifier_table_has_probability_columns_and_passes(survey, tmp_path):
     np.testing.assert_allclose(passes.mean(2), probabilities, rtol=1e-6)
 
 
+def test_a_named_classifier_names_its_columns(survey, tmp_path):
+    model = FinetuneableZoobotClassifier(2, name="resnet10t", class_names=["ring", "no ring"])
+    files = predict(survey.head(8), model, tmp_path / "named.parquet", **FAST)
+    columns = pq.read_table(files.predictions).column_names
+    assert columns == ["id_str", "ring_probability", "no ring_probability"]
+
+
 def test_regressor_table_names_outputs(survey, tmp_path):
     model = FinetuneableZoobotRegressor(name="resnet10t", num_outputs=2, unit_interval=True)
     files = predict(survey, model, tmp_path / "r.parquet", **FAST)

@@ -81,6 +81,18 @@ def check_weights_fit(
         raise WeightsMismatchError(f"{what} weights do not fit the model: " + " | ".join(problems))
 
 
+def checked_class_names(class_names, num_classes: int) -> list[str] | None:
+    """A classifier's class names as strings, one per class in index order (or None)."""
+    if class_names is None:
+        return None
+    names = [str(n) for n in class_names]
+    if len(names) != num_classes or len(set(names)) != num_classes:
+        raise ValueError(
+            f"class_names must be {num_classes} distinct names (one per class), got {names}"
+        )
+    return names
+
+
 class HubUnavailableError(OSError):
     """A Hub file that cannot be had here: offline and not cached, private, or no such repo/revision."""
 

@@ -384,8 +384,10 @@ def output_names(
     n_outputs: int,
     label_cols: Sequence[str] | None,
     schema: Schema | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> list[str]:
-    """One name per model output: a tree's schema answers, or `label_cols` (default class_i/output_i)."""
+    """One name per model output: a tree's schema answers, or `label_cols` (default: a classifier's
+    `class_names`, else class_i/output_i)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if task == "tree":
@@ -395,6 +397,8 @@ def output_names(
                 "a tree model's outputs are its schema's label columns; omit label_cols"
             )
         return names
+    if label_cols is None and task == "classifier" and class_names is not None:
+        label_cols = class_names
     if label_cols is None:
         return [f"{'class' if task == 'classifier' else 'output'}_{i}" for i in range(n_outputs)]
     if len(label_cols) != n_outputs:

@@ -18,7 +18,7 @@ from zoobot.data.commands.common import load_input_catalog, splits_of
 from zoobot.data.commands.models import (
     RUN_OPTIONS,
     ModelCommand,
-    class_labels,
+    finetune_model,
     report_finetuned,
     report_predictions,
     report_push,
@@ -175,34 +175,13 @@ def _finetune_model(args: argparse.Namespace, catalog):
         FinetuneableZoobotTree,
     )
 
-    options = {"name": args.pretrained, "n_blocks": args.n_blocks, "lr_decay": args.lr_decay}
-    if args.learning_rate is not None:
-        options["learning_rate"] = args.learning_rate
-    if args.task == "tree":
-        if args.schema is None:
-            raise ValueError("--task tree needs --schema")
-        model = FinetuneableZoobotTree(args.schema, **options)
-        return model, catalog, list(args.schema.label_cols), None
-    missing = [c for c in args.label_col or () if c not in catalog.columns]
-    if not args.label_col or missing:
-        raise ValueError(
-            f"--task {args.task} needs --label-col columns of the catalog (missing: {missing})"
-        )
-    if args.task == "regressor":
-        model = FinetuneableZoobotRegressor(
-            num_outputs=len(args.label_col),
-            loss=args.loss,
-            unit_interval=args.unit_interval,
-            **options,
-        )
-        return model, catalog, args.label_col, None
-    if len(args.label_col) != 1:
-        raise ValueError("--task classifier takes one --label-col (the class of each galaxy)")
-    catalog, names = class_labels(catalog, args.label_col[0])
-    model = FinetuneableZoobotClassifier(
-        len(names), label_smoothing=args.label_smoothing, **options
+    return finetune_model(
+        args,
+        catalog,
+        FinetuneableZoobotClassifier,
+        FinetuneableZoobotRegressor,
+        FinetuneableZoobotTree,
     )
-    return model, catalog, args.label_col, names
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -229,7 +208,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         patience=args.patience,
         **_fit_options(args),
     )
-    report_finetuned("zoobot-tf", args.save_dir, names)
+    report_finetuned(args.save_dir, names)
     return 0
 
 

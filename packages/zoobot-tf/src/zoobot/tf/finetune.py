@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import keras
 import tensorflow as tf
 
+from zoobot.data.model_hub import checked_class_names
 from zoobot.shared import Schema
 from zoobot.tf.encoders import encoder_dim
 from zoobot.tf.hub import register_task
@@ -68,7 +69,9 @@ class FinetuneableZoobotClassifier(ZoobotModel):
 
     Cross-entropy with optional `label_smoothing` and per-class `class_weights` (PyTorch's
     arithmetic); accuracy is logged. Predictions are softmax probabilities,
-    `(batch, num_classes, n_samples)`, ready for calibration.
+    `(batch, num_classes, n_samples)`, ready for calibration. `class_names` (one per class, in
+    index order) are kept in the task config, so a saved model says what its outputs are
+    (`model.class_names`; None if not given), as in zoobot-torch.
     """
 
     task = "classifier"
@@ -89,8 +92,10 @@ class FinetuneableZoobotClassifier(ZoobotModel):
         warmup_epochs: float = 0.0,
         warmup_steps: int = 0,
         cosine: bool = True,
+        class_names: Sequence[str] | None = None,
         **kwargs,
     ):
+        class_names = checked_class_names(class_names, num_classes)
         encoder = resolve_encoder(name, encoder, channels)
         super().__init__(
             encoder,
@@ -122,6 +127,9 @@ class FinetuneableZoobotClassifier(ZoobotModel):
             "cosine": cosine,
             "class_weights": weights,
         }
+        if class_names is not None:  # absent otherwise: configs without names stay as they were
+            self.hparams["class_names"] = class_names
+        self.class_names = class_names
         self.num_classes = num_classes
         self.class_weights = None if weights is None else tuple(weights)
         self.label_smoothing = label_smoothing

@@ -123,8 +123,9 @@ def predict(
     the deterministic evaluation transform. `n_samples` forward passes are made per galaxy, with the
     head's dropout on (Monte Carlo dropout) when `mc_dropout` (default: when `n_samples > 1`); each
     chunk's randomness is seeded from `seed`, so a resumed run gives the same numbers.
-    `label_cols` names a classifier's classes or a regressor's outputs (default `class_0`...,
-    `output_0`...). `friendly_loc` defaults to `<save_loc stem>_friendly.parquet`.
+    `label_cols` names a classifier's classes or a regressor's outputs (default: the classifier's
+    `class_names`, else `class_0`..., `output_0`...). `friendly_loc` defaults to
+    `<save_loc stem>_friendly.parquet`.
 
     `num_workers` images are decoded at once (default: half the CPUs, 1 to 8); TensorFlow's own
     threads run the model (`tf.config.threading`). `precision="bf16"` runs the encoder under the
@@ -150,7 +151,8 @@ def predict(
     model, model_name = _load(model)
     task = _task(model)
     schema = model.schema if task == "tree" else None
-    names = output_names(task, _n_outputs(model, task), label_cols, schema)
+    class_names = getattr(model, "class_names", None)
+    names = output_names(task, _n_outputs(model, task), label_cols, schema, class_names)
     mc_dropout = n_samples > 1 if mc_dropout is None else bool(mc_dropout)
     run = {
         "task": task,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
+from zoobot.data.model_hub import checked_class_names
 from zoobot.shared import Schema
 from zoobot.torch.encoders import encoder_dim
 from zoobot.torch.hub import register_task
@@ -103,13 +104,7 @@ class FinetuneableZoobotClassifier(_SupervisedSteps, ZoobotModule):
         cosine: bool = True,
         class_names: Sequence[str] | None = None,
     ):
-        if class_names is not None:
-            class_names = [str(n) for n in class_names]
-            if len(class_names) != num_classes or len(set(class_names)) != num_classes:
-                raise ValueError(
-                    f"class_names must be {num_classes} distinct names (one per class), "
-                    f"got {class_names}"
-                )
+        class_names = checked_class_names(class_names, num_classes)
         encoder = resolve_encoder(name, encoder, channels)
         super().__init__(
             encoder,

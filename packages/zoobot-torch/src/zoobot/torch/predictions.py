@@ -62,7 +62,7 @@ def _output_names(model: ZoobotModule, task: str, label_cols: Sequence[str] | No
     if task == "tree":
         return output_names(task, len(model.schema.label_cols), label_cols, model.schema)
     n = model.hparams["num_classes"] if task == "classifier" else model.hparams["num_outputs"]
-    return output_names(task, n, label_cols)
+    return output_names(task, n, label_cols, class_names=getattr(model, "class_names", None))
 
 
 def predict(
@@ -92,8 +92,9 @@ def predict(
     the deterministic evaluation transform. `n_samples` forward passes are made per galaxy, with the
     head's dropout on (Monte Carlo dropout) when `mc_dropout` (default: when `n_samples > 1`); each
     chunk's randomness is seeded from `seed`, so a resumed run gives the same numbers.
-    `label_cols` names a classifier's classes or a regressor's outputs (default `class_0`...,
-    `output_0`...). `friendly_loc` defaults to `<save_loc stem>_friendly.parquet`.
+    `label_cols` names a classifier's classes or a regressor's outputs (default: the classifier's
+    `class_names`, else `class_0`..., `output_0`...). `friendly_loc` defaults to
+    `<save_loc stem>_friendly.parquet`.
 
     Speed (see `zoobot.torch.inference`): `precision='bf16'` runs the model under bfloat16 autocast,
     the fast path on CPUs with AVX-512 bf16 or AMX (there with ConvNeXt's convolution + GELU fused,

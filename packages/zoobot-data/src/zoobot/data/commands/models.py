@@ -88,6 +88,38 @@ def class_labels(catalog, column: str):
     return catalog.assign(**{column: codes}), [str(n) for n in names]
 
 
+def finetune_model(args: argparse.Namespace, catalog, classifier, regressor, tree):
+    """(model, catalog, label columns, class names or None) for `finetune --task`, built with the
+    framework's `FinetuneableZoobot{Classifier,Regressor,Tree}` classes."""
+    options = {"name": args.pretrained, "n_blocks": args.n_blocks, "lr_decay": args.lr_decay}
+    if args.learning_rate is not None:
+        options["learning_rate"] = args.learning_rate
+    if args.task == "tree":
+        if args.schema is None:
+            raise ValueError("--task tree needs --schema")
+        return tree(args.schema, **options), catalog, list(args.schema.label_cols), None
+    missing = [c for c in args.label_col or () if c not in catalog.columns]
+    if not args.label_col or missing:
+        raise ValueError(
+            f"--task {args.task} needs --label-col columns of the catalog (missing: {missing})"
+        )
+    if args.task == "regressor":
+        model = regressor(
+            num_outputs=len(args.label_col),
+            loss=args.loss,
+            unit_interval=args.unit_interval,
+            **options,
+        )
+        return model, catalog, args.label_col, None
+    if len(args.label_col) != 1:
+        raise ValueError("--task classifier takes one --label-col (the class of each galaxy)")
+    catalog, names = class_labels(catalog, args.label_col[0])
+    model = classifier(
+        len(names), label_smoothing=args.label_smoothing, class_names=names, **options
+    )
+    return model, catalog, args.label_col, names
+
+
 def report_predictions(files) -> None:
     """What `predict` wrote."""
     print(f"{files.n_predicted} galaxies predicted: {files.predictions}")
@@ -112,15 +144,11 @@ def report_push(result, dry_run: bool) -> None:
         print(result.commit_url)
 
 
-def report_finetuned(prog: str, save_dir: Path, names: list[str] | None) -> None:
-    """Where the finetuned model is, and for a classifier its classes and how to predict."""
+def report_finetuned(save_dir: Path, names: list[str] | None) -> None:
+    """Where the finetuned model is, and a classifier's classes (its prediction columns)."""
     print(f"finetuned weights (Hub layout): {Path(save_dir) / 'best'}")
     if names is not None:
         print(f"classes in output order: {' '.join(names)}")
-        print(
-            f"predict with: {prog} predict CATALOG {Path(save_dir) / 'best'} OUT "
-            f"--label-cols {' '.join(names)}"
-        )
 
 
 def _add_training_options(
