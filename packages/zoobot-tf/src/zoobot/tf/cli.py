@@ -167,27 +167,11 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finetune_model(args: argparse.Namespace, catalog):
-    """(model, catalog, label columns, class names or None) for the chosen task."""
-    from zoobot.tf.finetune import (
-        FinetuneableZoobotClassifier,
-        FinetuneableZoobotRegressor,
-        FinetuneableZoobotTree,
-    )
-
-    return finetune_model(
-        args,
-        catalog,
-        FinetuneableZoobotClassifier,
-        FinetuneableZoobotRegressor,
-        FinetuneableZoobotTree,
-    )
-
-
 def run_finetune(args: argparse.Namespace) -> int:
     """Finetune a pretrained encoder as a classifier, regressor or decision tree."""
     import keras
 
+    from zoobot.tf import finetune as tasks
     from zoobot.tf.streaming import input_channels
     from zoobot.tf.training import dtype_policy, fit
 
@@ -196,7 +180,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     strategy = _strategy(args)
     keras.utils.set_random_seed(args.seed)
     with dtype_policy(args.precision), strategy.scope():
-        model, catalog, label_cols, names = _finetune_model(args, catalog)
+        model, catalog, label_cols, names = finetune_model(args, catalog, tasks)
         model.compile(gradient_clip_val=1.0)  # inside the strategy's scope; as zoobot-torch clips
     train, validation = _datasets(args, catalog, label_cols, input_channels(model))
     fit(

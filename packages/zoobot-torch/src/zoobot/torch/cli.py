@@ -99,30 +99,14 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finetune_model(args: argparse.Namespace, catalog):
-    """(model, catalog, label columns, class names or None) for the chosen task."""
-    from zoobot.torch import (
-        FinetuneableZoobotClassifier,
-        FinetuneableZoobotRegressor,
-        FinetuneableZoobotTree,
-    )
-
-    return finetune_model(
-        args,
-        catalog,
-        FinetuneableZoobotClassifier,
-        FinetuneableZoobotRegressor,
-        FinetuneableZoobotTree,
-    )
-
-
 def run_finetune(args: argparse.Namespace) -> int:
     """Finetune a pretrained encoder as a classifier, regressor or decision tree."""
+    from zoobot.torch import finetune as tasks
     from zoobot.torch import get_trainer
 
     schema = args.schema if args.task == "tree" else None
     catalog = load_input_catalog(args, schema)
-    model, catalog, label_cols, names = _finetune_model(args, catalog)
+    model, catalog, label_cols, names = finetune_model(args, catalog, tasks)
     trainer = get_trainer(
         args.save_dir,
         epochs=args.epochs,

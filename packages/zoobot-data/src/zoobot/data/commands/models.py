@@ -88,23 +88,24 @@ def class_labels(catalog, column: str):
     return catalog.assign(**{column: codes}), [str(n) for n in names]
 
 
-def finetune_model(args: argparse.Namespace, catalog, classifier, regressor, tree):
+def finetune_model(args: argparse.Namespace, catalog, tasks):
     """(model, catalog, label columns, class names or None) for `finetune --task`, built with the
-    framework's `FinetuneableZoobot{Classifier,Regressor,Tree}` classes."""
+    `FinetuneableZoobot{Classifier,Regressor,Tree}` classes of the framework's module `tasks`."""
     options = {"name": args.pretrained, "n_blocks": args.n_blocks, "lr_decay": args.lr_decay}
     if args.learning_rate is not None:
         options["learning_rate"] = args.learning_rate
     if args.task == "tree":
         if args.schema is None:
             raise ValueError("--task tree needs --schema")
-        return tree(args.schema, **options), catalog, list(args.schema.label_cols), None
+        model = tasks.FinetuneableZoobotTree(args.schema, **options)
+        return model, catalog, list(args.schema.label_cols), None
     missing = [c for c in args.label_col or () if c not in catalog.columns]
     if not args.label_col or missing:
         raise ValueError(
             f"--task {args.task} needs --label-col columns of the catalog (missing: {missing})"
         )
     if args.task == "regressor":
-        model = regressor(
+        model = tasks.FinetuneableZoobotRegressor(
             num_outputs=len(args.label_col),
             loss=args.loss,
             unit_interval=args.unit_interval,
@@ -114,7 +115,7 @@ def finetune_model(args: argparse.Namespace, catalog, classifier, regressor, tre
     if len(args.label_col) != 1:
         raise ValueError("--task classifier takes one --label-col (the class of each galaxy)")
     catalog, names = class_labels(catalog, args.label_col[0])
-    model = classifier(
+    model = tasks.FinetuneableZoobotClassifier(
         len(names), label_smoothing=args.label_smoothing, class_names=names, **options
     )
     return model, catalog, args.label_col, names
