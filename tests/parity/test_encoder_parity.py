@@ -4,12 +4,12 @@ torch -> TF: a timm encoder (`zoobot.torch.load_encoder`, 3 channels) with rando
 constant-initialised tensor (norm scales, biases, layer scales, zero-initialised last BatchNorms)
 and every BatchNorm statistic randomised too (`parity.randomise_torch`; their defaults would hide
 a swapped or transposed mapping), inside a `zoobot.torch.ZoobotTree`, saved with
-`zoobot.torch.hub.save_pretrained`; TF loads the folder twice: `zoobot.tf.encoders.load_encoder`
-(pooled features) and `zoobot.tf.hub.load_from_name` (the tree's concentrations).
+`zoobot.torch.pretrained.save_pretrained`; TF loads the folder twice: `zoobot.tf.encoders.load_encoder`
+(pooled features) and `zoobot.tf.pretrained.from_pretrained` (the tree's concentrations).
 
 TF -> torch: a `zoobot.tf.FinetuneableZoobotClassifier` on a randomly initialised 1-channel Keras
-encoder (randomised the same way, `parity.randomise_keras`), saved with `zoobot.tf.hub.
-save_pretrained`; torch loads it with `zoobot.torch.hub.load_from_name` (features and logits).
+encoder (randomised the same way, `parity.randomise_keras`), saved with `zoobot.tf.pretrained.
+save_pretrained`; torch loads it with `zoobot.torch.pretrained.from_pretrained` (features and logits).
 
 Inputs: 2 random images of 64 px. Tolerance (issue 8): 1e-4 relative to the scale of the
 reference (max|a-b| / max|reference|). Which architectures: zoobot.tf's registry intersected with
@@ -103,7 +103,7 @@ def test_every_offered_architecture_is_accounted_for(recorder):
 
 
 def register_tf_tasks() -> None:
-    """Import the TF task models so `zoobot.tf.hub.load_from_name` can rebuild saved ones."""
+    """Import the TF task models so `zoobot.tf.pretrained.from_pretrained` can rebuild saved ones."""
     importlib.import_module("zoobot.tf.tree")
     importlib.import_module("zoobot.tf.finetune")
 
@@ -130,10 +130,10 @@ def test_torch_saved_model_loads_in_tf(recorder, tmp_path, architecture):
     import torch
 
     import zoobot.torch
-    from zoobot.torch.hub import save_pretrained
+    from zoobot.torch.pretrained import save_pretrained
 
     tf_encoders = importlib.import_module("zoobot.tf.encoders")
-    tf_hub = importlib.import_module("zoobot.tf.hub")
+    tf_hub = importlib.import_module("zoobot.tf.pretrained")
     register_tf_tasks()
 
     torch.manual_seed(0)
@@ -147,14 +147,14 @@ def test_torch_saved_model_loads_in_tf(recorder, tmp_path, architecture):
 
     tf_encoder = tf_encoders.load_encoder(folder)
     tf_features = np.asarray(tf_encoder(_nhwc(images), training=False))
-    tf_model = tf_hub.load_from_name(folder)
+    tf_model = tf_hub.from_pretrained(folder)
     tf_concentrations = np.asarray(tf_model(_nhwc(images), training=False))
     label = f"{architecture} torch->tf"
     recorder.record(
         compare(f"{label} features", tf_features, features, TOLERANCE, group="encoders",
                 note=f"pooled features, {BATCH}x{IMAGE_SIZE}px 3ch, load_encoder(folder)"),
         compare(f"{label} tree concentrations", tf_concentrations, concentrations, TOLERANCE,
-                group="encoders", note=f"ZoobotTree({SCHEMA}) head, load_from_name(folder)"),
+                group="encoders", note=f"ZoobotTree({SCHEMA}) head, from_pretrained(folder)"),
     )  # fmt: skip
 
 
@@ -163,10 +163,10 @@ def test_tf_saved_model_loads_in_torch(recorder, tmp_path, architecture):
     import tensorflow as tf
     import torch
 
-    from zoobot.torch.hub import load_from_name
+    from zoobot.torch.pretrained import from_pretrained
 
     tf_finetune = importlib.import_module("zoobot.tf.finetune")
-    tf_hub = importlib.import_module("zoobot.tf.hub")
+    tf_hub = importlib.import_module("zoobot.tf.pretrained")
 
     tf.keras.utils.set_random_seed(3)
     model = tf_finetune.FinetuneableZoobotClassifier(
@@ -179,7 +179,7 @@ def test_tf_saved_model_loads_in_torch(recorder, tmp_path, architecture):
     tf_features = np.asarray(model.encoder(_nhwc(images), training=False))
     tf_logits = np.asarray(model(_nhwc(images), training=False))
 
-    torch_model = load_from_name(folder).eval()
+    torch_model = from_pretrained(folder).eval()
     with torch.no_grad():
         features = torch_model.encoder(_nchw(images)).numpy()
         logits = torch_model(_nchw(images)).numpy()
@@ -188,7 +188,7 @@ def test_tf_saved_model_loads_in_torch(recorder, tmp_path, architecture):
         compare(f"{label} features", features, tf_features, TOLERANCE, group="encoders",
                 note=f"pooled features, {BATCH}x{IMAGE_SIZE}px 1ch, reference = TF"),
         compare(f"{label} classifier logits", logits, tf_logits, TOLERANCE, group="encoders",
-                note="FinetuneableZoobotClassifier(5) head, load_from_name(folder)"),
+                note="FinetuneableZoobotClassifier(5) head, from_pretrained(folder)"),
     )  # fmt: skip
 
 
@@ -196,17 +196,17 @@ def test_classifier_class_names_survive_either_direction(tmp_path):
     """A classifier saved with class names (as `finetune --task classifier` does) loads in the
     other framework with them, and names its prediction columns by them."""
     from zoobot.torch import FinetuneableZoobotClassifier
-    from zoobot.torch.hub import load_from_name, save_pretrained
+    from zoobot.torch.pretrained import from_pretrained, save_pretrained
 
     tf_finetune = importlib.import_module("zoobot.tf.finetune")
-    tf_hub = importlib.import_module("zoobot.tf.hub")
+    tf_hub = importlib.import_module("zoobot.tf.pretrained")
     register_tf_tasks()
     names = ["ring", "no ring"]
 
     saved = save_pretrained(
         FinetuneableZoobotClassifier(2, name="test_resnet", class_names=names), tmp_path / "torch"
     )
-    assert list(tf_hub.load_from_name(saved).class_names) == names
+    assert list(tf_hub.from_pretrained(saved).class_names) == names
     tf_model = tf_finetune.FinetuneableZoobotClassifier(2, name="test_resnet", class_names=names)
     saved = tf_hub.save_pretrained(tf_model, tmp_path / "tf")
-    assert load_from_name(saved).class_names == names
+    assert from_pretrained(saved).class_names == names

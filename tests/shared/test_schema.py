@@ -161,10 +161,12 @@ def test_tree_order_puts_each_question_after_its_parent(name):
             assert order.index(schema.question_of(question.asked_after).name) < position
 
 
-def test_as_schema_takes_a_name_or_a_schema():
+def test_as_schema_takes_a_name_a_schema_or_its_saved_form():
     custom = Schema({"ring": ["yes", "no"]}, name="mine")
     assert as_schema(custom) is custom
     assert as_schema("decals_dr5") is get_schema("decals_dr5")
+    rebuilt = as_schema(custom.to_dict())
+    assert rebuilt.label_cols == custom.label_cols and rebuilt.name == "mine"
     with pytest.raises(KeyError, match="unknown schema 'nope'"):
         as_schema("nope")
 

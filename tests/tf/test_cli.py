@@ -16,9 +16,10 @@ import pytest
 from zoobot.data.synthetic import make_survey
 from zoobot.shared import get_schema
 from zoobot.shared.tables import read_predictions_full
-from zoobot.tf.cli import build_parser, main, tf_device
+from zoobot.tf.backend import BACKEND
+from zoobot.tf.cli import build_parser, main
 from zoobot.tf.finetune import FinetuneableZoobotClassifier
-from zoobot.tf.hub import save_pretrained
+from zoobot.tf.pretrained import save_pretrained
 from zoobot.tf.tree import ZoobotTree
 
 COMMANDS = ["train", "finetune", "predict", "represent", "push"]
@@ -115,20 +116,18 @@ def test_predict_represent_push(catalog_file, tree_dir, tmp_path, capsys):
 def test_train_and_finetune_call_the_library(catalog_file, tree_dir, tmp_path, capsys, monkeypatch):
     from zoobot.tf import training
 
-    calls = {}
-    monkeypatch.setattr(training, "train", lambda *a, **k: calls.setdefault("train", (a, k)))
-    monkeypatch.setattr(training, "fit", lambda *a, **k: calls.setdefault("fit", (a, k)))
+    calls = []
+    monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append((a, k)))
     code, out, _ = run(
         capsys, "train", catalog_file, tmp_path / "pretrain", "--schema", "decals_dr5",
         "--architecture", "test_convnext", "--epochs", "2", "--learning-rate", "0.01",
         "--accelerator", "cpu", "--splits", "train=0.5,validation=0.5", *SMALL,
     )  # fmt: skip
     assert code == 0 and str(tmp_path / "pretrain" / "best") in out
-    (train, validation), schema, save_dir = calls["train"][0]
-    options = calls["train"][1]
-    assert schema.name == "decals_dr5" and save_dir == tmp_path / "pretrain"
-    assert options["architecture"] == "test_convnext" and options["epochs"] == 2
-    assert options["model_kwargs"] == {"learning_rate": 0.01} and options["image_size"] == 32
+    (tree, train, validation), options = calls[0]
+    assert isinstance(tree, ZoobotTree) and tree.schema.name == "decals_dr5"
+    assert tree.settings.learning_rate == 0.01 and tree.compiled
+    assert options["save_dir"] == tmp_path / "pretrain" and options["epochs"] == 2
     assert train.element_spec[0].shape.as_list()[1:] == [32, 32, 3]
     assert validation.element_spec[1].shape.as_list()[1:] == [34]
 
@@ -138,9 +137,9 @@ def test_train_and_finetune_call_the_library(catalog_file, tree_dir, tmp_path, c
         "--accelerator", "cpu", *SMALL,
     )  # fmt: skip
     assert code == 0 and "classes in output order: disk smooth" in out
-    model, train, validation = calls["fit"][0]
+    (model, train, validation), options = calls[1]
     assert isinstance(model, FinetuneableZoobotClassifier) and model.num_classes == 2
-    assert calls["fit"][1]["save_dir"] == tmp_path / "kinds" and calls["fit"][1]["epochs"] == 1
+    assert options["save_dir"] == tmp_path / "kinds" and options["epochs"] == 1
     assert train.element_spec[1].shape.as_list()[1:] == [1]
 
 
@@ -151,6 +150,6 @@ def test_errors_are_one_line_with_exit_code_1(tmp_path, tree_dir, capsys):
     assert code == 2 and "n-samples" in err
     code, _, err = run(capsys, "finetune", tmp_path / "x.csv", tmp_path / "o", "--task", "tree")
     assert code == 2 and "--pretrained" in err
-    assert tf_device("cuda:1") == "/GPU:1" and tf_device("cpu") == "/CPU:0"
+    assert BACKEND.device("cuda:1") == "/GPU:1" and BACKEND.device("cpu") == "/CPU:0"
     with pytest.raises(ValueError, match="unknown device"):
-        tf_device("tpu")
+        BACKEND.device("tpu")

@@ -129,7 +129,7 @@ def test_psf_kernels_are_the_torch_moffat():
     big = kernels.shape[1] // 2
     assert big == 5
     for k, f, b in zip(kernels, fwhm, beta, strict=True):
-        # zoobot.torch.transforms.PSFBlur, in NumPy.
+        # zoobot.torch.data.transforms.PSFBlur, in NumPy.
         alpha = f / (2 * math.sqrt(2 ** (1 / b) - 1))
         radius = max(1, min(math.ceil(2 * f), size // 2 - 1))
         r = np.arange(-radius, radius + 1, dtype=np.float32)

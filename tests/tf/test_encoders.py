@@ -26,8 +26,8 @@ from zoobot.tf.encoders import (
     WeightsMismatchError,
     encoder_dim,
     load_encoder,
-    write_timm_folder,
 )
+from zoobot.tf.pretrained import save_pretrained
 
 FIXTURES = Path(__file__).parent / "fixtures" / "timm"
 CASES = ("test_convnext", "convnext_nano_grey", "test_resnet", "resnet50_grey")
@@ -153,7 +153,7 @@ def test_adapted_first_conv_is_timms_arithmetic(caplog):
 @pytest.mark.parametrize("case", ["test_convnext", "resnet50_grey"])
 def test_save_and_reload_is_exact(tmp_path, case):
     encoder = fixture_encoder(case)
-    saved = write_timm_folder(encoder, tmp_path / "saved")
+    saved = save_pretrained(encoder, tmp_path / "saved")
     original = safetensors.numpy.load_file(FIXTURES / case / "model.safetensors")
     written = safetensors.numpy.load_file(saved / "model.safetensors")
     assert sorted(written) == sorted(original)
@@ -170,7 +170,7 @@ def test_save_and_reload_is_exact(tmp_path, case):
 
 def test_saving_an_adapted_encoder_records_its_channels(tmp_path):
     grey = fixture_encoder("test_resnet", 1)
-    saved = write_timm_folder(grey, tmp_path / "grey")
+    saved = save_pretrained(grey, tmp_path / "grey")
     config = json.loads((saved / "config.json").read_text())
     assert config["model_args"]["in_chans"] == 1
     assert config["pretrained_cfg"]["input_size"][0] == 1
@@ -183,10 +183,10 @@ def test_saving_an_adapted_encoder_records_its_channels(tmp_path):
 def test_architecture_name_saves_and_reloads(tmp_path):
     encoder = load_encoder("resnet10t", channels=1, drop_path_rate=0.1)
     assert any(".drop_path" in layer.name for layer in encoder.layers)
-    saved = write_timm_folder(encoder, tmp_path / "model", extra_config={"zoobot": {"task": "x"}})
+    saved = save_pretrained(encoder, tmp_path / "model")
     config = json.loads((saved / "config.json").read_text())
     assert config["architecture"] == "resnet10t"
-    assert config["zoobot"] == {"task": "x"}
+    assert config["zoobot"]["task"] == "encoder"
     assert config["model_args"] == {"num_classes": 0, "in_chans": 1, "global_pool": "avg"}
     assert config["pretrained_cfg"]["first_conv"] == "conv1.0"
     assert config["pretrained_cfg"]["classifier"] == "fc"
@@ -195,14 +195,14 @@ def test_architecture_name_saves_and_reloads(tmp_path):
 
 def test_write_replaces_a_model_but_not_other_folders(tmp_path):
     encoder = fixture_encoder("test_resnet")
-    target = write_timm_folder(fixture_encoder("convnext_nano_grey"), tmp_path / "m")
-    write_timm_folder(encoder, target)
+    target = save_pretrained(fixture_encoder("convnext_nano_grey"), tmp_path / "m")
+    save_pretrained(encoder, target)
     assert json.loads((target / "config.json").read_text())["architecture"] == "test_resnet"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not a saved model"):
-        write_timm_folder(encoder, tmp_path / "notes")
+        save_pretrained(encoder, tmp_path / "notes")
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
 
 

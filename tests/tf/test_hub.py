@@ -1,4 +1,4 @@
-"""save_pretrained / load_from_name / push_to_hub in TF: zoobot.torch's layout, no pickles, no torch."""
+"""save_pretrained / from_pretrained / push_to_hub in TF: zoobot.torch's layout, no pickles, no torch."""
 
 import hashlib
 import json
@@ -12,15 +12,9 @@ import pytest
 import safetensors.numpy
 
 from zoobot.shared import Schema, get_schema
+from zoobot.tf.backend import BACKEND
 from zoobot.tf.encoders import HubUnavailableError, encoder_dim, load_encoder
-from zoobot.tf.hub import (
-    from_pretrained,
-    head_state,
-    load_from_name,
-    push_to_hub,
-    register_task,
-    save_pretrained,
-)
+from zoobot.tf.pretrained import from_pretrained, push_to_hub, register_task, save_pretrained
 from zoobot.tf.weights import WeightsMismatchError
 
 LAYOUT = ["README.md", "config.json", "head.safetensors", "model.safetensors"]
@@ -115,7 +109,7 @@ def test_encoder_round_trip(tmp_path):
     assert config["architecture"] == "test_convnext"
     assert config["num_classes"] == 0 and config["num_features"] == 64
     assert config["zoobot"]["task"] == "encoder"
-    np.testing.assert_array_equal(outputs(load_from_name(folder)), outputs(encoder))
+    np.testing.assert_array_equal(outputs(from_pretrained(folder)), outputs(encoder))
 
 
 def test_task_model_round_trip_gives_identical_outputs(tmp_path, tree):
@@ -125,7 +119,7 @@ def test_task_model_round_trip_gives_identical_outputs(tmp_path, tree):
     assert zoobot["task"] == "test-toy-tree"
     assert zoobot["schema"] == get_schema("decals_dr5").to_dict()
     assert zoobot["dropout"] == 0.25 and zoobot["zoobot_version"]
-    reloaded = load_from_name(folder)
+    reloaded = from_pretrained(folder)
     assert type(reloaded) is ToyTree and reloaded.schema == get_schema("decals_dr5")
     np.testing.assert_array_equal(outputs(reloaded), outputs(tree))
     np.testing.assert_array_equal(outputs(from_pretrained(str(folder))), outputs(tree))
@@ -139,7 +133,7 @@ def test_head_is_saved_in_torch_names_and_layouts(tmp_path, tree):
     np.testing.assert_array_equal(head["1.weight"], dense.kernel.numpy().T)  # (out, in)
     assert head["1.weight"].shape == (34, 64) and head["1.weight"].dtype == np.float32
     np.testing.assert_array_equal(head["1.bias"], dense.bias.numpy())
-    assert head_state(tree.head).keys() == head.keys()
+    assert BACKEND.head_state(tree.head).keys() == head.keys()
 
 
 def test_saved_files_get_the_usual_permissions(tmp_path, tree):
@@ -168,8 +162,8 @@ def test_model_card_describes_architecture_schema_data_and_metrics(tmp_path, tre
         "`bar-dr5` (asked after `disk-edge-on-dr5_no`): strong, weak, no",
         "GZ DECaLS DR5 volunteer votes",
         "| test_loss | 12.5 |",
-        "from zoobot.tf import load_from_name",
-        "from zoobot.torch import load_from_name",
+        "from zoobot.tf import from_pretrained",
+        "from zoobot.torch import from_pretrained",
     ):
         assert expected in text
     with pytest.raises(ValueError, match="unknown model card fields"):
@@ -181,7 +175,7 @@ def test_saving_again_replaces_the_model_and_leaves_no_temporaries(tmp_path, tre
     dense = tree.head.layers[1]
     dense.bias.assign(dense.bias + 1.0)
     save_pretrained(tree, folder)
-    np.testing.assert_array_equal(outputs(load_from_name(folder)), outputs(tree))
+    np.testing.assert_array_equal(outputs(from_pretrained(folder)), outputs(tree))
     assert [p.name for p in tmp_path.iterdir()] == ["tree"]
 
 
@@ -204,7 +198,7 @@ def test_refuses_to_replace_a_folder_that_is_not_a_model(tmp_path, tree):
 
 def test_task_model_through_the_offline_hub_cache(tmp_path, tree, offline):
     fill_hf_cache(offline, "owner/toy-tree", save_pretrained(tree, tmp_path / "tree"))
-    np.testing.assert_array_equal(outputs(load_from_name("hf_hub:owner/toy-tree")), outputs(tree))
+    np.testing.assert_array_equal(outputs(from_pretrained("hf_hub:owner/toy-tree")), outputs(tree))
 
 
 def test_unregistered_task_class_cannot_be_saved(tmp_path, encoder):
@@ -219,7 +213,7 @@ def test_unknown_task_on_load_lists_the_registered_ones(tmp_path, tree):
     config["zoobot"]["task"] = "mystery"
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="'mystery'.*test-toy-tree"):
-        load_from_name(folder)
+        from_pretrained(folder)
 
 
 def test_register_task_checks_the_protocol():
@@ -240,14 +234,14 @@ def test_mismatched_head_names_the_tensor(tmp_path, tree):
     with pytest.raises(
         WeightsMismatchError, match=r"1\.weight: \(3, 64\) in the checkpoint, \(34, 64\)"
     ):
-        load_from_name(folder)
+        from_pretrained(folder)
     with pytest.raises(WeightsMismatchError, match=r"unexpected in the checkpoint: 2\.weight"):
-        load_from_name(folder)
+        from_pretrained(folder)
 
 
-def test_load_from_name_wants_a_folder_or_hub_repo():
+def test_from_pretrained_wants_a_folder_or_hub_repo():
     with pytest.raises(ValueError, match="load_encoder"):
-        load_from_name("convnext_nano")
+        from_pretrained("convnext_nano")
 
 
 def test_dry_run_push_lists_the_files_without_network(tree, offline):

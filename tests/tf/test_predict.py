@@ -1,5 +1,5 @@
 """zoobot.tf.predictions: the documented tables (the same files and columns as zoobot.torch) for trees
-and classifiers (regressor tables: tests/data/test_streaming.py), equal to a direct forward pass;
+and classifiers (regressor tables: tests/models/test_runner.py), equal to a direct forward pass;
 failures reported and skipped; shards give what files give; bf16 close to float32; a run killed
 with SIGKILL resumes to the uninterrupted table."""
 
@@ -26,8 +26,8 @@ from zoobot.shared.tables import friendly_table, read_predictions_full
 from zoobot.tf.data import eval_transform
 from zoobot.tf.data import transforms as data_transforms
 from zoobot.tf.finetune import FinetuneableZoobotClassifier
-from zoobot.tf.hub import save_pretrained
 from zoobot.tf.predictions import predict
+from zoobot.tf.pretrained import save_pretrained
 from zoobot.tf.tree import ZoobotTree
 
 SCHEMA = get_schema("decals_dr5")

@@ -18,7 +18,7 @@ from PIL import Image
 
 from zoobot.shared import Schema
 from zoobot.tf.encoders import load_encoder
-from zoobot.tf.hub import load_from_name
+from zoobot.tf.pretrained import from_pretrained
 from zoobot.tf.training import (
     ExportBest,
     dtype_policy,
@@ -103,7 +103,7 @@ def test_train_from_a_catalog_exports_the_best_epoch_and_logs(catalog, tmp_path)
     ]
     best_loss = min(float(row["val_loss"]) for row in rows)
     assert f"| val_loss | {best_loss}" in (best / "README.md").read_text()
-    reloaded = load_from_name(best)
+    reloaded = from_pretrained(best)
     images = vote_arrays(n=4)[0]
     np.testing.assert_allclose(reloaded(images).numpy(), model(images).numpy(), rtol=1e-6)
     assert json.loads((best / "config.json").read_text())["zoobot"]["task"] == "tree"
@@ -122,7 +122,7 @@ def test_export_best_writes_the_best_epoch_and_leaves_the_final_weights(tmp_path
         outputs.append(model(images).numpy())
         exporter.on_epoch_end(epoch, {"val_loss": loss})
     exporter.on_train_end()
-    np.testing.assert_array_equal(load_from_name(tmp_path / "best")(images).numpy(), outputs[1])
+    np.testing.assert_array_equal(from_pretrained(tmp_path / "best")(images).numpy(), outputs[1])
     np.testing.assert_array_equal(model(images).numpy(), outputs[2])
     assert exporter.best == 1.0
     assert "| val_loss | 1.0 |" in (tmp_path / "best" / "README.md").read_text()
@@ -173,7 +173,7 @@ MIRRORED = textwrap.dedent(
     import numpy as np
 
     from zoobot.shared import Schema
-    from zoobot.tf.hub import load_from_name
+    from zoobot.tf.pretrained import from_pretrained
     from zoobot.tf.training import ExportBest, get_strategy
     from zoobot.tf.tree import ZoobotTree
 
@@ -207,7 +207,7 @@ MIRRORED = textwrap.dedent(
         for a, b in zip(single.get_weights(), mirrored.get_weights())
     ]
     moved = max(float(np.abs(a - b).max()) for a, b in zip(start, mirrored.get_weights()))
-    reloaded = load_from_name(sys.argv[1])
+    reloaded = from_pretrained(sys.argv[1])
     exported = float(np.abs(reloaded(images[:2]).numpy() - mirrored(images[:2]).numpy()).max())
     print(json.dumps({
         "replicas": strategy.num_replicas_in_sync,

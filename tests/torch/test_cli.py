@@ -10,7 +10,7 @@ import pytest
 
 from zoobot.data.synthetic import make_survey
 from zoobot.shared.tables import read_predictions_full
-from zoobot.torch import FinetuneableZoobotClassifier, ZoobotTree, load_from_name
+from zoobot.torch import FinetuneableZoobotClassifier, ZoobotTree, from_pretrained
 from zoobot.torch.cli import main
 
 COMMANDS = ["train", "finetune", "predict", "represent", "push"]
@@ -42,7 +42,7 @@ def test_train_finetune_predict_represent_push(catalog_file, tmp_path, capsys):
     )  # fmt: skip
     best = tmp_path / "pretrain" / "best"
     assert code == 0 and str(best) in out
-    assert isinstance(load_from_name(best), ZoobotTree)
+    assert isinstance(from_pretrained(best), ZoobotTree)
 
     code, out, _ = run(
         capsys, "finetune", catalog_file, tmp_path / "kinds", "--pretrained", best,
@@ -51,7 +51,7 @@ def test_train_finetune_predict_represent_push(catalog_file, tmp_path, capsys):
     )  # fmt: skip
     assert code == 0 and "classes in output order: disk smooth" in out
     classifier = tmp_path / "kinds" / "best"
-    assert isinstance(load_from_name(classifier), FinetuneableZoobotClassifier)
+    assert isinstance(from_pretrained(classifier), FinetuneableZoobotClassifier)
 
     code, out, _ = run(
         capsys, "predict", catalog_file, classifier, tmp_path / "kinds.parquet",

@@ -11,8 +11,8 @@ from PIL import Image
 
 from zoobot.data.images import read_image
 from zoobot.torch import GalaxyDataModule
-from zoobot.torch.datamodule import split_tables
-from zoobot.torch.transforms import (
+from zoobot.torch.data.datamodule import split_tables
+from zoobot.torch.data.transforms import (
     MaskedRegions,
     PSFBlur,
     SkyNoise,

@@ -15,8 +15,8 @@ from zoobot.torch import (
     FinetuneableZoobotClassifier,
     FinetuneableZoobotRegressor,
     FinetuneableZoobotTree,
+    from_pretrained,
     load_encoder,
-    load_from_name,
     save_pretrained,
 )
 from zoobot.torch.blocks import block_parameters, encoder_blocks, matches
@@ -231,7 +231,7 @@ def test_save_pretrained_round_trip(tmp_path, cls, kwargs, task):
     model = cls(name="resnet10t", **kwargs)
     torch.nn.init.normal_(model.head[1].weight)
     save_pretrained(model.eval(), tmp_path / task)
-    reloaded = load_from_name(tmp_path / task).eval()
+    reloaded = from_pretrained(tmp_path / task).eval()
     assert type(reloaded) is cls and cls.task == task
     assert reloaded.task_config() == model.task_config()
     assert getattr(reloaded, "class_names", None) == kwargs.get("class_names")

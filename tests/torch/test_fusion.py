@@ -5,7 +5,7 @@ import timm
 import torch
 from torch import nn
 
-from zoobot.torch import streaming
+from zoobot.torch import runner
 from zoobot.torch.fusion import ConvGELU, fused_conv_gelu
 
 
@@ -71,13 +71,13 @@ def test_elsewhere_it_is_exactly_conv_then_gelu(convnext):
 def test_bf16_predict_runs_the_fused_model(monkeypatch, tmp_path):
     """`predict(precision='bf16')` on CPU enters the fusion; fp32 does not."""
     entered = []
-    real = streaming.fused_conv_gelu
+    real = runner.fused_conv_gelu
 
     def spy(model):
         entered.append(type(model).__name__)
         return real(model)
 
-    monkeypatch.setattr(streaming, "fused_conv_gelu", spy)
+    monkeypatch.setattr(runner, "fused_conv_gelu", spy)
     from zoobot.data.synthetic import make_survey
     from zoobot.torch import ZoobotTree
     from zoobot.torch.predictions import predict

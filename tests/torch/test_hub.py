@@ -1,4 +1,4 @@
-"""save_pretrained / load_from_name / push_to_hub: the timm Hub layout plus Zoobot heads, no pickles."""
+"""save_pretrained / from_pretrained / push_to_hub: the timm Hub layout plus Zoobot heads, no pickles."""
 
 import hashlib
 import json
@@ -19,9 +19,8 @@ from zoobot.torch.encoders import (
     encoder_dim,
     load_encoder,
 )
-from zoobot.torch.hub import (
+from zoobot.torch.pretrained import (
     from_pretrained,
-    load_from_name,
     push_to_hub,
     register_task,
     save_pretrained,
@@ -114,7 +113,7 @@ def test_encoder_round_trip_and_timm_reads_the_folder(tmp_path):
     assert config["num_classes"] == 0 and config["num_features"] == 64
     assert config["pretrained_cfg"]["first_conv"] == "stem.0"
     assert config["zoobot"]["task"] == "encoder"
-    assert torch.equal(outputs(load_from_name(folder)), outputs(encoder))
+    assert torch.equal(outputs(from_pretrained(folder)), outputs(encoder))
     by_timm = timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=0)
     assert torch.equal(outputs(by_timm), outputs(encoder))
 
@@ -132,7 +131,7 @@ def test_task_model_round_trip_gives_identical_outputs(tmp_path, tree):
     assert zoobot["task"] == "test-toy-tree"
     assert zoobot["schema"] == get_schema("decals_dr5").to_dict()
     assert zoobot["dropout"] == 0.25 and zoobot["zoobot_version"]
-    reloaded = load_from_name(folder)
+    reloaded = from_pretrained(folder)
     assert type(reloaded) is ToyTree and reloaded.schema == get_schema("decals_dr5")
     assert torch.equal(outputs(reloaded), outputs(tree))
     assert torch.equal(outputs(from_pretrained(str(folder))), outputs(tree))
@@ -174,7 +173,7 @@ def test_saving_again_replaces_the_model_and_leaves_no_temporaries(tmp_path, tre
     with torch.no_grad():
         tree.head[1].bias.add_(1.0)
     save_pretrained(tree, folder)
-    assert torch.equal(outputs(load_from_name(folder)), outputs(tree))
+    assert torch.equal(outputs(from_pretrained(folder)), outputs(tree))
     assert [p.name for p in tmp_path.iterdir()] == ["tree"]
 
 
@@ -200,14 +199,14 @@ def test_torchvision_resnet_saves_as_its_timm_twin(tmp_path):
     encoder = load_encoder("torchvision:resnet18", channels=1)
     folder = save_pretrained(encoder, tmp_path / "resnet")
     assert json.loads((folder / "config.json").read_text())["architecture"] == "resnet18"
-    reloaded = load_from_name(folder)
+    reloaded = from_pretrained(folder)
     assert isinstance(reloaded, timm.models.ResNet)
     assert torch.equal(outputs(reloaded, channels=1), outputs(encoder, channels=1))
 
 
 def test_task_model_through_the_offline_hub_cache(tmp_path, tree, offline):
     fill_hf_cache(offline, "owner/toy-tree", save_pretrained(tree, tmp_path / "tree"))
-    assert torch.equal(outputs(load_from_name("hf_hub:owner/toy-tree")), outputs(tree))
+    assert torch.equal(outputs(from_pretrained("hf_hub:owner/toy-tree")), outputs(tree))
 
 
 def test_unregistered_task_class_cannot_be_saved(tmp_path):
@@ -222,7 +221,7 @@ def test_unknown_task_on_load_lists_the_registered_ones(tmp_path, tree):
     config["zoobot"]["task"] = "mystery"
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="'mystery'.*test-toy-tree"):
-        load_from_name(folder)
+        from_pretrained(folder)
 
 
 def test_register_task_checks_the_protocol():
@@ -242,12 +241,12 @@ def test_mismatched_head_names_the_tensor(tmp_path, tree):
     with pytest.raises(
         WeightsMismatchError, match=r"1\.weight: \(3, 64\) in the checkpoint, \(34, 64\)"
     ):
-        load_from_name(folder)
+        from_pretrained(folder)
 
 
-def test_load_from_name_wants_a_folder_or_hub_repo():
+def test_from_pretrained_wants_a_folder_or_hub_repo():
     with pytest.raises(ValueError, match="load_encoder"):
-        load_from_name("convnext_nano")
+        from_pretrained("convnext_nano")
 
 
 def test_dry_run_push_lists_the_files_without_network(tree, offline):

@@ -23,12 +23,12 @@ from zoobot.torch import (
     FinetuneableZoobotClassifier,
     FinetuneableZoobotRegressor,
     ZoobotTree,
+    runner,
     save_pretrained,
-    streaming,
 )
+from zoobot.torch.data.transforms import eval_transform
 from zoobot.torch.encoders import load_encoder
 from zoobot.torch.predictions import predict
-from zoobot.torch.transforms import eval_transform
 
 SCHEMA = get_schema("decals_dr5")
 SIZE = 32
@@ -160,14 +160,14 @@ def test_predict_refuses_an_encoder(survey, tmp_path):
 KILLED_RUN = """
 import sys, time
 import torch
-from zoobot.torch import streaming
+from zoobot.torch import runner
 from zoobot.torch.predictions import predict
 
-read_image = streaming.read_image
+read_image = runner.read_image
 def slow_read_image(path, size):
     time.sleep(0.05)  # a slow disk, so the run is still going when it is killed
     return read_image(path, size)
-streaming.read_image = slow_read_image
+runner.read_image = slow_read_image
 torch.set_num_threads(int(sys.argv[4]))  # the parent's: thread counts change float sums
 predict(sys.argv[1], sys.argv[2], sys.argv[3], n_samples=2, num_workers=0, **{fast})
 """
@@ -200,7 +200,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_table(survey, tree, tmp_path,
 
     decoded = []
     monkeypatch.setattr(
-        streaming, "read_image", lambda path, size: decoded.append(path) or read_image(path, size)
+        runner, "read_image", lambda path, size: decoded.append(path) or read_image(path, size)
     )
     resumed = predict(catalog_file, str(model_dir), save_loc, 2, num_workers=0, **FAST)
     assert len(decoded) == 40 - 16 * len(done)

@@ -20,8 +20,8 @@ from zoobot.torch import (
     FinetuneableZoobotClassifier,
     GalaxyDataModule,
     ZoobotTree,
+    from_pretrained,
     get_trainer,
-    load_from_name,
     train,
 )
 from zoobot.torch.training import TimmSyncBatchNorm, resolve_precision
@@ -79,7 +79,7 @@ def test_pretrain_on_votes_export_reload_and_finetune(survey, tmp_path):
     }
     config = json.loads((best / "config.json").read_text())
     assert config["architecture"] == "resnet10t" and config["zoobot"]["task"] == "tree"
-    reloaded = load_from_name(best).eval()
+    reloaded = from_pretrained(best).eval()
     images = torch.rand(4, 3, 32, 32)
     torch.testing.assert_close(reloaded(images), model(images), rtol=0, atol=0)
 
@@ -239,4 +239,4 @@ def test_ddp_on_cpu_two_processes_stay_in_sync(survey, tmp_path):
     assert ranks[0]["state"].keys() == ranks[1]["state"].keys()
     for key, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][key]), key
-    assert isinstance(load_from_name(tmp_path / "run/best"), ZoobotTree)
+    assert isinstance(from_pretrained(tmp_path / "run/best"), ZoobotTree)

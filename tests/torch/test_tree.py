@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from zoobot.shared import Schema, get_schema
-from zoobot.torch import DirichletMultinomialLoss, ZoobotTree, load_from_name, save_pretrained
+from zoobot.torch import DirichletMultinomialLoss, ZoobotTree, from_pretrained, save_pretrained
 from zoobot.torch.module import FastCPUTraining
 from zoobot.torch.tree import VoteFractionError
 
@@ -178,7 +178,7 @@ def test_save_pretrained_reloads_identical_outputs(tmp_path):
     model = tiny_tree(dropout=0.3, learning_rate=3e-4)
     quiet_trainer(max_steps=2, limit_val_batches=0).fit(model, vote_batches(TOY))
     save_pretrained(model.eval(), tmp_path / "tree")
-    reloaded = load_from_name(tmp_path / "tree").eval()
+    reloaded = from_pretrained(tmp_path / "tree").eval()
     assert type(reloaded) is ZoobotTree
     assert reloaded.schema == TOY
     assert reloaded.task_config() == model.task_config()

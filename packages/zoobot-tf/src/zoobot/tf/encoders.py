@@ -3,12 +3,12 @@
 The Hub layout (DESIGN.md contract 3) is a folder or Hub repo with `config.json` (`architecture`,
 `num_features`, `pretrained_cfg`, optionally `model_args`) and `model.safetensors`. The timm
 tensors are read with `safetensors.numpy` and converted to the Keras twins of
-`zoobot.tf.architectures` on load; `write_timm_folder` converts back, so what TensorFlow saves
+`zoobot.tf.architectures` on load; `write_timm_files` converts back, so what TensorFlow saves
 loads in timm and `zoobot.torch`. Names are those `zoobot.torch.load_encoder` takes:
 an architecture (random init), `hf_hub:owner/repo[@revision]`, or a folder (`local-dir:` optional).
 
 Without `model.safetensors`, a legacy `pytorch_model.bin` (torch's zip pickle, as the published
-Zoobot encoders are stored) is read by `zoobot.tf.legacy_weights`, a torch-free restricted reader
+Zoobot encoders are stored) is read by `zoobot.models.legacy`, a torch-free restricted reader
 that accepts only plain tensors (like `torch.load(weights_only=True)`) and refuses anything else.
 """
 
@@ -26,33 +26,24 @@ import keras
 import numpy as np
 import safetensors.numpy
 
-from zoobot.data.model_hub import (
-    CONFIG_NAME,
-    SAFETENSORS_NAME,
-    HubUnavailableError,
-    ModelSource,
-    write_model_folder,
-)
+from zoobot.models.hub import HubUnavailableError, ModelSource
+from zoobot.models.layout import CONFIG_NAME, SAFETENSORS_NAME, WeightsMismatchError
+from zoobot.models.legacy import LegacyWeightsError, load_torch_state_dict
 from zoobot.tf import architectures
-from zoobot.tf.legacy_weights import LegacyWeightsError, load_torch_state_dict
-from zoobot.tf.weights import WeightsMismatchError
 
 __all__ = [
-    "CONFIG_NAME",
     "HubUnavailableError",
     "LegacyWeightsError",
-    "ModelSource",
-    "read_weights",
     "WeightsMismatchError",
     "adapt_input_conv",
     "encoder_dim",
-    "is_architecture",
     "encoder_from_config",
     "first_conv",
+    "is_architecture",
     "load_encoder",
     "load_state_dict_file",
+    "read_weights",
     "write_timm_files",
-    "write_timm_folder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,7 +67,7 @@ def read_weights(source: ModelSource) -> dict[str, np.ndarray]:
 def load_state_dict_file(path: str | os.PathLike, name: str | None = None) -> dict[str, np.ndarray]:
     """NumPy tensors from a `.safetensors` file, or from a legacy torch zip pickle (`.bin`, `.pth`).
 
-    The pickle is read without torch by `zoobot.tf.legacy_weights.load_torch_state_dict`, which
+    The pickle is read without torch by `zoobot.models.legacy.load_torch_state_dict`, which
     accepts plain tensors only; anything else raises `LegacyWeightsError` naming it.
     """
     path = Path(path)
@@ -86,7 +77,7 @@ def load_state_dict_file(path: str | os.PathLike, name: str | None = None) -> di
     logger.warning(
         "%s: no %s, reading the legacy PyTorch pickle %s with zoobot.tf's restricted reader "
         "(plain tensors only). Prefer safetensors: convert once with "
-        "`write_timm_folder(load_encoder(%r), 'converted')` and use (or push) that folder.",
+        "`save_pretrained(load_encoder(%r), 'converted')` and use (or push) that folder.",
         name,
         SAFETENSORS_NAME,
         path.name,
@@ -274,8 +265,8 @@ def encoder_dim(encoder: keras.Model) -> int:
     return int(encoder.output_shape[-1])
 
 
-def timm_config(encoder: keras.Model, extra_config: Mapping | None = None) -> dict:
-    """The `config.json` timm writes for this encoder (`save_for_hf`), plus `extra_config`."""
+def timm_config(encoder: keras.Model) -> dict:
+    """The `config.json` timm writes for this encoder (`save_for_hf`)."""
     if getattr(encoder, "zoobot_architecture", None) is None:
         raise TypeError(
             f"{encoder.name!r} was not made by zoobot.tf (load_encoder / build_encoder): "
@@ -293,37 +284,22 @@ def timm_config(encoder: keras.Model, extra_config: Mapping | None = None) -> di
         "model_args": {"num_classes": 0, "in_chans": channels, **model_args, "global_pool": "avg"},
         "pretrained_cfg": _pretrained_cfg_for(cfg, channels, first),
     }
-    return json.loads(json.dumps({**config, **dict(extra_config or {})}))
+    return json.loads(json.dumps(config))
 
 
-def write_timm_files(
-    encoder: keras.Model, folder: str | os.PathLike, extra_config: Mapping | None = None
-) -> dict:
+def write_timm_files(encoder: keras.Model, folder: str | os.PathLike) -> dict:
     """Write `config.json` and `model.safetensors` (timm names and layouts) into existing `folder`.
 
-    Not atomic: for composing a larger layout in a staging folder. Returns the config written.
+    Not atomic: for composing a Hub layout in a staging folder (`zoobot.tf.save_pretrained` writes
+    a whole model folder atomically). Returns the config written.
     """
     folder = Path(folder)
-    config = timm_config(encoder, extra_config)
+    config = timm_config(encoder)
     safetensors.numpy.save_file(
         architectures.timm_state(encoder), folder / SAFETENSORS_NAME, metadata={"format": "pt"}
     )
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return config
-
-
-def write_timm_folder(
-    encoder: keras.Model, folder: str | os.PathLike, extra_config: Mapping | None = None
-) -> Path:
-    """Save `encoder` in the timm Hub layout, as timm's `save_for_hf` would, atomically.
-
-    The folder is written beside its destination and renamed into place, so readers never see half
-    a model; an existing model folder is replaced, any other non-empty folder is refused.
-    `extra_config` adds top-level `config.json` keys (e.g. `zoobot`).
-    """
-    return write_model_folder(
-        folder, lambda staging: write_timm_files(encoder, staging, extra_config)
-    )
 
 
 def is_architecture(name: str) -> bool:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from zoobot.models.settings import warmup_cosine
+
 __all__ = ["LayerwiseAdamW", "WarmupCosine"]
 
 
@@ -44,13 +46,9 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         self.cosine = bool(cosine)
 
     def factor(self, step: int) -> float:
-        """The factor at `step`, in Python (the same arithmetic as `zoobot.torch.module.WarmupCosine`)."""
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if not self.cosine or self.total_steps is None:
-            return 1.0
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        """The factor at `step`, in Python: `zoobot.models.settings.warmup_cosine`."""
+        cosine = self.cosine and self.total_steps is not None
+        return warmup_cosine(step, self.warmup_steps, self.total_steps or 0, cosine)
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)

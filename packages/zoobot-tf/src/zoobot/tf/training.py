@@ -1,4 +1,5 @@
-"""Train on votes with Keras `fit` set up for what users need: `train`, `fit` and `get_callbacks`.
+"""Train with Keras `fit` set up for what users need: `train` (on votes), `fit`, `get_callbacks`, and
+`fit_catalog` (any Zoobot model on a catalog or shards, what `train` and the command line use).
 
 The TensorFlow twin of `zoobot.torch.training`. In `save_dir`: `checkpoints/` (`best.weights.h5`,
 `last.weights.h5`, Keras weight files), `best/` (the best weights in the Hub layout, written when
@@ -16,17 +17,18 @@ import importlib.util
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from zoobot.shared import Schema
-from zoobot.tf.hub import save_pretrained
+from zoobot.data.splits import Splits
+from zoobot.shared import Schema, as_schema
 from zoobot.tf.module import ZoobotModel
-from zoobot.tf.tree import ZoobotTree, as_schema
+from zoobot.tf.runner import input_channels
+from zoobot.tf.tree import ZoobotTree
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,32 @@ def dtype_policy(precision: str) -> Iterator[str]:
         yield policy
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def strategy_for(accelerator: str = "auto", devices: int | str = "auto") -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy for Lightning-style `accelerator` and `devices`: several GPUs or
+    (`accelerator="cpu"`) logical CPUs are mirrored, one device uses the default strategy."""
+    accelerator = accelerator.lower()
+    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+        raise ValueError(f"unknown accelerator {accelerator!r}; use cpu, gpu or auto")
+    if accelerator == "cpu":
+        tf.config.set_visible_devices([], "GPU")
+    gpus = tf.config.list_physical_devices("GPU")
+    if accelerator in ("gpu", "cuda") and not gpus:
+        raise ValueError("accelerator gpu, but TensorFlow sees no GPU")
+    if devices == "auto":
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if devices == 1:
+        return tf.distribute.get_strategy()
+    if gpus:
+        if devices > len(gpus):
+            raise ValueError(f"devices={devices}, but TensorFlow sees {len(gpus)} GPU(s)")
+        return tf.distribute.MirroredStrategy([f"/GPU:{i}" for i in range(devices)])
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * devices
+    )
+    return tf.distribute.MirroredStrategy([f"/CPU:{i}" for i in range(devices)])
 
 
 def get_strategy(
@@ -138,7 +166,7 @@ class ExportBest(keras.callbacks.Callback):
         else:
             logger.warning("%s was never logged: exporting the final weights", self.monitor)
         try:
-            save_pretrained(self.model, self.folder, card=card)
+            self.model.save_pretrained(self.folder, card=card)
         finally:
             if current is not None:
                 self.model.set_weights(current)
@@ -239,41 +267,37 @@ def fit(
 
 def _datasets(
     data,
-    schema: Schema,
+    label_cols: Sequence[str],
     image_size: int,
     channels: int,
     batch_size: int,
     seed: int,
+    splits: Splits = None,
+    num_workers: int | None = None,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
-    """(train, validation) datasets of (images, vote counts) from what `train` accepts."""
+    """(train, validation) datasets of (images, labels) from what `fit_catalog` accepts."""
     if isinstance(data, tf.data.Dataset):
         return data, None
     if isinstance(data, tuple) and len(data) == 2:
         return data
     from zoobot.tf import data as pipelines  # imported only when sources are given
 
+    common = {
+        "image_size": image_size,
+        "channels": channels,
+        "batch_size": batch_size,
+        "splits": splits,
+        "split_seed": seed,
+    }
+    if num_workers is not None:
+        common["num_parallel_calls"] = max(1, num_workers)
+
     def train_split(source, split):
-        return pipelines.train_dataset(
-            source,
-            schema.label_cols,
-            image_size=image_size,
-            channels=channels,
-            batch_size=batch_size,
-            seed=seed,
-            split=split,
-            split_seed=seed,
-        )
+        return pipelines.train_dataset(source, label_cols, seed=seed, split=split, **common)
 
     def eval_split(source, split):
         return pipelines.eval_dataset(
-            source,
-            image_size=image_size,
-            channels=channels,
-            batch_size=batch_size,
-            label_cols=schema.label_cols,
-            split=split,
-            split_seed=seed,
-            as_tuples=True,
+            source, label_cols=label_cols, split=split, as_tuples=True, **common
         )
 
     if isinstance(data, Mapping):
@@ -289,41 +313,52 @@ def _datasets(
     return train_split(data, "train"), eval_split(data, "validation")
 
 
-def train(
+def fit_catalog(
+    build: Callable[[], ZoobotModel],
     data,
-    schema: Schema | str | Mapping,
+    label_cols: Sequence[str],
     save_dir: str | os.PathLike,
-    architecture: str = "convnext_nano",
+    *,
     epochs: int = 100,
     batch_size: int = 128,
     image_size: int = 224,
-    channels: int = 3,
     precision: str = "32",
-    strategy: str | tf.distribute.Strategy = "auto",
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    strategy: str | tf.distribute.Strategy | None = None,
+    num_workers: int | None = None,
     patience: int = 8,
     seed: int = 42,
+    progress: bool = True,
+    splits: Splits = None,
     gradient_clip_val: float | None = 1.0,
-    model_kwargs: Mapping | None = None,
     **fit_kwargs,
-) -> ZoobotTree:
-    """Pretrain a `ZoobotTree` on vote counts and return it holding the best validation weights.
+) -> ZoobotModel:
+    """Seed everything, build the model with `build()` under the precision policy and distribution
+    strategy, fit it on `data` and return it holding the best validation weights (also in
+    `save_dir/best/`, Hub layout).
 
     `data` is a catalog (DataFrame or file) or a shard folder, split into train / validation by
-    `zoobot.data`'s rule with `seed` (`zoobot.tf.data`); a mapping with `train` and `validation`
-    entries (catalogs, shard folders or `tf.data.Dataset`s of (images, counts)); a `(train,
-    validation)` pair of datasets; or one dataset (no validation: the training loss is monitored).
-    `model_kwargs` go to `ZoobotTree` (learning rate, dropout, ...). `precision` is `32`,
-    `mixed` (bf16 on CPU, fp16 on GPU), `bf16-mixed`/`mixed_bfloat16` or `16-mixed`/`mixed_float16`;
-    `strategy` as `get_strategy` (`mirrored` for several devices). Other keyword arguments go to
-    `fit` (e.g. `tensorboard`, `callbacks`, `verbose`, `steps_per_epoch`).
+    `zoobot.data`'s rule (`splits`, `seed`); a mapping with `train` and `validation` entries
+    (catalogs, shard folders or `tf.data.Dataset`s of (images, labels)); a `(train, validation)`
+    pair of datasets; or one dataset (no validation: the training loss is monitored). `precision`
+    is `32`, `mixed` (bf16 on CPU, fp16 on GPU), `bf16-mixed`/`mixed_bfloat16` or
+    `16-mixed`/`mixed_float16`; `strategy` as `get_strategy`, else from `accelerator` and `devices`
+    (`strategy_for`). `num_workers` images are decoded at once (default: tf.data's choice). Other
+    keyword arguments go to `fit` (e.g. `tensorboard`, `callbacks`, `steps_per_epoch`).
     """
-    schema = as_schema(schema)
+    distribution = (
+        strategy_for(accelerator, devices) if strategy is None else get_strategy(strategy)
+    )
     keras.utils.set_random_seed(seed)
-    train_data, validation_data = _datasets(data, schema, image_size, channels, batch_size, seed)
-    distribution = get_strategy(strategy)
     with dtype_policy(precision), distribution.scope():
-        model = ZoobotTree(schema, architecture, channels=channels, **dict(model_kwargs or {}))
+        model = build()
         model.compile(gradient_clip_val=gradient_clip_val)
+    channels = input_channels(model)
+    train_data, validation_data = _datasets(
+        data, label_cols, image_size, channels, batch_size, seed, splits, num_workers
+    )
+    fit_kwargs.setdefault("verbose", 1 if progress else 2)
     fit(
         model,
         train_data,
@@ -334,3 +369,38 @@ def train(
         **fit_kwargs,
     )
     return model
+
+
+def train(
+    data,
+    schema: Schema | str | Mapping,
+    save_dir: str | os.PathLike,
+    architecture: str = "convnext_nano",
+    epochs: int = 100,
+    batch_size: int = 128,
+    image_size: int = 224,
+    channels: int = 3,
+    strategy: str | tf.distribute.Strategy = "auto",
+    model_kwargs: Mapping | None = None,
+    **options,
+) -> ZoobotTree:
+    """Pretrain a `ZoobotTree` on vote counts and return it holding the best validation weights.
+
+    `data` is what `fit_catalog` takes (a catalog, a shard folder, splits, or datasets).
+    `model_kwargs` go to `ZoobotTree` (training settings such as `learning_rate`, `dropout`);
+    `strategy` is "auto" (mirrored over several GPUs), "mirrored", "default" or a
+    `tf.distribute.Strategy`; the other keyword arguments are those of `fit_catalog` (`precision`,
+    `patience`, `seed`, `splits`, `num_workers`, `gradient_clip_val`) and, beyond them, of `fit`.
+    """
+    schema = as_schema(schema)
+    return fit_catalog(
+        lambda: ZoobotTree(schema, architecture, channels=channels, **dict(model_kwargs or {})),
+        data,
+        schema.label_cols,
+        save_dir,
+        epochs=epochs,
+        batch_size=batch_size,
+        image_size=image_size,
+        strategy=strategy,
+        **options,
+    )

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoobot.torch.inference import cpu_autocast_dtype
+from zoobot.torch.cpu import cpu_autocast_dtype
 
 
 def _memory_format(tensor: torch.Tensor) -> torch.memory_format:

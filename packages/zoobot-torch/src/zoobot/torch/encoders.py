@@ -8,6 +8,7 @@ The Hub layout (DESIGN.md contract 3) is a folder or Hub repo with `config.json`
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -20,9 +21,10 @@ import torch
 import torchvision
 from torch import nn
 
-from zoobot.data.model_hub import HubUnavailableError as HubUnavailableError  # re-exported
-from zoobot.data.model_hub import ModelSource, check_weights_fit
-from zoobot.data.model_hub import WeightsMismatchError as WeightsMismatchError  # re-exported
+from zoobot.models.hub import HubUnavailableError as HubUnavailableError  # re-exported
+from zoobot.models.hub import ModelSource
+from zoobot.models.layout import CONFIG_NAME, check_weights_fit
+from zoobot.models.layout import WeightsMismatchError as WeightsMismatchError  # re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,14 @@ TORCHVISION_PREFIX = "torchvision:"
 # torchvision ResNets share timm's parameter names, so they save to and reload from the timm layout.
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 _MAX_LISTED = 10
+# torchvision ResNet layouts with their timm twins (same parameter names, same outputs).
+_RESNET_LAYOUTS = {
+    ("BasicBlock", (2, 2, 2, 2)): "resnet18",
+    ("BasicBlock", (3, 4, 6, 3)): "resnet34",
+    ("Bottleneck", (3, 4, 6, 3)): "resnet50",
+    ("Bottleneck", (3, 4, 23, 3)): "resnet101",
+    ("Bottleneck", (3, 8, 36, 3)): "resnet152",
+}
 _PRETRAINED_CFG_FIELDS = frozenset(timm.models.PretrainedCfg.__dataclass_fields__) - {"state_dict"}
 
 
@@ -195,3 +205,32 @@ def load_encoder(
 def encoder_dim(encoder: nn.Module) -> int:
     """Width of the encoder's pooled features (timm's `head_hidden_size` when it differs)."""
     return int(getattr(encoder, "head_hidden_size", None) or encoder.num_features)
+
+
+def as_timm(encoder: nn.Module) -> nn.Module:
+    """The encoder as a timm model: compiled wrappers unwrapped, torchvision ResNets converted."""
+    encoder = getattr(encoder, "_orig_mod", encoder)
+    if hasattr(encoder, "pretrained_cfg"):
+        return encoder
+    if not isinstance(encoder, torchvision.models.ResNet):
+        raise TypeError(
+            f"cannot save a {type(encoder).__qualname__} encoder in the timm layout; "
+            "use load_encoder() for timm or torchvision ResNet encoders"
+        )
+    layout = (
+        type(encoder.layer1[0]).__name__,
+        tuple(len(encoder.get_submodule(f"layer{i}")) for i in range(1, 5)),
+    )
+    architecture = _RESNET_LAYOUTS.get(layout)
+    if architecture is None or encoder.groups != 1 or encoder.base_width != 64:
+        raise TypeError(f"no timm twin for this torchvision ResNet ({layout})")
+    twin = timm.create_model(architecture, num_classes=0, in_chans=encoder.conv1.in_channels)
+    load_strict(twin, encoder.state_dict(), f"torchvision {architecture}")
+    return twin
+
+
+def write_timm_files(encoder: nn.Module, folder: Path) -> dict:
+    """`config.json` and `model.safetensors` of the encoder, written by timm's own `save_for_hf`;
+    returns the config."""
+    timm.models.save_for_hf(as_timm(encoder), folder, safe_serialization=True)
+    return json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8"))

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoobot.torch.inference import cpu_autocast_dtype
+from zoobot.torch.cpu import cpu_autocast_dtype
 
 
 def _fused_op():

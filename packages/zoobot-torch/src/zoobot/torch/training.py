@@ -1,10 +1,11 @@
-"""Train on votes with a Lightning Trainer set up for what users need: `train` and `get_trainer`."""
+"""Train with a Lightning Trainer set up for what users need: `train` (on votes), `get_trainer`, and
+`fit_catalog` (any Zoobot model on a catalog, what `train` and the command line use)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -15,10 +16,12 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.plugins import LayerSync
 from torch import nn
 
-from zoobot.shared import Schema
-from zoobot.torch.datamodule import Data, GalaxyDataModule
-from zoobot.torch.hub import save_pretrained
-from zoobot.torch.tree import ZoobotTree, as_schema
+from zoobot.data.splits import Splits
+from zoobot.shared import Schema, as_schema
+from zoobot.torch.cpu import input_channels
+from zoobot.torch.data.datamodule import Data, GalaxyDataModule
+from zoobot.torch.module import ZoobotModule
+from zoobot.torch.tree import ZoobotTree
 
 BEST_FOLDER = "best"
 
@@ -47,7 +50,7 @@ class ExportBest(pl.Callback):
             pl_module.load_state_dict(load_checkpoint_weights(checkpoint.best_model_path))
             card["metrics"] = {checkpoint.monitor: float(checkpoint.best_model_score)}
         try:
-            save_pretrained(pl_module, self.folder, card=card)
+            pl_module.save_pretrained(self.folder, card=card)
         finally:
             pl_module.load_state_dict(current)
 
@@ -159,51 +162,54 @@ def get_trainer(
     )
 
 
-def train(
+def fit_catalog(
+    build: Callable[[], ZoobotModule],
     data: Data | GalaxyDataModule,
-    schema: Schema | str | Mapping,
+    label_cols: Sequence[str],
     save_dir: str | os.PathLike,
-    architecture: str = "convnext_nano",
+    *,
     epochs: int = 100,
     batch_size: int = 128,
     image_size: int = 224,
-    channels: int = 3,
+    precision: str = "32",
     accelerator: str = "auto",
     devices: int | str = "auto",
     nodes: int = 1,
-    precision: str = "32",
-    compile: bool | str = False,
     strategy: str = "auto",
-    wandb: bool = False,
     num_workers: int = 4,
     patience: int = 8,
     seed: int = 42,
-    model_kwargs: Mapping | None = None,
+    progress: bool = True,
+    splits: Splits = None,
+    compile: bool | str = False,
+    wandb: bool = False,
     **trainer_kwargs,
-) -> ZoobotTree:
-    """Pretrain a `ZoobotTree` on vote counts and return it holding the best validation weights.
+) -> ZoobotModule:
+    """Seed everything, build the model with `build()`, fit it on `data` and return it holding the
+    best validation weights (also in `save_dir/best/`, Hub layout).
 
     `data` is a catalog, a Hugging Face dataset, a mapping/`DatasetDict` of splits (see
-    `GalaxyDataModule`), or a ready `GalaxyDataModule`. `model_kwargs` go to `ZoobotTree` (learning
-    rate, dropout, ...); Trainer settings and the `save_dir` layout are those of `get_trainer`, which
-    gets the remaining keyword arguments. `compile=True` compiles the model with `torch.compile`
-    (inductor); a string names another `torch.compile` backend.
+    `GalaxyDataModule`, which gets `label_cols`, `image_size`, `batch_size`, `num_workers`, `splits`
+    and `seed`, and the model's input channels), or a ready `GalaxyDataModule`. Trainer settings and
+    the `save_dir` layout are those of `get_trainer`, which gets the remaining keyword arguments.
+    `compile=True` compiles the model with `torch.compile` (inductor); a string names another
+    `torch.compile` backend.
     """
-    schema = as_schema(schema)
     pl.seed_everything(seed, workers=True)
+    model = build()
     if isinstance(data, GalaxyDataModule):
         datamodule = data
     else:
         datamodule = GalaxyDataModule(
             data,
-            schema.label_cols,
+            label_cols,
             image_size=image_size,
-            channels=channels,
+            channels=input_channels(model.encoder),
             batch_size=batch_size,
             num_workers=num_workers,
+            splits=splits,
             seed=seed,
         )
-    model = ZoobotTree(schema, architecture, channels=channels, **dict(model_kwargs or {}))
     if compile:
         model.compile(**({} if compile is True else {"backend": compile}))
     trainer = get_trainer(
@@ -216,10 +222,43 @@ def train(
         strategy=strategy,
         patience=patience,
         wandb=wandb,
-        **trainer_kwargs,
+        **{"enable_progress_bar": progress, **trainer_kwargs},
     )
     trainer.fit(model, datamodule)
     best = trainer.checkpoint_callback.best_model_path
     if best and trainer.is_global_zero:
         model.load_state_dict(load_checkpoint_weights(best))
     return model
+
+
+def train(
+    data: Data | GalaxyDataModule,
+    schema: Schema | str | Mapping,
+    save_dir: str | os.PathLike,
+    architecture: str = "convnext_nano",
+    epochs: int = 100,
+    batch_size: int = 128,
+    image_size: int = 224,
+    channels: int = 3,
+    model_kwargs: Mapping | None = None,
+    **options,
+) -> ZoobotTree:
+    """Pretrain a `ZoobotTree` on vote counts and return it holding the best validation weights.
+
+    `data` is a catalog, a Hugging Face dataset, a mapping/`DatasetDict` of splits (see
+    `GalaxyDataModule`), or a ready `GalaxyDataModule`. `model_kwargs` go to `ZoobotTree` (training
+    settings such as `learning_rate`, `dropout`); the other keyword arguments are those of
+    `fit_catalog` (`accelerator`, `devices`, `nodes`, `precision`, `strategy`, `num_workers`,
+    `patience`, `seed`, `splits`, `compile`, `wandb`) and, beyond them, of `pl.Trainer`.
+    """
+    schema = as_schema(schema)
+    return fit_catalog(
+        lambda: ZoobotTree(schema, architecture, channels=channels, **dict(model_kwargs or {})),
+        data,
+        schema.label_cols,
+        save_dir,
+        epochs=epochs,
+        batch_size=batch_size,
+        image_size=image_size,
+        **options,
+    )

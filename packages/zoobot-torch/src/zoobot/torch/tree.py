@@ -9,19 +9,14 @@ import torch
 import torchmetrics
 from torch import nn
 
-from zoobot.shared import Schema
-from zoobot.shared import as_schema as _registered_schema
+from zoobot.models.settings import PRETRAINING
+from zoobot.shared import Schema, as_schema
+from zoobot.torch.backend import BACKEND
 from zoobot.torch.encoders import encoder_dim, load_encoder
-from zoobot.torch.hub import register_task
 from zoobot.torch.loss import DirichletMultinomialLoss
 from zoobot.torch.module import ZoobotModule
 
 STAGES = ("train", "validation", "test")
-
-
-def as_schema(schema: Schema | str | Mapping) -> Schema:
-    """`zoobot.shared.as_schema`, also taking the `to_dict()` form a saved task config holds."""
-    return Schema.from_dict(schema) if isinstance(schema, Mapping) else _registered_schema(schema)
 
 
 class ScaledSigmoid(nn.Module):
@@ -80,9 +75,8 @@ class TreeSteps:
     """Loss and metrics of a model whose head predicts Dirichlet concentrations for a schema."""
 
     def _init_tree(self, schema: Schema) -> None:
-        """Set up the loss and metrics; call after `save_hyperparameters` (it records the schema)."""
+        """Set up the loss and metrics of `schema`."""
         self.schema = schema
-        self.hparams["schema"] = schema.to_dict()
         self.loss = DirichletMultinomialLoss(schema)
         campaigns = schema.campaigns
         names = [q.name for q in schema.questions]
@@ -142,18 +136,20 @@ class TreeSteps:
         self._log_vote_fraction_error("test")
 
 
-@register_task
+@BACKEND.tasks.register
 class ZoobotTree(TreeSteps, ZoobotModule):
     """Pretrain an encoder on Galaxy Zoo votes: Dirichlet concentrations for every answer of `schema`.
 
     The loss is the Dirichlet-multinomial negative log-likelihood of the votes (`zoobot.torch.loss`),
     summed over questions and averaged over the batch; it is logged per question and per campaign,
     with the vote-fraction error of each question. `architecture` is any name `load_encoder` takes;
-    `encoder=` uses a module instead. Other arguments: `ZoobotModule` (by default the whole encoder
-    trains at `learning_rate`). Predictions are concentrations, `(batch, answer, n_samples)`.
+    `encoder=` uses a module instead. `settings` are `zoobot.models.settings.TrainingSettings`
+    (defaults `PRETRAINING`: the whole encoder trains at `learning_rate=1e-3` after a one-epoch
+    warmup, head dropout 0.2). Predictions are concentrations, `(batch, answer, n_samples)`.
     """
 
     task = "tree"
+    default_settings = PRETRAINING
 
     def __init__(
         self,
@@ -161,27 +157,11 @@ class ZoobotTree(TreeSteps, ZoobotModule):
         architecture: str | os.PathLike = "convnext_nano",
         encoder: nn.Module | None = None,
         channels: int = 3,
-        dropout: float = 0.2,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.05,
-        warmup_epochs: float = 1.0,
-        warmup_steps: int = 0,
-        cosine: bool = True,
-        n_blocks: int = -1,
-        lr_decay: float = 1.0,
+        **settings,
     ):
         schema = as_schema(schema)
+        settings = self.default_settings.replace(**settings)
         encoder = encoder if encoder is not None else load_encoder(architecture, channels)
-        super().__init__(
-            encoder,
-            dirichlet_head(encoder_dim(encoder), len(schema.label_cols), dropout),
-            n_blocks=n_blocks,
-            lr_decay=lr_decay,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            warmup_steps=warmup_steps,
-            cosine=cosine,
-        )
-        self._save_hyperparameters("schema")
+        head = dirichlet_head(encoder_dim(encoder), len(schema.label_cols), settings.dropout)
+        super().__init__(encoder, head, settings, {"schema": schema.to_dict()})
         self._init_tree(schema)

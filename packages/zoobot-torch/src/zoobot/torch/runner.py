@@ -1,8 +1,8 @@
-"""Run a torch model over a catalog's images in resumable chunks: the engine of `predict` and
-representations.
+"""Run a torch model over a catalog's images in resumable chunks: the engine under `predict` and
+`get_representations` (`TorchBackend.run_predictions` / `run_features`).
 
 The framework-free bookkeeping (chunks, part files that survive SIGKILL, the manifest that
-fingerprints a run, failures, the final tables) is `zoobot.data.streaming`, shared with `zoobot.tf`.
+fingerprints a run, failures, the final tables) is `zoobot.models.runner`, shared with `zoobot.tf`.
 Here: DataLoader workers decode each batch (which never crosses a chunk) to uint8 with
 `zoobot.data.images.read_image`, catching an unreadable image per row; the main process converts
 the batch to float, applies the evaluation transform, and runs the model under
@@ -29,50 +29,23 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from zoobot.data.images import read_image
-from zoobot.data.streaming import (
-    FAILED_COLUMNS,
-    FORMAT,
-    MANIFEST,
+from zoobot.models.runner import (
     ChunkWriter,
-    Part,
     Parts,
-    StreamSettings,
-    catalog_digest,
+    RunSettings,
     chunk_seed,
     decode_rows,
-    default_workers,
-    parquet_stream,
-    read_catalog,
     start_parts,
-    write_failures,
 )
-from zoobot.torch.fusion import fused_conv_gelu
-from zoobot.torch.inference import (
+from zoobot.torch.cpu import (
     PRECISIONS,
     input_channels,
     prefers_channels_last,
     prepared,
     reused_memory,
 )
-from zoobot.torch.transforms import eval_transform
-
-__all__ = [
-    "FAILED_COLUMNS",
-    "FORMAT",
-    "MANIFEST",
-    "CatalogImages",
-    "Part",
-    "Parts",
-    "RowBatch",
-    "StreamSettings",
-    "catalog_digest",
-    "default_workers",
-    "parquet_stream",
-    "read_catalog",
-    "run_chunks",
-    "weights_digest",
-    "write_failures",
-]
+from zoobot.torch.data.transforms import eval_transform
+from zoobot.torch.fusion import fused_conv_gelu
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +113,7 @@ def run_chunks(
     forward: Callable[[torch.Tensor], torch.Tensor],
     shape: tuple[int, ...],
     save_loc: str | os.PathLike,
-    settings: StreamSettings,
+    settings: RunSettings,
     run: Mapping,
     seed: int = 0,
 ) -> Parts:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from zoobot.data.catalog import SPLIT_COLUMN
 from zoobot.data.images import read_image
 from zoobot.data.splits import Splits, assign_splits
-from zoobot.torch import transforms
+from zoobot.torch.data import transforms
 
 # The splits each Lightning stage reads.
 STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}

@@ -1,19 +1,21 @@
-"""The subcommands `zoobot-torch` and `zoobot-tf` share: train, finetune, predict, represent, push.
+"""The `zoobot-torch` and `zoobot-tf` commands, written once: train, finetune, predict, represent, push.
 
-Both commands take the same arguments, so their parsers are built here, without a deep-learning
-framework; each package supplies the functions that run the subcommands and the few help texts
-that differ (`ModelCommand.help`). Errors a library reports about inputs, files or the Hub are
-printed as one message on stderr with exit code 1 (2 for a bad command line), not a traceback;
-`--debug` shows the traceback.
+Both commands take the same arguments and run the same code; each framework package supplies only a
+`ModelCommand`: its name, the module of its `Backend`, and the few help texts that differ. The
+parser needs no deep-learning framework (so `--help` is quick); the backend is imported to run a
+subcommand. Errors a library reports about inputs, files or the Hub are printed as one message on
+stderr with exit code 1 (2 for a bad command line), not a traceback; `--debug` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from zoobot.data.commands.common import (
     HelpFormatter,
@@ -21,13 +23,28 @@ from zoobot.data.commands.common import (
     add_no_progress,
     add_split_options,
     add_subcommand,
+    load_input_catalog,
     positive_int,
     schema_type,
+    splits_of,
 )
 
 COMMANDS = ("train", "finetune", "predict", "represent", "push")
 RUN_OPTIONS = ("batch_size", "num_workers", "image_size", "precision", "channels_last")
 """Options of predict and represent passed to the library under the same names."""
+TRAINING_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "image_size",
+    "precision",
+    "accelerator",
+    "devices",
+    "num_workers",
+    "patience",
+    "seed",
+    "progress",
+)
+"""Options of train and finetune passed to `Backend.fit_catalog` (plus `splits`)."""
 HELP_KEYS = (
     "architecture",  # --architecture of train
     "train_precision",  # --precision of train and finetune
@@ -43,19 +60,26 @@ HELP_KEYS = (
 
 @dataclass(frozen=True)
 class ModelCommand:
-    """One framework's command: its name, texts, and the function that runs each subcommand."""
+    """One framework's command: its name, texts, and its `Backend` (or the module holding it as
+    `BACKEND`, imported only to run a subcommand)."""
 
     prog: str
     framework: str
+    backend: str | Any
     description: str
     epilog: str
-    runners: Mapping[str, Callable[[argparse.Namespace], int]]
     help: Mapping[str, str]
 
     def __post_init__(self):
-        missing = set(COMMANDS) - set(self.runners) | set(HELP_KEYS) - set(self.help)
+        missing = set(HELP_KEYS) - set(self.help)
         if missing:
-            raise ValueError(f"{self.prog}: no runner or help text for {sorted(missing)}")
+            raise ValueError(f"{self.prog}: no help text for {sorted(missing)}")
+
+    def load_backend(self):
+        """The framework's `Backend` (imports the framework)."""
+        if isinstance(self.backend, str):
+            return importlib.import_module(self.backend).BACKEND
+        return self.backend
 
 
 def devices_type(text: str) -> int | str:
@@ -89,36 +113,37 @@ def class_labels(catalog, column: str):
 
 
 def finetune_model(args: argparse.Namespace, catalog, tasks):
-    """(model, catalog, label columns, class names or None) for `finetune --task`, built with the
-    `FinetuneableZoobot{Classifier,Regressor,Tree}` classes of the framework's module `tasks`."""
+    """(model factory, catalog, label columns, class names or None) for `finetune --task`: the
+    factory builds a `FinetuneableZoobot{Classifier,Regressor,Tree}` from the backend's `tasks`
+    registry (called where the framework wants models built, e.g. inside a distribution scope)."""
     options = {"name": args.pretrained, "n_blocks": args.n_blocks, "lr_decay": args.lr_decay}
     if args.learning_rate is not None:
         options["learning_rate"] = args.learning_rate
     if args.task == "tree":
         if args.schema is None:
             raise ValueError("--task tree needs --schema")
-        model = tasks.FinetuneableZoobotTree(args.schema, **options)
-        return model, catalog, list(args.schema.label_cols), None
+        cls = tasks.lookup("finetuneable_tree", "finetune")
+        return lambda: cls(args.schema, **options), catalog, list(args.schema.label_cols), None
     missing = [c for c in args.label_col or () if c not in catalog.columns]
     if not args.label_col or missing:
         raise ValueError(
             f"--task {args.task} needs --label-col columns of the catalog (missing: {missing})"
         )
     if args.task == "regressor":
-        model = tasks.FinetuneableZoobotRegressor(
-            num_outputs=len(args.label_col),
-            loss=args.loss,
-            unit_interval=args.unit_interval,
-            **options,
+        cls = tasks.lookup("regressor", "finetune")
+        options |= {"loss": args.loss, "unit_interval": args.unit_interval}
+        return (
+            lambda: cls(num_outputs=len(args.label_col), **options),
+            catalog,
+            args.label_col,
+            None,
         )
-        return model, catalog, args.label_col, None
     if len(args.label_col) != 1:
         raise ValueError("--task classifier takes one --label-col (the class of each galaxy)")
     catalog, names = class_labels(catalog, args.label_col[0])
-    model = tasks.FinetuneableZoobotClassifier(
-        len(names), label_smoothing=args.label_smoothing, class_names=names, **options
-    )
-    return model, catalog, args.label_col, names
+    cls = tasks.lookup("classifier", "finetune")
+    options |= {"label_smoothing": args.label_smoothing, "class_names": names}
+    return lambda: cls(len(names), **options), catalog, args.label_col, names
 
 
 def report_predictions(files) -> None:
@@ -150,6 +175,121 @@ def report_finetuned(save_dir: Path, names: list[str] | None) -> None:
     print(f"finetuned weights (Hub layout): {Path(save_dir) / 'best'}")
     if names is not None:
         print(f"classes in output order: {' '.join(names)}")
+
+
+def _training_options(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in TRAINING_OPTIONS} | {"splits": splits_of(args)}
+
+
+def _run_options(args: argparse.Namespace, backend) -> dict:
+    """Keyword arguments of `predict` / `get_representations` from the shared options."""
+    if args.threads:
+        backend.set_threads(args.threads)
+    options = {name: getattr(args, name) for name in RUN_OPTIONS}
+    return options | {
+        "chunk_rows": args.chunk_rows,
+        "resume": args.resume,
+        "progress": args.progress,
+        "device": backend.device(args.device),
+    }
+
+
+def run_train(args: argparse.Namespace, backend) -> int:
+    """Pretrain a ZoobotTree on the catalog's vote counts."""
+    catalog = load_input_catalog(args, args.schema)
+    settings = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
+    tree = backend.tasks.lookup("tree", "train")
+    backend.fit_catalog(
+        lambda: tree(args.schema, args.architecture, **settings),
+        catalog,
+        list(args.schema.label_cols),
+        args.save_dir,
+        _training_options(args),
+    )
+    print(f"best weights (Hub layout): {Path(args.save_dir) / 'best'}")
+    return 0
+
+
+def run_finetune(args: argparse.Namespace, backend) -> int:
+    """Finetune a pretrained encoder as a classifier, regressor or decision tree."""
+    schema = args.schema if args.task == "tree" else None
+    catalog = load_input_catalog(args, schema)
+    build, catalog, label_cols, names = finetune_model(args, catalog, backend.tasks)
+    backend.fit_catalog(build, catalog, label_cols, args.save_dir, _training_options(args))
+    report_finetuned(args.save_dir, names)
+    return 0
+
+
+def _catalog_or_rows(args: argparse.Namespace, backend):
+    """What predict and represent read: a source the backend opens itself (e.g. a TFRecord shard
+    folder for zoobot-tf), else the loaded catalog."""
+    if backend.reads_natively(args.catalog):
+        return Path(args.catalog)
+    return load_input_catalog(args)
+
+
+def run_predict(args: argparse.Namespace, backend) -> int:
+    """Predict every galaxy of the catalog and write the prediction tables."""
+    from zoobot.models.inference import predict
+
+    options = _run_options(args, backend)
+    files = predict(
+        backend,
+        _catalog_or_rows(args, backend),
+        args.model,
+        args.save_loc,
+        args.n_samples,
+        label_cols=args.label_cols,
+        friendly_loc=args.friendly_loc,
+        seed=args.seed,
+        **options,
+    )
+    report_predictions(files)
+    return 0
+
+
+def run_represent(args: argparse.Namespace, backend) -> int:
+    """Write every galaxy's representation (optionally PCA-compressed)."""
+    from zoobot.models.inference import get_representations
+
+    options = _run_options(args, backend)
+    files = get_representations(
+        backend,
+        _catalog_or_rows(args, backend),
+        args.encoder,
+        args.save_loc,
+        n_components=args.n_components,
+        pca_fit_rows=args.pca_fit_rows,
+        **options,
+    )
+    report_representations(files)
+    return 0
+
+
+def run_push(args: argparse.Namespace, backend) -> int:
+    """Upload a saved model folder to the Hugging Face Hub (or list what would be uploaded)."""
+    from zoobot.models.pretrained import from_pretrained, push_to_hub
+
+    result = push_to_hub(
+        backend,
+        from_pretrained(backend, Path(args.folder)),
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        token=args.token,
+        dry_run=args.dry_run,
+    )
+    report_push(result, args.dry_run)
+    return 0
+
+
+RUNNERS = {
+    "train": run_train,
+    "finetune": run_finetune,
+    "predict": run_predict,
+    "represent": run_represent,
+    "push": run_push,
+}
 
 
 def _add_training_options(
@@ -367,7 +507,7 @@ def build_parser(command: ModelCommand) -> argparse.ArgumentParser:
     commands.required = True
     for name in COMMANDS:
         _REGISTER[name](commands, command)
-        commands.choices[name].set_defaults(run=command.runners[name])
+        commands.choices[name].set_defaults(run=RUNNERS[name])
     return parser
 
 
@@ -380,7 +520,7 @@ def run_command(command: ModelCommand, argv: Sequence[str] | None = None) -> int
     """Parse `argv` (default: the command line) and run the subcommand; return the exit code."""
     args = build_parser(command).parse_args(argv)
     try:
-        return args.run(args)
+        return args.run(args, command.load_backend())
     except KeyboardInterrupt:
         print(f"{command.prog} {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,20 +1,18 @@
-"""zoobot.data.model_hub: the framework-free half of saving and loading models in the Hub layout."""
+"""zoobot.models.hub, layout and tasks: the framework-free half of saving and loading models."""
 
 import json
 
 import huggingface_hub.constants
 import pytest
 
-from zoobot.data.model_hub import (
-    HubUnavailableError,
-    ModelSource,
-    TaskRegistry,
+from zoobot.models.hub import HubUnavailableError, ModelSource, push_folder
+from zoobot.models.layout import (
     WeightsMismatchError,
     check_weights_fit,
     model_card,
-    push_folder,
     write_model_folder,
 )
+from zoobot.models.tasks import TaskRegistry
 from zoobot.shared import get_schema
 
 
@@ -132,7 +130,7 @@ def test_the_model_card_describes_the_model_and_both_frameworks():
         "(zoobot-tf 0.1.0)",
         "timm `convnext_nano`, 640 pooled features, 1 input channel(s)",
         "`decals_dr5`: 10 questions, 34 answers",
-        "from zoobot.torch import load_from_name  # or: from zoobot.tf import load_from_name",
+        "from zoobot.torch import from_pretrained  # or: from zoobot.tf import from_pretrained",
         "in_chans=1",
     ):
         assert expected in text

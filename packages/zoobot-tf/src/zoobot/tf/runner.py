@@ -1,7 +1,8 @@
-"""Run a Keras model over a catalog or shard folder in resumable chunks: the engine of `predict` and
-`get_representations`, the TensorFlow twin of `zoobot.torch.streaming`.
+"""Run a Keras model over a catalog or shard folder in resumable chunks: the engine under `predict`
+and `get_representations` (`KerasBackend.run_predictions` / `run_features`), the twin of
+`zoobot.torch.runner`.
 
-The framework-free bookkeeping is `zoobot.data.streaming`, shared with `zoobot.torch`: chunks of
+The framework-free bookkeeping is `zoobot.models.runner`, shared with `zoobot.torch`: chunks of
 `chunk_rows` galaxies, part files `<save_loc>.parts/part-000012.parquet` written atomically as each
 chunk finishes (so a run killed at any moment, even by SIGKILL, resumes from them), the manifest
 that fingerprints a run, the unreadable images, and the final tables. Here: images come from
@@ -31,27 +32,27 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from zoobot.data.streaming import (
+from zoobot.models.runner import (
     ChunkWriter,
     Parts,
-    StreamSettings,
+    RunSettings,
     arrays_digest,
     chunk_seed,
     read_catalog,
     start_parts,
 )
-from zoobot.tf.cli import tf_device
 from zoobot.tf.data import CatalogSource, ShardSource, eval_dataset, is_shard_folder, open_source
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "StreamSettings",
     "bfloat16_copy",
+    "featurizer",
     "input_channels",
     "open_rows",
     "reseed",
     "run_chunks",
+    "sampler",
     "seed_generators",
     "weights_digest",
 ]
@@ -194,6 +195,32 @@ def compiled(
     return cache[full_key]
 
 
+def sampler(model: keras.Model, n_samples: int, mc_dropout: bool, precision: str):
+    """images -> (batch, output, n_samples): `model.predict_samples`, or its bf16 twin."""
+    if precision == "32":
+        return lambda images: model.predict_samples(images, n_samples, mc_dropout)
+    encoder = bfloat16_copy(model.encoder)
+
+    def samples(images: tf.Tensor) -> tf.Tensor:
+        features = tf.cast(encoder(images, training=False), tf.float32)
+        passes = [
+            model.prediction(model.head(features, training=mc_dropout)) for _ in range(n_samples)
+        ]
+        return tf.cast(tf.stack(passes, axis=-1), tf.float32)
+
+    return samples
+
+
+def featurizer(encoder: keras.Model, precision: str):
+    """images -> pooled features (float32), in bf16 with `precision="bf16"`."""
+    runner = encoder if precision == "32" else bfloat16_copy(encoder)
+
+    def forward(images: tf.Tensor) -> tf.Tensor:
+        return tf.cast(runner(images, training=False), tf.float32)
+
+    return forward
+
+
 def _runs(parts: Parts, todo: list[int], batch_size: int) -> list[tuple[int, int]]:
     """(start, stop) rows of each dataset to read: contiguous todo chunks in one go when batches
     of `batch_size` from a chunk start stay inside chunks, else one per chunk."""
@@ -215,7 +242,7 @@ def run_chunks(
     forward: Callable[[tf.Tensor], tf.Tensor],
     shape: tuple[int, ...],
     save_loc: str | os.PathLike,
-    settings: StreamSettings,
+    settings: RunSettings,
     run: Mapping,
     seed: int = 0,
     key: Hashable | None = None,
@@ -243,7 +270,7 @@ def run_chunks(
     key = None if key is None else (key, settings.device)
     step = compiled(model, forward, key, settings.image_size, channels)
     generators = seed_generators(model)
-    device = tf.device(tf_device(settings.device)) if settings.device else contextlib.nullcontext()
+    device = tf.device(settings.device) if settings.device else contextlib.nullcontext()
     with device, ChunkWriter(parts, spans, settings.progress) as writer:
         for start, stop in _runs(parts, todo, settings.batch_size):
             batches = eval_dataset(

@@ -1,4 +1,4 @@
-"""zoobot.data.streaming, the framework-free half of predict/get_representations in both frameworks:
+"""zoobot.models.runner, the framework-free half of predict/get_representations in both frameworks:
 batches never cross chunks, parts round-trip, a run stopped after any chunk resumes to the same
 files, manifests refuse other runs, failures are reported, and the final tables have the documented
 columns. A NumPy "model" (mean pixel per channel, plus noise seeded per chunk) stands in for a
@@ -14,22 +14,22 @@ import pytest
 from PIL import Image
 
 from zoobot.data.images import read_image
-from zoobot.data.streaming import (
+from zoobot.models.runner import (
     FAILED_COLUMNS,
     MANIFEST,
     TABLE_FORMAT,
     ChunkWriter,
     Parts,
-    StreamSettings,
+    RunSettings,
     chunk_seed,
     decode_rows,
     finish_predictions,
     finish_representations,
     open_parts,
-    output_names,
     read_catalog,
     start_parts,
 )
+from zoobot.models.tasks import output_names
 from zoobot.shared import get_schema, read_predictions_full
 from zoobot.shared.tables import PCAProjection, friendly_table
 
@@ -92,10 +92,10 @@ def test_spans_cover_every_row_and_never_cross_a_chunk():
 
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="precision"):
-        StreamSettings(precision="16")
+        RunSettings(precision="16")
     with pytest.raises(ValueError, match="chunk_rows"):
-        StreamSettings(chunk_rows=0)
-    assert StreamSettings(num_workers=3).workers == 3 and StreamSettings().workers >= 1
+        RunSettings(chunk_rows=0)
+    assert RunSettings(num_workers=3).workers == 3 and RunSettings().workers >= 1
 
 
 def test_read_catalog_keeps_ids_and_paths_only(catalog):
@@ -116,7 +116,7 @@ def test_decode_rows_catches_unreadable_images(catalog, tmp_path):
 
 def test_tree_predictions_resume_after_any_chunk_to_the_same_files(catalog, tmp_path):
     shape = (len(SCHEMA.label_cols), 2)
-    settings = StreamSettings(batch_size=4, chunk_rows=10, progress=False)
+    settings = RunSettings(batch_size=4, chunk_rows=10, progress=False)
     names = output_names("tree", shape[0], None, SCHEMA)
     data = read_catalog(catalog)
 
@@ -156,7 +156,7 @@ def test_tree_predictions_resume_after_any_chunk_to_the_same_files(catalog, tmp_
 
 def test_a_different_run_is_refused_and_resume_false_starts_again(catalog, tmp_path):
     data = read_catalog(catalog)
-    settings = StreamSettings(batch_size=4, chunk_rows=10, progress=False)
+    settings = RunSettings(batch_size=4, chunk_rows=10, progress=False)
     save_loc = tmp_path / "p.parquet"
     run(data, save_loc, (3, 1), settings, stop_after=1, run_info={"weights": "a"})
     with pytest.raises(ValueError, match=r"different run \(differs in: seed, weights\)"):
@@ -164,7 +164,7 @@ def test_a_different_run_is_refused_and_resume_false_starts_again(catalog, tmp_p
     with pytest.raises(ValueError, match="differs in: catalog"):
         run(data.iloc[::-1].reset_index(drop=True), save_loc, (3, 1), settings, run_info={"weights": "a"})  # fmt: skip
     decoded = []
-    fresh = StreamSettings(batch_size=4, chunk_rows=10, progress=False, resume=False)
+    fresh = RunSettings(batch_size=4, chunk_rows=10, progress=False, resume=False)
     run(data, save_loc, (3, 1), fresh, run_info={"weights": "b"}, decoded=decoded)
     assert len(decoded) == 23
     manifest = json.loads((tmp_path / "p.parquet.parts" / MANIFEST).read_text())
@@ -184,7 +184,7 @@ def test_classifier_table_with_failures(catalog, tmp_path):
     data.loc[4, "file_loc"] = str(broken)
     data.loc[15, "file_loc"] = str(tmp_path / "missing.jpg")
     data = read_catalog(data)
-    settings = StreamSettings(batch_size=4, chunk_rows=10, progress=False)
+    settings = RunSettings(batch_size=4, chunk_rows=10, progress=False)
     parts = run(data, tmp_path / "c.parquet", (2, 3), settings)
     names = output_names("classifier", 2, ["ring", "other"])
     files = finish_predictions(data, parts, tmp_path / "c.parquet", "classifier", names, 3, "m")
@@ -229,13 +229,13 @@ def test_output_names_are_checked():
         output_names("regressor", 3, ["a", "b"])
     with pytest.raises(ValueError, match="omit label_cols"):
         output_names("tree", len(SCHEMA.label_cols), ["a"], SCHEMA)
-    with pytest.raises(ValueError, match="task must be"):
+    with pytest.raises(ValueError, match="table must be"):
         output_names("encoder", 3, None)
 
 
 def test_representations_raw_and_pca(catalog, tmp_path):
     data = read_catalog(catalog)
-    settings = StreamSettings(batch_size=5, chunk_rows=7, progress=False)
+    settings = RunSettings(batch_size=5, chunk_rows=7, progress=False)
     raw_parts = run(data, tmp_path / "raw.parquet", (6,), settings)
     values = np.concatenate([p.values for p in raw_parts.read()]).reshape(23, 6)
     raw = finish_representations(data, raw_parts, tmp_path / "raw.parquet")
@@ -260,7 +260,7 @@ def test_representations_raw_and_pca(catalog, tmp_path):
 
 def test_chunk_writer_checks_the_model_output_shape(catalog, tmp_path):
     data = read_catalog(catalog)
-    settings = StreamSettings(batch_size=4, chunk_rows=10, progress=False)
+    settings = RunSettings(batch_size=4, chunk_rows=10, progress=False)
     parts = start_parts(data, tmp_path / "x.parquet", (3, 1), settings, {})
     with (
         ChunkWriter(parts, parts.spans(parts.todo(), 4), progress=False) as writer,

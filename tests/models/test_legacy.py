@@ -1,43 +1,32 @@
-"""zoobot.tf.legacy_weights: torch's zip checkpoints (`pytorch_model.bin`) read without torch, safely.
+"""zoobot.models.legacy: torch's zip checkpoints (`pytorch_model.bin`) read without torch, safely.
 
 Fixtures written by torch itself (tests/tf/fixtures/make_timm_fixtures.py, `legacy`):
-`timm/test_convnext_legacy/` (test_convnext as timm saves it without safetensors, as the published
-Zoobot encoders are) and `legacy/` (every dtype and view layout, with torch's values in
+`tests/tf/fixtures/timm/test_convnext_legacy/` (test_convnext as timm saves it without safetensors, as the published
+Zoobot encoders are) and `fixtures/legacy/` (every dtype and view layout, with torch's values in
 `dtypes.npz`; malicious pickles; the pre-1.6 format). Edge cases torch would never write (other
 byte order, out-of-bounds views, forbidden opcodes) are crafted here opcode by opcode.
 """
 
-import hashlib
-import logging
-import os
 import pickle
 import shutil
 import zipfile
 from pathlib import Path
 
-import huggingface_hub
-import huggingface_hub.constants
 import numpy as np
 import pytest
 import safetensors.numpy
 
-from zoobot.tf.encoders import load_encoder
-from zoobot.tf.legacy_weights import (
+from zoobot.models.legacy import (
     LegacyWeightsError,
     UnsafeCheckpointError,
     load_torch_checkpoint,
     load_torch_state_dict,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
-LEGACY = FIXTURES / "legacy"
-CONVNEXT = FIXTURES / "timm" / "test_convnext"
-CONVNEXT_LEGACY = FIXTURES / "timm" / "test_convnext_legacy"
-
-
-def features(encoder) -> np.ndarray:
-    x = np.random.default_rng(5).standard_normal((2, 40, 36, 3), np.float32)
-    return np.asarray(encoder(x, training=False))
+LEGACY = Path(__file__).parent / "fixtures" / "legacy"
+TIMM = Path(__file__).parents[1] / "tf" / "fixtures" / "timm"
+CONVNEXT = TIMM / "test_convnext"
+CONVNEXT_LEGACY = TIMM / "test_convnext_legacy"
 
 
 # --- files torch wrote ----------------------------------------------------------------------------
@@ -70,57 +59,6 @@ def test_legacy_convnext_holds_the_same_tensors_as_its_safetensors():
         assert legacy[key].dtype == value.dtype and np.array_equal(legacy[key], value), key
 
 
-def test_legacy_folder_loads_with_the_safetensors_features(caplog):
-    with caplog.at_level(logging.WARNING, logger="zoobot.tf.encoders"):
-        encoder = load_encoder(CONVNEXT_LEGACY)
-    assert "pytorch_model.bin" in caplog.text and "Prefer safetensors" in caplog.text
-    assert np.array_equal(features(encoder), features(load_encoder(CONVNEXT)))
-
-
-def test_safetensors_wins_over_the_pickle(tmp_path, caplog):
-    folder = Path(shutil.copytree(CONVNEXT_LEGACY, tmp_path / "both"))
-    shutil.copy(CONVNEXT / "model.safetensors", folder)
-    (folder / "pytorch_model.bin").write_bytes(b"not read")
-    with caplog.at_level(logging.WARNING, logger="zoobot.tf.encoders"):
-        encoder = load_encoder(folder)
-    assert "legacy" not in caplog.text
-    assert np.array_equal(features(encoder), features(load_encoder(CONVNEXT)))
-
-
-def fill_hf_cache(cache: Path, repo_id: str, folder: Path) -> None:
-    """Lay out `folder` as huggingface_hub caches `repo_id` at main (as test_encoders does)."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(folder.name.encode()).hexdigest()
-    for file in folder.iterdir():
-        data = file.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = repo / "snapshots" / commit / file.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
-def test_hub_repo_with_only_a_pickle_loads_through_the_offline_cache(offline_hub, caplog):
-    fill_hf_cache(offline_hub, "mwalmsley/zoobot-encoder-legacy", CONVNEXT_LEGACY)
-    with caplog.at_level(logging.WARNING, logger="zoobot.tf.encoders"):
-        encoder = load_encoder("hf_hub:mwalmsley/zoobot-encoder-legacy")
-    assert "hf_hub:mwalmsley/zoobot-encoder-legacy: no model.safetensors" in caplog.text
-    assert np.array_equal(features(encoder), features(load_encoder(CONVNEXT)))
-
-
 @pytest.mark.parametrize(
     ("file", "global_name"),
     [
@@ -137,18 +75,6 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path, monkeypatch, fil
     assert "weights_only=True" in message and "save_pretrained" in message
     assert isinstance(err.value, pickle.UnpicklingError) and isinstance(err.value, ValueError)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_malicious_hub_pickle_names_the_repo_to_convert(tmp_path, offline_hub, monkeypatch):
-    folder = tmp_path / "repo"
-    folder.mkdir()
-    shutil.copy(CONVNEXT_LEGACY / "config.json", folder)
-    shutil.copy(LEGACY / "malicious_eval.bin", folder / "pytorch_model.bin")
-    fill_hf_cache(offline_hub, "someone/evil", folder)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(UnsafeCheckpointError, match="load_encoder\\('hf_hub:someone/evil'\\)"):
-        load_encoder("hf_hub:someone/evil")
-    assert not (tmp_path / "PWNED_eval").exists()
 
 
 def test_pre_16_format_is_refused_with_a_fix():

@@ -1,21 +1,20 @@
-"""Resumable runs of a model over a catalog, without a framework: what `zoobot.torch` and `zoobot.tf`
-share so their `predict` and `get_representations` write the same files and resume the same way.
+"""Resumable runs of a model over a catalog, without a framework: the bookkeeping under `predict` and
+`get_representations` in every framework, so they write the same files and resume the same way.
 
 A run cuts the catalog's rows into chunks of `chunk_rows` and batches that never cross a chunk. The
-framework's engine decodes each batch with `zoobot.data.images.read_image` (an unreadable image is a
-failed row, not an error), runs the model, and hands the results to a `ChunkWriter`, which writes
-each finished chunk atomically as `<save_loc>.parts/part-000012.parquet` (`Parts`). A run stopped
-at any moment, even by SIGKILL, loses at most the chunk in flight and resumes from the parts on
-disk. `manifest.json` in the parts folder fingerprints the catalog, the model weights and every
-setting that changes the numbers (`start_parts`), so parts of another run are never mixed in; the
-Monte Carlo randomness of each chunk is seeded from the run's seed and the chunk number
-(`chunk_seed`), so a resumed run gives the numbers of an uninterrupted one.
+framework's engine (`Backend.run_predictions` / `run_features`) decodes each batch with
+`zoobot.data.images.read_image` (an unreadable image is a failed row, not an error), runs the model,
+and hands the results to a `ChunkWriter`, which writes each finished chunk atomically as
+`<save_loc>.parts/part-000012.parquet` (`Parts`). A run stopped at any moment, even by SIGKILL,
+loses at most the chunk in flight and resumes from the parts on disk. `manifest.json` in the parts
+folder fingerprints the catalog, the model weights and every setting that changes the numbers
+(`start_parts`), so parts of another run are never mixed in; the Monte Carlo randomness of each
+chunk is seeded from the run's seed and the chunk number (`chunk_seed`), so a resumed run gives the
+numbers of an uninterrupted one.
 
 When every chunk is done, `finish_predictions` / `finish_representations` assemble the final files
-from the parts (tables documented in `zoobot.torch.predictions` and `zoobot.torch.representations`:
-the full and friendly tables of `zoobot.shared.tables` for decision trees, `<class>_probability`
-columns for classifiers, `<label>_prediction` for regressors, `feat_*` columns for
-representations), write the unreadable images to `<save_loc>.failed.csv`, and delete the parts.
+from the parts (the tables are documented in `zoobot.models.inference`), write the unreadable
+images to `<save_loc>.failed.csv`, and delete the parts.
 """
 
 from __future__ import annotations
@@ -51,12 +50,11 @@ FORMAT = "zoobot-parts/1"
 FAILED_COLUMNS = ["id_str", "file_loc", "error"]
 TABLE_FORMAT = "zoobot-predictions-table/1"
 PRECISIONS = ("32", "bf16")
-TASKS = ("tree", "classifier", "regressor")
 SUFFIXES = {"classifier": "probability", "regressor": "prediction"}
 
 
 @dataclass(frozen=True)
-class StreamSettings:
+class RunSettings:
     """How to run: batch and chunk sizes, decoding workers, image size, numerics, resume, progress.
 
     `num_workers=None` takes half the CPUs (1 to 8, `default_workers`). `precision` is "32" or
@@ -255,7 +253,7 @@ def start_parts(
     catalog: pd.DataFrame,
     save_loc: str | os.PathLike,
     shape: tuple[int, ...],
-    settings: StreamSettings,
+    settings: RunSettings,
     run: Mapping,
     seed: int = 0,
 ) -> Parts:
@@ -379,35 +377,6 @@ class PredictionFiles:
     n_failed: int
 
 
-def output_names(
-    task: str,
-    n_outputs: int,
-    label_cols: Sequence[str] | None,
-    schema: Schema | None = None,
-    class_names: Sequence[str] | None = None,
-) -> list[str]:
-    """One name per model output: a tree's schema answers, or `label_cols` (default: a classifier's
-    `class_names`, else class_i/output_i)."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if task == "tree":
-        names = list(schema.label_cols)
-        if label_cols is not None and list(label_cols) != names:
-            raise ValueError(
-                "a tree model's outputs are its schema's label columns; omit label_cols"
-            )
-        return names
-    if label_cols is None and task == "classifier" and class_names is not None:
-        label_cols = class_names
-    if label_cols is None:
-        return [f"{'class' if task == 'classifier' else 'output'}_{i}" for i in range(n_outputs)]
-    if len(label_cols) != n_outputs:
-        raise ValueError(
-            f"label_cols has {len(label_cols)} names but the model has {n_outputs} outputs"
-        )
-    return [str(c) for c in label_cols]
-
-
 def table_schema(names: Sequence[str], suffix: str, n_samples: int, model_name: str) -> pa.Schema:
     """Arrow schema of a classifier/regressor table: id_str, means, then passes if several."""
     fields = [pa.field("id_str", pa.string(), nullable=False)]
@@ -447,7 +416,7 @@ def finish_predictions(
     catalog: pd.DataFrame,
     parts: Parts,
     save_loc: str | os.PathLike,
-    task: str,
+    table: str,
     names: Sequence[str],
     n_samples: int,
     model_name: str,
@@ -463,12 +432,12 @@ def finish_predictions(
     ids = catalog["id_str"].to_numpy()
     save_loc = Path(save_loc)
     friendly = None
-    if task == "tree":
+    if table == "tree":
         friendly = Path(friendly_loc or save_loc.with_name(f"{save_loc.stem}_friendly.parquet"))
         write_tree(save_loc, friendly, parts, ids, schema, n_samples, model_name)
     else:
-        table = table_schema(names, SUFFIXES[task], n_samples, model_name)
-        write_table(save_loc, parts, ids, table, n_samples)
+        arrow = table_schema(names, SUFFIXES[table], n_samples, model_name)
+        write_table(save_loc, parts, ids, arrow, n_samples)
     failed = Path(f"{save_loc}.failed.csv")
     n_failed = write_failures(failed, catalog, parts)
     parts.remove()
