@@ -17,6 +17,7 @@ nox.options.error_on_missing_interpreters = True
 ROOT = Path(__file__).parent
 SHARED = str(ROOT / "packages" / "zoobot-shared")
 DATA = str(ROOT / "packages" / "zoobot-data")
+MODELS = str(ROOT / "packages" / "zoobot-models")
 TORCH = str(ROOT / "packages" / "zoobot-torch")
 TF = str(ROOT / "packages" / "zoobot-tf")
 # The torch build CI machines hold on local disk (a CUDA build that runs on the CPU); pinning it
@@ -67,10 +68,18 @@ def tests_data(session: nox.Session) -> None:
     session.run("pytest", "tests/data", *session.posargs)
 
 
+@nox.session(name="tests-models", tags=["tests"])
+def tests_models(session: nox.Session) -> None:
+    """zoobot-models: the Hub layout, tasks, settings, runner and command line; no DL framework."""
+    session.install(SHARED, DATA, MODELS, "pillow>=10", *TEST_DEPS)
+    assert_absent(session, "torch", "tensorflow", "keras")
+    session.run("pytest", "tests/models", *session.posargs)
+
+
 @nox.session(name="tests-torch", tags=["tests"])
 def tests_torch(session: nox.Session) -> None:
     """zoobot-torch with PyTorch, Lightning and timm; TensorFlow must be absent."""
-    session.install(*TORCH_PINS, SHARED, f"{DATA}[synthetic]", TORCH, *TEST_DEPS)
+    session.install(*TORCH_PINS, SHARED, f"{DATA}[synthetic]", MODELS, TORCH, *TEST_DEPS)
     assert_absent(session, "tensorflow")
     # One intra-op thread per process: on 2 cores, DataLoader workers and DDP ranks otherwise
     # oversubscribe the CPU and the suite runs several times slower.
@@ -80,7 +89,7 @@ def tests_torch(session: nox.Session) -> None:
 @nox.session(name="tests-tf", tags=["tests"])
 def tests_tf(session: nox.Session) -> None:
     """zoobot-tf with TensorFlow and Keras 3; torch must be absent."""
-    session.install(*TF_PINS, SHARED, f"{DATA}[synthetic]", TF, *TEST_DEPS)
+    session.install(*TF_PINS, SHARED, f"{DATA}[synthetic]", MODELS, TF, *TEST_DEPS)
     assert_absent(session, "torch")
     session.run(
         "pytest",
@@ -104,6 +113,7 @@ def parity(session: nox.Session) -> None:
         *TF_PINS,
         SHARED,
         f"{DATA}[synthetic,hubble]",
+        MODELS,
         TORCH,
         TF,
         "matplotlib>=3.8",

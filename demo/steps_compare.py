@@ -51,8 +51,8 @@ def compare(run: Run) -> dict:
     from zoobot.tf.data import eval_dataset
     from zoobot.tf.encoders import load_encoder as tf_load_encoder
     from zoobot.tf.pretrained import from_pretrained as tf_from_pretrained
-    from zoobot.torch import load_encoder as torch_load_encoder
     from zoobot.torch import from_pretrained as torch_from_pretrained
+    from zoobot.torch import load_encoder as torch_load_encoder
     from zoobot.torch.data.transforms import eval_transform
 
     s = run.settings

@@ -65,7 +65,9 @@ def catalog(tmp_path):
     image = tmp_path / "a.png"
     Image.new("RGB", (8, 8)).save(image)
     votes = dict.fromkeys(get_schema("decals_dr5").label_cols, 1)
-    rows = [{"id_str": f"g{i}", "file_loc": str(image), "kind": "ab"[i % 2], **votes} for i in range(4)]
+    rows = [
+        {"id_str": f"g{i}", "file_loc": str(image), "kind": "ab"[i % 2], **votes} for i in range(4)
+    ]
     pd.DataFrame(rows).to_csv(path, index=False)
     return str(path)
 

@@ -269,7 +269,7 @@ def test_missing_folder_and_files(tmp_path):
 
 
 def test_legacy_bin_is_read_without_torch(tmp_path, caplog):
-    """A timm folder with only `pytorch_model.bin` (see test_legacy_weights.py for the reader)."""
+    """A timm folder with only `pytorch_model.bin` (see tests/models/test_legacy.py for the reader)."""
     with caplog.at_level(logging.WARNING, logger="zoobot.tf.encoders"):
         encoder = load_encoder(FIXTURES / "test_convnext_legacy")
     assert "reading the legacy PyTorch pickle pytorch_model.bin" in caplog.text

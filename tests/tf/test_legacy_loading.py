@@ -87,5 +87,3 @@ def test_malicious_hub_pickle_names_the_repo_to_convert(tmp_path, offline_hub, m
     with pytest.raises(UnsafeCheckpointError, match="load_encoder\\('hf_hub:someone/evil'\\)"):
         load_encoder("hf_hub:someone/evil")
     assert not (tmp_path / "PWNED_eval").exists()
-
-

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from zoobot.data.images import read_image
+from zoobot.data.splits import split_tables
 from zoobot.torch import GalaxyDataModule
-from zoobot.torch.data.datamodule import split_tables
 from zoobot.torch.data.transforms import (
     MaskedRegions,
     PSFBlur,

@@ -110,7 +110,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def predict_batch(self, model: Any, images: np.ndarray) -> np.ndarray:
         """One batch of uint8 (batch, height, width, 3) images through the evaluation transform and
-        `model` (a task model's head output, or an encoder's features), as float32 NumPy."""
+        `model`, as float32 NumPy: one deterministic pass of a task model's predictions (a tree's
+        concentrations, a classifier's probabilities, a regressor's values) or an encoder's
+        features."""
 
     def reads_natively(self, path: str | os.PathLike) -> bool:
         """Whether `open_rows` reads `path` itself rather than as a catalog file (e.g. a shard

@@ -172,5 +172,7 @@ def get_representations(
         encoder = backend.load_encoder(encoder)
     encoder = getattr(encoder, "encoder", encoder)
     shape = (backend.encoder_dim(encoder),)
-    parts = backend.run_features(rows, table, encoder, shape, save_loc, settings, {"task": "encoder"})
+    parts = backend.run_features(
+        rows, table, encoder, shape, save_loc, settings, {"task": "encoder"}
+    )
     return finish_representations(table, parts, save_loc, n_components, pca_fit_rows)

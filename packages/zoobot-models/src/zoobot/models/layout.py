@@ -147,7 +147,9 @@ def model_card(
         lines += ["", "## Metrics", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {name} | {value} |" for name, value in card["metrics"].items()]
     lines += ["", "## Usage", "", "PyTorch or TensorFlow read the same files:", "", "```python"]
-    lines += ["from zoobot.torch import from_pretrained  # or: from zoobot.tf import from_pretrained"]
+    lines += [
+        "from zoobot.torch import from_pretrained  # or: from zoobot.tf import from_pretrained"
+    ]
     lines += ["", f"model = from_pretrained('{hub_name}')  # or the folder's path", "```", ""]
     lines += ["The encoder alone loads with timm:", "", "```python", "import timm", ""]
     in_chans = f", in_chans={channels}" if channels != 3 else ""

@@ -193,7 +193,9 @@ class PretrainedMixin:
                 f"{source} is a saved {task!r} model, rebuilt as saved; it takes no arguments "
                 f"(got {sorted(kwargs)})"
             )
-        encoder = backend.encoder_from_config(config, source.weights_path(), kwargs.pop("channels", None))
+        encoder = backend.encoder_from_config(
+            config, source.weights_path(), kwargs.pop("channels", None)
+        )
         if saved_cls is None:
             return cls(encoder=encoder, **kwargs)
         return _rebuild(backend, saved_cls, TaskRegistry.task_config(zoobot), encoder, source, task)

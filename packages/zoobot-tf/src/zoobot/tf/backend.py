@@ -131,7 +131,11 @@ class KerasBackend(Backend):
         from zoobot.tf.runner import input_channels
 
         x = eval_transform(np.ascontiguousarray(images), channels=input_channels(model))
-        return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), np.float32)
+        if hasattr(model, "predict_samples"):
+            out = model.predict_samples(x)[..., 0]
+        else:
+            out = model(x, training=False)
+        return np.asarray(keras.ops.convert_to_numpy(out), np.float32)
 
     def device(self, name: str | None) -> str | None:
         """A TensorFlow device name from torch-style `cpu`, `cuda`, `cuda:1` (or `/GPU:1` as is)."""

@@ -195,4 +195,6 @@ class FinetuneableZoobotTree(ZoobotTree):
         channels: int = 3,
         **settings,
     ):
-        super().__init__(schema, encoder=resolve_encoder(BACKEND, name, encoder, channels), **settings)
+        super().__init__(
+            schema, encoder=resolve_encoder(BACKEND, name, encoder, channels), **settings
+        )

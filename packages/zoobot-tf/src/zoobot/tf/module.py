@@ -185,7 +185,9 @@ class ZoobotModel(PretrainedMixin, keras.Model):
             return factors[id(variable)]
 
         settings = self.settings
-        schedule = WarmupCosine(settings.learning_rate, settings.warmup_steps, None, settings.cosine)
+        schedule = WarmupCosine(
+            settings.learning_rate, settings.warmup_steps, None, settings.cosine
+        )
         return LayerwiseAdamW(
             schedule,
             weight_decay=settings.weight_decay,

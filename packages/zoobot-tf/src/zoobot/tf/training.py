@@ -3,7 +3,7 @@
 
 The TensorFlow twin of `zoobot.torch.training`. In `save_dir`: `checkpoints/` (`best.weights.h5`,
 `last.weights.h5`, Keras weight files), `best/` (the best weights in the Hub layout, written when
-fitting ends, loadable by `zoobot.tf.load_from_name` and `zoobot.torch.load_from_name`), `logs/`
+fitting ends, loadable by `zoobot.tf.from_pretrained` and `zoobot.torch.from_pretrained`), `logs/`
 (`metrics.csv`, one row per epoch) and `tensorboard/` (when the `tensorboard` package is
 installed). Mixed precision is a Keras dtype policy chosen before the model is built;
 several GPUs train with `tf.distribute.MirroredStrategy` (BatchNorm statistics stay per replica,

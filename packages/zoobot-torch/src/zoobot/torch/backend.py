@@ -39,7 +39,9 @@ class TorchBackend(Backend):
     def load_encoder(self, name: str | os.PathLike, channels: int | None = None) -> nn.Module:
         return encoders.load_encoder(name, channels)
 
-    def encoder_from_config(self, config: Mapping, weights: Path, channels: int | None) -> nn.Module:
+    def encoder_from_config(
+        self, config: Mapping, weights: Path, channels: int | None
+    ) -> nn.Module:
         return encoders.encoder_from_config(
             config, encoders.load_state_dict_file(weights), channels
         )
@@ -105,6 +107,8 @@ class TorchBackend(Backend):
         model.eval()
         try:
             with torch.inference_mode():
+                if hasattr(model, "predict_samples"):
+                    return model.predict_samples(x)[..., 0].float().numpy()
                 return model(x).float().numpy()
         finally:
             model.train(training)

@@ -47,7 +47,6 @@ from zoobot.tf.data.sources import (
     ShardSource,
     is_shard_folder,
     open_source,
-    split_tables,
 )
 from zoobot.tf.data.transforms import (
     DEFAULT_MEAN,
@@ -75,7 +74,6 @@ __all__ = [
     "normalise",
     "open_source",
     "read_image_op",
-    "split_tables",
     "to_float",
     "train_dataset",
 ]

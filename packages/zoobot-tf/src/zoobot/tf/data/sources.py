@@ -95,17 +95,6 @@ def resolve_label_cols(label_cols: LabelCols, schema: Schema | str | None) -> tu
     return cols
 
 
-def split_tables(
-    catalog: pd.DataFrame, splits: Splits = None, seed: int = 0
-) -> dict[str, pd.DataFrame]:
-    """Rows of each split by `zoobot.data.splits.assign_splits`, as `zoobot.torch` splits them.
-
-    The same as `zoobot.torch.datamodule.split_tables` for a DataFrame: `splits=None` takes the
-    catalog's `split` column if it has one, else 80/10/10 by `id_str` and `seed`.
-    """
-    return {name: catalog.iloc[rows] for name, rows in assign_splits(catalog, splits, seed).items()}
-
-
 def _catalog(
     catalog: pd.DataFrame,
     name: str,

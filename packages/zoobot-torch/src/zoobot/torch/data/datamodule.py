@@ -11,9 +11,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zoobot.data.catalog import SPLIT_COLUMN
 from zoobot.data.images import read_image
-from zoobot.data.splits import Splits, assign_splits
+from zoobot.data.splits import Splits, split_tables
 from zoobot.torch.data import transforms
 
 # The splits each Lightning stage reads.
@@ -72,15 +71,6 @@ def _labels(table: pd.DataFrame | None, label_cols: Sequence[str], n_rows: int) 
     if missing:
         raise KeyError(f"label columns missing from the data: {missing}")
     return table[list(label_cols)].to_numpy(np.float32, copy=True)
-
-
-def split_tables(data: pd.DataFrame | datasets.Dataset, splits: Splits, seed: int) -> dict:
-    """Rows of each split by `zoobot.data.splits.assign_splits`, the rule shards and datasets use."""
-    if isinstance(data, pd.DataFrame):
-        return {name: data.iloc[rows] for name, rows in assign_splits(data, splits, seed).items()}
-    columns = [c for c in ("id_str", SPLIT_COLUMN) if c in data.column_names]
-    positions = assign_splits(data.select_columns(columns).to_pandas(), splits, seed)
-    return {name: data.select(rows) for name, rows in positions.items()}
 
 
 class GalaxyDataModule(pl.LightningDataModule):
