@@ -83,7 +83,8 @@ def tests_torch(session: nox.Session) -> None:
     assert_absent(session, "tensorflow")
     # One intra-op thread per process: on 2 cores, DataLoader workers and DDP ranks otherwise
     # oversubscribe the CPU and the suite runs several times slower.
-    session.run("pytest", "tests/torch", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+    env = {"OMP_NUM_THREADS": "1", "ZOOBOT_BACKEND": "torch"}
+    session.run("pytest", "tests/torch", "tests/contract", *session.posargs, env=env)
 
 
 @nox.session(name="tests-tf", tags=["tests"])
@@ -91,12 +92,8 @@ def tests_tf(session: nox.Session) -> None:
     """zoobot-tf with TensorFlow and Keras 3; torch must be absent."""
     session.install(*TF_PINS, SHARED, f"{DATA}[synthetic]", MODELS, TF, *TEST_DEPS)
     assert_absent(session, "torch")
-    session.run(
-        "pytest",
-        "tests/tf",
-        *session.posargs,
-        env={"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    env = {"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "ZOOBOT_BACKEND": "tf"}
+    session.run("pytest", "tests/tf", "tests/contract", *session.posargs, env=env)
 
 
 @nox.session(tags=["tests"])
