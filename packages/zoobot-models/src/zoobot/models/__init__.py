@@ -5,24 +5,24 @@
 - `zoobot.models.tasks`: the task protocol and registry; `zoobot.models.settings`: training settings;
 - `zoobot.models.runner`, `zoobot.models.inference`: resumable `predict` / `get_representations`;
 - `zoobot.models.cli`: the `zoobot-torch` / `zoobot-tf` command line;
-- `zoobot.models.backend`: the contract each framework implements;
+- `zoobot.models.training`: `train` on votes; `zoobot.models.backend`: the contract each
+  framework implements; `zoobot.models.exports`: lazy public names;
 - `zoobot.models.legacy`: a restricted reader of legacy `pytorch_model.bin` files, without torch.
 """
 
-from zoobot.models.hub import HubUnavailableError, ModelSource, PushResult
-from zoobot.models.layout import WeightsMismatchError
-from zoobot.models.runner import PredictionFiles, RepresentationFiles, RunSettings
-from zoobot.models.settings import FINETUNING, PRETRAINING, TrainingSettings
+from zoobot.models.exports import lazy_exports
 
-__all__ = [
-    "FINETUNING",
-    "PRETRAINING",
-    "HubUnavailableError",
-    "ModelSource",
-    "PredictionFiles",
-    "PushResult",
-    "RepresentationFiles",
-    "RunSettings",
-    "TrainingSettings",
-    "WeightsMismatchError",
-]
+_EXPORTS = {
+    "FINETUNING": "zoobot.models.settings",
+    "PRETRAINING": "zoobot.models.settings",
+    "HubUnavailableError": "zoobot.models.hub",
+    "ModelSource": "zoobot.models.hub",
+    "PredictionFiles": "zoobot.models.runner",
+    "PushResult": "zoobot.models.hub",
+    "RepresentationFiles": "zoobot.models.runner",
+    "RunSettings": "zoobot.models.runner",
+    "TrainingSettings": "zoobot.models.settings",
+    "WeightsMismatchError": "zoobot.models.layout",
+}
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, {})

@@ -199,3 +199,11 @@ class PretrainedMixin:
         if saved_cls is None:
             return cls(encoder=encoder, **kwargs)
         return _rebuild(backend, saved_cls, TaskRegistry.task_config(zoobot), encoder, source, task)
+
+
+def bound(backend_module: str) -> tuple:
+    """(`save_pretrained`, `from_pretrained`, `push_to_hub`) of this module taking their backend
+    from `backend_module.BACKEND`: a framework package's own functions."""
+    from zoobot.models.backend import bind
+
+    return tuple(bind(f, backend_module) for f in (save_pretrained, from_pretrained, push_to_hub))

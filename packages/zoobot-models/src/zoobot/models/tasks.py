@@ -33,6 +33,32 @@ _TABLE_OF_TASK = {
 }
 
 
+def classifier_args(
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    class_weights: Sequence[float] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> dict:
+    """A classifier's own task arguments, checked: `class_weights` one per class (or None),
+    `class_names` distinct, one per class in index order (kept only when given)."""
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be a whole number of at least 2, got {num_classes!r}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    weights = None if class_weights is None else [float(w) for w in class_weights]
+    if weights is not None and len(weights) != num_classes:
+        raise ValueError(f"class_weights has {len(weights)} values for {num_classes} classes")
+    args = {
+        "num_classes": num_classes,
+        "label_smoothing": label_smoothing,
+        "class_weights": weights,
+    }
+    names = checked_class_names(class_names, num_classes)
+    if names is not None:  # absent otherwise: configs without names stay as they were
+        args["class_names"] = names
+    return args
+
+
 def checked_class_names(class_names, num_classes: int) -> list[str] | None:
     """A classifier's class names as strings, one per class in index order (or None)."""
     if class_names is None:

@@ -8,9 +8,7 @@ has them as methods.
 
 from __future__ import annotations
 
-import importlib
-import warnings
-from typing import Any
+from zoobot.models.exports import lazy_exports
 
 _EXPORTS = {
     "load_encoder": "zoobot.tf.encoders",
@@ -42,25 +40,4 @@ _EXPORTS = {
 # first-release names kept working, with a warning naming the new one
 _DEPRECATED = {"load_from_name": "from_pretrained"}
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use and keep the name here."""
-    if name in _DEPRECATED:
-        warnings.warn(
-            f"zoobot.tf.{name} is deprecated; use zoobot.tf.{_DEPRECATED[name]}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return __getattr__(_DEPRECATED[name])
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'zoobot.tf' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _DEPRECATED)

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from zoobot.models.settings import FINETUNING
-from zoobot.models.tasks import checked_class_names, resolve_encoder
+from zoobot.models.tasks import classifier_args, resolve_encoder
 from zoobot.shared import Schema
 from zoobot.tf.backend import BACKEND
 from zoobot.tf.encoders import encoder_dim
@@ -92,22 +92,13 @@ class FinetuneableZoobotClassifier(ZoobotModel):
     ):
         settings, keras_kwargs = self.default_settings.split(settings)
         settings = self.default_settings.replace(**settings)
-        class_names = checked_class_names(class_names, num_classes)
-        weights = None if class_weights is None else [float(w) for w in class_weights]
-        if weights is not None and len(weights) != num_classes:
-            raise ValueError(f"class_weights has {len(weights)} values for {num_classes} classes")
+        task_args = classifier_args(num_classes, label_smoothing, class_weights, class_names)
         encoder = resolve_encoder(BACKEND, name, encoder, channels)
-        task_args = {
-            "num_classes": num_classes,
-            "label_smoothing": label_smoothing,
-            "class_weights": weights,
-        }
-        if class_names is not None:  # absent otherwise: configs without names stay as they were
-            task_args["class_names"] = class_names
         head = linear_head(encoder_dim(encoder), num_classes, settings.dropout)
         super().__init__(encoder, head, settings, task_args, **keras_kwargs)
-        self.class_names = class_names
+        self.class_names = task_args.get("class_names")
         self.num_classes = num_classes
+        weights = task_args["class_weights"]
         self.class_weights = None if weights is None else tuple(weights)
         self.label_smoothing = label_smoothing
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")

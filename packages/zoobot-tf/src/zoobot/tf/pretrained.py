@@ -5,12 +5,9 @@ with Keras. Zoobot model classes have the same as methods (`model.save_pretraine
 """
 
 from zoobot.models import pretrained
-from zoobot.models.backend import bind
 from zoobot.tf.backend import BACKEND
 
 __all__ = ["from_pretrained", "push_to_hub", "register_task", "save_pretrained"]
 
-save_pretrained = bind(pretrained.save_pretrained, "zoobot.tf.backend")
-from_pretrained = bind(pretrained.from_pretrained, "zoobot.tf.backend")
-push_to_hub = bind(pretrained.push_to_hub, "zoobot.tf.backend")
+save_pretrained, from_pretrained, push_to_hub = pretrained.bound("zoobot.tf.backend")
 register_task = BACKEND.tasks.register

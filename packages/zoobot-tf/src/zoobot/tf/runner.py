@@ -21,8 +21,6 @@ failure report is `<shard file>#<record number in that file>`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Hashable, Mapping
@@ -32,6 +30,14 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from zoobot.data.inputs import (
+    CatalogSource,
+    ShardSource,
+    is_shard_folder,
+    open_source,
+    shard_table,
+    source_digest,
+)
 from zoobot.models.runner import (
     ChunkWriter,
     Parts,
@@ -41,7 +47,7 @@ from zoobot.models.runner import (
     read_catalog,
     start_parts,
 )
-from zoobot.tf.data import CatalogSource, ShardSource, eval_dataset, is_shard_folder, open_source
+from zoobot.tf.data import eval_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -67,37 +73,6 @@ def open_rows(
         return opened, shard_table(opened)
     table = read_catalog(source)
     return open_source(table), table
-
-
-def shard_table(source: ShardSource) -> pd.DataFrame:
-    """`id_str` of every record of the shards in order, `file_loc` `<shard file>#<record number>`."""
-    spec = {"id_str": tf.io.FixedLenFeature([], tf.string)}
-    ids, locations = [], []
-    for path, count in zip(source.files, source.counts, strict=True):
-        records = tf.data.TFRecordDataset(path).map(
-            lambda record: tf.io.parse_single_example(record, spec)["id_str"],
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-        found = [value for batch in records.batch(8192) for value in batch.numpy()]
-        if len(found) != count:
-            raise ValueError(f"{path} holds {len(found)} records, its sidecar says {count}")
-        ids += [value.decode("utf-8") for value in found]
-        locations += [f"{path}#{i}" for i in range(count)]
-    return pd.DataFrame({"id_str": ids, "file_loc": locations})
-
-
-def source_digest(source: CatalogSource | ShardSource) -> str | None:
-    """For shards, a digest of the sidecar's checksums of the files read (images included)."""
-    if not isinstance(source, ShardSource):
-        return None
-    entries = [
-        shard
-        for split in source.sidecar.get("splits", {}).values()
-        for shard in split.get("shards", [])
-    ]
-    text = json.dumps(entries, sort_keys=True).encode()
-    return hashlib.blake2b(text, digest_size=16).hexdigest()
 
 
 def weights_digest(model: keras.Model) -> str:

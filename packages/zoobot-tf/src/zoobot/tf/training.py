@@ -25,10 +25,10 @@ import numpy as np
 import tensorflow as tf
 
 from zoobot.data.splits import Splits
-from zoobot.shared import Schema, as_schema
+from zoobot.models import training
+from zoobot.models.backend import bind
 from zoobot.tf.module import ZoobotModel
 from zoobot.tf.runner import input_channels
-from zoobot.tf.tree import ZoobotTree
 
 logger = logging.getLogger(__name__)
 
@@ -371,36 +371,4 @@ def fit_catalog(
     return model
 
 
-def train(
-    data,
-    schema: Schema | str | Mapping,
-    save_dir: str | os.PathLike,
-    architecture: str = "convnext_nano",
-    epochs: int = 100,
-    batch_size: int = 128,
-    image_size: int = 224,
-    channels: int = 3,
-    strategy: str | tf.distribute.Strategy = "auto",
-    model_kwargs: Mapping | None = None,
-    **options,
-) -> ZoobotTree:
-    """Pretrain a `ZoobotTree` on vote counts and return it holding the best validation weights.
-
-    `data` is what `fit_catalog` takes (a catalog, a shard folder, splits, or datasets).
-    `model_kwargs` go to `ZoobotTree` (training settings such as `learning_rate`, `dropout`);
-    `strategy` is "auto" (mirrored over several GPUs), "mirrored", "default" or a
-    `tf.distribute.Strategy`; the other keyword arguments are those of `fit_catalog` (`precision`,
-    `patience`, `seed`, `splits`, `num_workers`, `gradient_clip_val`) and, beyond them, of `fit`.
-    """
-    schema = as_schema(schema)
-    return fit_catalog(
-        lambda: ZoobotTree(schema, architecture, channels=channels, **dict(model_kwargs or {})),
-        data,
-        schema.label_cols,
-        save_dir,
-        epochs=epochs,
-        batch_size=batch_size,
-        image_size=image_size,
-        strategy=strategy,
-        **options,
-    )
+train = bind(training.train, "zoobot.tf.backend")

@@ -8,8 +8,7 @@ Zoobot model class also has them as methods.
 
 from __future__ import annotations
 
-import importlib
-import warnings
+from zoobot.models.exports import lazy_exports
 
 # public name -> the module defining it
 _EXPORTS = {
@@ -40,24 +39,4 @@ _EXPORTS = {
 # first-release names kept working, with a warning naming the new one
 _DEPRECATED = {"load_from_name": "from_pretrained"}
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    """Import a public name's module on first use and keep the name here."""
-    if name in _DEPRECATED:
-        warnings.warn(
-            f"zoobot.torch.{name} is deprecated; use zoobot.torch.{_DEPRECATED[name]}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return __getattr__(_DEPRECATED[name])
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _DEPRECATED)

@@ -20,7 +20,7 @@ import torchmetrics
 from torch import nn
 
 from zoobot.models.settings import FINETUNING
-from zoobot.models.tasks import checked_class_names, resolve_encoder
+from zoobot.models.tasks import classifier_args, resolve_encoder
 from zoobot.shared import Schema
 from zoobot.torch.backend import BACKEND
 from zoobot.torch.encoders import encoder_dim
@@ -103,21 +103,12 @@ class FinetuneableZoobotClassifier(_SupervisedSteps, ZoobotModule):
         **settings,
     ):
         settings = self.default_settings.replace(**settings)
-        class_names = checked_class_names(class_names, num_classes)
-        weights = None if class_weights is None else [float(w) for w in class_weights]
-        if weights is not None and len(weights) != num_classes:
-            raise ValueError(f"class_weights has {len(weights)} values for {num_classes} classes")
+        task_args = classifier_args(num_classes, label_smoothing, class_weights, class_names)
         encoder = resolve_encoder(BACKEND, name, encoder, channels)
-        task_args = {
-            "num_classes": num_classes,
-            "label_smoothing": label_smoothing,
-            "class_weights": weights,
-        }
-        if class_names is not None:  # absent otherwise: configs without names stay as they were
-            task_args["class_names"] = class_names
         head = _linear_head(encoder_dim(encoder), num_classes, settings.dropout)
         super().__init__(encoder, head, settings, task_args)
-        self.class_names = class_names
+        self.class_names = task_args.get("class_names")
+        weights = task_args["class_weights"]
         self.register_buffer(
             "class_weights", None if weights is None else torch.tensor(weights), persistent=False
         )

@@ -5,12 +5,9 @@ with PyTorch. Zoobot model classes have the same as methods (`model.save_pretrai
 """
 
 from zoobot.models import pretrained
-from zoobot.models.backend import bind
 from zoobot.torch.backend import BACKEND
 
 __all__ = ["from_pretrained", "push_to_hub", "register_task", "save_pretrained"]
 
-save_pretrained = bind(pretrained.save_pretrained, "zoobot.torch.backend")
-from_pretrained = bind(pretrained.from_pretrained, "zoobot.torch.backend")
-push_to_hub = bind(pretrained.push_to_hub, "zoobot.torch.backend")
+save_pretrained, from_pretrained, push_to_hub = pretrained.bound("zoobot.torch.backend")
 register_task = BACKEND.tasks.register

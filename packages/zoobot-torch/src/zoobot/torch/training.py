@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -17,11 +17,11 @@ from pytorch_lightning.plugins import LayerSync
 from torch import nn
 
 from zoobot.data.splits import Splits
-from zoobot.shared import Schema, as_schema
+from zoobot.models import training
+from zoobot.models.backend import bind
 from zoobot.torch.cpu import input_channels
 from zoobot.torch.data.datamodule import Data, GalaxyDataModule
 from zoobot.torch.module import ZoobotModule
-from zoobot.torch.tree import ZoobotTree
 
 BEST_FOLDER = "best"
 
@@ -231,34 +231,4 @@ def fit_catalog(
     return model
 
 
-def train(
-    data: Data | GalaxyDataModule,
-    schema: Schema | str | Mapping,
-    save_dir: str | os.PathLike,
-    architecture: str = "convnext_nano",
-    epochs: int = 100,
-    batch_size: int = 128,
-    image_size: int = 224,
-    channels: int = 3,
-    model_kwargs: Mapping | None = None,
-    **options,
-) -> ZoobotTree:
-    """Pretrain a `ZoobotTree` on vote counts and return it holding the best validation weights.
-
-    `data` is a catalog, a Hugging Face dataset, a mapping/`DatasetDict` of splits (see
-    `GalaxyDataModule`), or a ready `GalaxyDataModule`. `model_kwargs` go to `ZoobotTree` (training
-    settings such as `learning_rate`, `dropout`); the other keyword arguments are those of
-    `fit_catalog` (`accelerator`, `devices`, `nodes`, `precision`, `strategy`, `num_workers`,
-    `patience`, `seed`, `splits`, `compile`, `wandb`) and, beyond them, of `pl.Trainer`.
-    """
-    schema = as_schema(schema)
-    return fit_catalog(
-        lambda: ZoobotTree(schema, architecture, channels=channels, **dict(model_kwargs or {})),
-        data,
-        schema.label_cols,
-        save_dir,
-        epochs=epochs,
-        batch_size=batch_size,
-        image_size=image_size,
-        **options,
-    )
+train = bind(training.train, "zoobot.torch.backend")

@@ -13,17 +13,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from zoobot.data.splits import Splits
-from zoobot.shared import Schema
-from zoobot.tf.data.augment import AugmentConfig, augment_batch
-from zoobot.tf.data.shards import ordered_records, parser, shuffled_records
-from zoobot.tf.data.sources import (
+from zoobot.data.inputs import (
     CatalogSource,
     LabelCols,
     ShardSource,
     Source,
     open_source,
 )
+from zoobot.data.splits import Splits
+from zoobot.shared import Schema
+from zoobot.tf.data.augment import AugmentConfig, augment_batch
+from zoobot.tf.data.shards import ordered_records, parser, shuffled_records
 from zoobot.tf.data.transforms import (
     DEFAULT_MEAN,
     DEFAULT_STD,

@@ -1,4 +1,5 @@
-"""Where galaxies come from: an image catalog or a folder of `zoobot-data` TFRecord shards.
+"""Where galaxies come from: an image catalog or a folder of `zoobot-data` TFRecord shards, as every
+framework's input pipeline reads them.
 
 `open_source` turns what a user passes (a catalog DataFrame, a catalog file, or a shard folder with
 its `shards.json` sidecar) into a `CatalogSource` or a `ShardSource`: the rows of one split (or all
@@ -13,6 +14,8 @@ test membership in both frameworks. Shard splits are fixed when the shards are w
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +26,9 @@ import pandas as pd
 
 from zoobot.data.catalog import load_catalog, validate_catalog
 from zoobot.data.shards import SIDECAR, ShardError
+from zoobot.data.shards.example import decode_example
 from zoobot.data.shards.layout import load_sidecar
+from zoobot.data.shards.tfrecord import read_records
 from zoobot.data.splits import Splits, assign_splits
 from zoobot.shared import Schema, as_schema
 
@@ -206,3 +211,28 @@ def open_source(
         "source must be a catalog DataFrame, a catalog file or a shard folder, "
         f"not {type(source).__name__}"
     )
+
+
+def shard_table(source: ShardSource) -> pd.DataFrame:
+    """`id_str` of every record of the shards in order, `file_loc` `<shard file>#<record number>`."""
+    ids, locations = [], []
+    for path, count in zip(source.files, source.counts, strict=True):
+        found = [decode_example(record)["id_str"][1][0] for record in read_records(path)]
+        if len(found) != count:
+            raise ShardError(f"{path} holds {len(found)} records, its sidecar says {count}")
+        ids += [value.decode("utf-8") for value in found]
+        locations += [f"{path}#{i}" for i in range(count)]
+    return pd.DataFrame({"id_str": ids, "file_loc": locations})
+
+
+def source_digest(source: CatalogSource | ShardSource) -> str | None:
+    """For shards, a digest of the sidecar's checksums of the files read (images included)."""
+    if not isinstance(source, ShardSource):
+        return None
+    entries = [
+        shard
+        for split in source.sidecar.get("splits", {}).values()
+        for shard in split.get("shards", [])
+    ]
+    text = json.dumps(entries, sort_keys=True).encode()
+    return hashlib.blake2b(text, digest_size=16).hexdigest()
