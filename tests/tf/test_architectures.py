@@ -202,7 +202,7 @@ def test_supported_architectures_cover_the_zoobot_encoders():
 
 def test_unknown_architecture_lists_the_supported_ones():
     with pytest.raises(ValueError, match="supported: .*convnext_nano.*resnet50"):
-        architectures.build_encoder("maxvit_tiny_rw_224", 3)
+        architectures.build_encoder("coatnet_0_rw_224", 3)
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,12 @@ TORCHVISION_PREFIX = "torchvision:"
 # in the timm layout), so the names zoobot.torch accepts build the timm twins here.
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # timm's classifier module per family: dropped from checkpoints saved with a classifier
-_CLASSIFIERS = {"convnext": "head.fc", "efficientnet": "classifier", "resnet": "fc"}
+_CLASSIFIERS = {
+    "convnext": "head.fc",
+    "efficientnet": "classifier",
+    "maxvit": "head.fc",
+    "resnet": "fc",
+}
 # model_args timm leaves out of exported configs (training-time only)
 _DROP_ARGS = ("drop_rate", "drop_path_rate", "drop_block_rate")
 

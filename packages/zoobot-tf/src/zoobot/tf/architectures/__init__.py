@@ -1,6 +1,6 @@
 """Keras 3 twins of the timm architectures the Zoobot encoders use, converted from timm weights.
 
-One module per timm family (`convnext`, `resnet`, `efficientnet`), each exposing the same interface:
+One module per timm family (`convnext`, `resnet`, `efficientnet`, `maxvit`), each exposing the same interface:
 
 - `ARCHITECTURES: dict[str, dict]`: timm architecture name -> the model arguments timm's factory
   function gives it (overridable through `model_args`, as in timm's `config.json`).
@@ -30,6 +30,7 @@ import numpy as np
 FAMILY_MODULES = {
     "convnext": "zoobot.tf.architectures.convnext",
     "efficientnet": "zoobot.tf.architectures.efficientnet",
+    "maxvit": "zoobot.tf.architectures.maxvit",
     "resnet": "zoobot.tf.architectures.resnet",
 }
 _LOADED: dict[str, ModuleType | None] = {}
