@@ -12,6 +12,8 @@ One module per timm family (`convnext`, `resnet`, `efficientnet`, `maxvit`), eac
   names and layouts (see `zoobot.tf.weights`).
 - `blocks(model) -> list[list[keras.layers.Layer]]`: head side first, stem last, grouped as
   `zoobot.torch.blocks` groups the timm model, every weighted layer in exactly one block.
+- optionally `FIXED_INPUT_SIZE = True`: the model is built for one input size, the `img_size`
+  model argument (timm's `fixed_input_size`); a checkpoint's `pretrained_cfg.input_size` gives it.
 
 This package dispatches on the family. Family modules are imported on first use, so a family whose
 module is missing (or not yet written) only fails when one of its architectures is asked for.
@@ -68,6 +70,11 @@ def family_of(architecture: str) -> str:
         f"architecture {architecture!r} has no Keras implementation in zoobot.tf; supported: "
         f"{', '.join(supported_architectures())}"
     )
+
+
+def fixed_input_size(architecture: str) -> bool:
+    """Whether timm `architecture` is built for one input size (`img_size`, e.g. MaxViT)."""
+    return bool(getattr(_family_module(family_of(architecture)), "FIXED_INPUT_SIZE", False))
 
 
 def build_encoder(
