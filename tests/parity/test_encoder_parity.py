@@ -84,8 +84,9 @@ PUBLISHED: dict[str, tuple[dict, tuple[int, ...]]] = {
 # ConvNeXt overlapping stem / head norm first, ResNet deep stems with average-pool downsampling,
 # tiered stems, grouped convolutions, timm's tiny test networks), the Zoobot encoders' ConvNeXt,
 # ResNet and EfficientNet architectures at 64 px, and of the published MaxViT / EfficientNetV2
-# encoders MaxViT-Tiny (RelPosMlp) and EfficientNetV2-S at the Hub sizes. MaxViT-Small/-Base and
-# the TF MaxViT-Large take 25-70 s a direction on 2 cores: they run with `published` or `all`.
+# encoders MaxViT-Tiny (RelPosMlp) and EfficientNetV2-S at 224 px. MaxViT-Small/-Base, the TF
+# MaxViT-Large and EfficientNetV2-S at 384 px take 20-70 s a direction on 2 cores: they run with
+# `published` or `all`.
 CI_ARCHITECTURES = (
     "efficientnet_b0",
     "tf_efficientnet_b0",
@@ -105,7 +106,7 @@ CI_ARCHITECTURES = (
     "test_efficientnet",
     "test_resnet",
 )
-CI_PUBLISHED = ("maxvit_rmlp_tiny_rw_256", "tf_efficientnetv2_s")
+CI_PUBLISHED = {"maxvit_rmlp_tiny_rw_256": (224,), "tf_efficientnetv2_s": (224,)}
 
 
 def _default_case(architecture: str) -> Case:
@@ -117,8 +118,10 @@ def _default_case(architecture: str) -> Case:
     return Case(architecture, {}, IMAGE_SIZE)
 
 
-def _published_cases(architecture: str) -> list[Case]:
+def _published_cases(architecture: str, ci: bool = False) -> list[Case]:
     model_args, sizes = PUBLISHED[architecture]
+    if ci:
+        sizes = CI_PUBLISHED[architecture]
     return [Case(architecture, model_args, size) for size in sizes]
 
 
@@ -145,7 +148,9 @@ def offered_cases() -> tuple[list[Case], list[str]]:
         chosen = {w.strip() for w in wanted.split(",")}
         defaults, published = chosen - set(PUBLISHED), chosen & set(PUBLISHED)
     cases = [_default_case(a) for a in names if a in defaults]
-    cases += [case for a in names if a in published for case in _published_cases(a)]
+    ci = wanted == "ci"
+    cases += [case for a in names if a in published for case in _published_cases(a, ci)]
+    cases = list({case.id: case for case in cases}.values())  # a published size may be the default
     checked = {case.architecture for case in cases}
     return cases, [a for a in names if a not in checked]
 

@@ -1,6 +1,7 @@
 """Keras 3 twins of the timm architectures the Zoobot encoders use, converted from timm weights.
 
-One module per timm family (`convnext`, `resnet`, `efficientnet`, `maxvit`), each exposing the same interface:
+One module per timm family (`convnext`, `resnet`, `efficientnet`, `maxvit`), each exposing the same
+interface:
 
 - `ARCHITECTURES: dict[str, dict]`: timm architecture name -> the model arguments timm's factory
   function gives it (overridable through `model_args`, as in timm's `config.json`).
