@@ -194,6 +194,12 @@ def test_supported_architectures_cover_the_zoobot_encoders():
         "convnext_base",
         "resnet18",
         "resnet50",
+        "efficientnet_b0",
+        "tf_efficientnetv2_s",
+        "maxvit_rmlp_tiny_rw_256",
+        "maxvit_rmlp_small_rw_224",
+        "maxvit_rmlp_base_rw_224",
+        "maxvit_large_tf_224",
         "test_convnext",
         "test_resnet",
     ):
