@@ -2,30 +2,43 @@
 
 torch -> TF: a timm encoder (`zoobot.torch.load_encoder`, 3 channels) with random weights, every
 constant-initialised tensor (norm scales, biases, layer scales, zero-initialised last BatchNorms)
-and every BatchNorm statistic randomised too (`parity.randomise_torch`; their defaults would hide
-a swapped or transposed mapping), inside a `zoobot.torch.ZoobotTree`, saved with
-`zoobot.torch.pretrained.save_pretrained`; TF loads the folder twice: `zoobot.tf.encoders.load_encoder`
-(pooled features) and `zoobot.tf.pretrained.from_pretrained` (the tree's concentrations).
+randomised too (`parity.randomise_torch`; their defaults would hide a swapped or transposed
+mapping) and the BatchNorm statistics set from the test images (`parity.calibrate_batchnorm_torch`:
+random ones blow a deep network's activations up), inside a `zoobot.torch.ZoobotTree`, saved with
+`zoobot.torch.save_pretrained`; TF loads the folder twice: `zoobot.tf.encoders.load_encoder`
+(pooled features) and `zoobot.tf.from_pretrained` (the tree's concentrations).
 
 TF -> torch: a `zoobot.tf.FinetuneableZoobotClassifier` on a randomly initialised 1-channel Keras
-encoder (randomised the same way, `parity.randomise_keras`), saved with `zoobot.tf.pretrained.
-save_pretrained`; torch loads it with `zoobot.torch.pretrained.from_pretrained` (features and logits).
+encoder (randomised and calibrated the same way), saved with `zoobot.tf.save_pretrained`; torch
+loads it with `zoobot.torch.from_pretrained` (features and logits).
 
-Inputs: 2 random images of 64 px. Tolerance (issue 8): 1e-4 relative to the scale of the
-reference (max|a-b| / max|reference|). Which architectures: zoobot.tf's registry intersected with
-timm's; the CI tier below by default (the whole session must fit CI's time limit on 2 cores),
-`PARITY_ARCHITECTURES=all` for every one, or `PARITY_ARCHITECTURES=a,b` for a list. The report
-names the architectures not run.
+Inputs: 2 random images of 64 px (224 px for the deep EfficientNetV2s, see `LARGER_DEFAULT`), or of
+the model's own size for fixed-size models (MaxViT); the published Zoobot encoders' architectures
+(`PUBLISHED`) at the Hub input size, 224 px, and at the `test_input_size` timm's pretrained_cfg
+gives where it gives one. Tolerance (issue 8): 1e-4
+relative to the scale of the reference (max|a-b| / max|reference|). Which cases: the CI tier below
+by default (the whole session must fit CI's time limit on 2 cores), `PARITY_ARCHITECTURES=all` for
+every architecture in zoobot.tf's registry and timm's plus every published one at its Hub sizes,
+`published` for those only, or `PARITY_ARCHITECTURES=a,b` for a list (a published architecture at
+its Hub sizes). The report names the architectures not run.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from typing import NamedTuple
 
 import numpy as np
 import pytest
-from parity import compare, randomise_keras, randomise_torch
+from parity import (
+    calibrate_batchnorm_keras,
+    calibrate_batchnorm_torch,
+    compare,
+    compare_equal,
+    randomise_keras,
+    randomise_torch,
+)
 
 IMAGE_SIZE = 64
 BATCH = 2
@@ -33,10 +46,48 @@ TOLERANCE = 1e-4
 SCHEMA = "decals_dr5"
 
 
-# The CI tier: the Zoobot encoders' architectures (issue 7's list) and one architecture per other
-# code path (TF-ported EfficientNet with SAME padding, ConvNeXt overlapping stem / head norm first,
-# ResNet deep stems with average-pool downsampling, tiered stems, grouped convolutions) and timm's
-# tiny test networks. Every other registered architecture runs with PARITY_ARCHITECTURES=all.
+class Case(NamedTuple):
+    """One parity case: a timm architecture, its model arguments, the image size to compare at."""
+
+    architecture: str
+    model_args: dict
+    size: int
+
+    @property
+    def id(self) -> str:
+        args = ",".join(f"{k}={v}" for k, v in self.model_args.items())
+        return f"{self.architecture}{f'[{args}]' if args else ''}-{self.size}px"
+
+
+# The published Zoobot encoders' architectures (issue 18) -> (model_args, image sizes): the Hub
+# input size (224 px) and timm's test_input_size where its pretrained_cfg has one. MaxViT-Tiny is
+# timm's maxvit_rmlp_tiny_rw_256 built for 224 px; the Hub's maxvit_base_rw_224 is
+# maxvit_rmlp_base_rw_224. Each is full size, randomly initialised.
+PUBLISHED: dict[str, tuple[dict, tuple[int, ...]]] = {
+    "convnext_pico": ({}, (224,)),
+    "convnext_nano": ({}, (224,)),
+    "convnext_tiny": ({}, (224,)),
+    "convnext_small": ({}, (224,)),
+    "convnext_base": ({}, (224,)),
+    "convnext_large": ({}, (224,)),
+    "maxvit_rmlp_tiny_rw_256": ({"img_size": 224}, (224,)),
+    "maxvit_rmlp_small_rw_224": ({}, (224,)),
+    "maxvit_rmlp_base_rw_224": ({}, (224,)),
+    "maxvit_large_tf_224": ({}, (224,)),
+    "resnet18": ({}, (224,)),
+    "resnet50": ({}, (224,)),
+    "resnet101": ({}, (224,)),
+    "efficientnet_b0": ({}, (224,)),
+    "tf_efficientnetv2_s": ({}, (224, 384)),
+}
+
+# The CI tier: one architecture per code path at 64 px (TF-ported EfficientNet with SAME padding,
+# ConvNeXt overlapping stem / head norm first, ResNet deep stems with average-pool downsampling,
+# tiered stems, grouped convolutions, timm's tiny test networks), the Zoobot encoders' ConvNeXt,
+# ResNet and EfficientNet architectures at 64 px, and of the published MaxViT / EfficientNetV2
+# encoders MaxViT-Tiny (RelPosMlp) and EfficientNetV2-S at 224 px. MaxViT-Small/-Base, the TF
+# MaxViT-Large and EfficientNetV2-S at 384 px take 20-70 s a direction on 2 cores: they run with
+# `published` or `all`.
 CI_ARCHITECTURES = (
     "efficientnet_b0",
     "tf_efficientnet_b0",
@@ -56,12 +107,37 @@ CI_ARCHITECTURES = (
     "test_efficientnet",
     "test_resnet",
 )
+CI_PUBLISHED = {"maxvit_rmlp_tiny_rw_256": (224,), "tf_efficientnetv2_s": (224,)}
 
 
-def offered_architectures() -> tuple[list[str], list[str]]:
-    """(checked, not checked here): zoobot.tf's registry intersected with timm's, split by tier.
+# EfficientNetV2 at 64 px ends in 2x2 maps after 15-40 blocks: BatchNorm statistics of 8 values per
+# channel make the random network so ill-conditioned that timm's own float32 features differ from
+# float64 by 2e-4 (efficientnetv2_s) to 2e-3 (efficientnetv2_rw_t); at 224 px by 8e-6.
+LARGER_DEFAULT = {"efficientnetv2_": 224, "tf_efficientnetv2_": 224}
 
-    `PARITY_ARCHITECTURES` = `all`, or a comma-separated list; default the CI tier.
+
+def _default_case(architecture: str) -> Case:
+    """The architecture as its name builds it: 64 px (224 px for EfficientNetV2), or its own size
+    if that is fixed."""
+    from zoobot.tf.architectures import fixed_input_size, maxvit
+
+    if fixed_input_size(architecture):  # MaxViT: square, the size in its name
+        return Case(architecture, {}, int(maxvit.ARCHITECTURES[architecture]["img_size"]))
+    sizes = [size for prefix, size in LARGER_DEFAULT.items() if architecture.startswith(prefix)]
+    return Case(architecture, {}, sizes[0] if sizes else IMAGE_SIZE)
+
+
+def _published_cases(architecture: str, ci: bool = False) -> list[Case]:
+    model_args, sizes = PUBLISHED[architecture]
+    if ci:
+        sizes = CI_PUBLISHED[architecture]
+    return [Case(architecture, model_args, size) for size in sizes]
+
+
+def offered_cases() -> tuple[list[Case], list[str]]:
+    """(cases checked, architectures not checked here), from zoobot.tf's registry and timm's.
+
+    `PARITY_ARCHITECTURES` = `all`, `published`, or a comma-separated list; default the CI tier.
     """
     try:
         from zoobot.tf.architectures import supported_architectures
@@ -72,33 +148,41 @@ def offered_architectures() -> tuple[list[str], list[str]]:
     names = [a for a in supported_architectures() if timm.is_model(a)]
     wanted = os.environ.get("PARITY_ARCHITECTURES", "ci").strip()
     if wanted == "all":
-        chosen = set(names)
+        defaults, published = set(names), set(PUBLISHED)
+    elif wanted == "published":
+        defaults, published = set(), set(PUBLISHED)
     elif wanted == "ci":
-        chosen = set(CI_ARCHITECTURES)
+        defaults, published = set(CI_ARCHITECTURES), set(CI_PUBLISHED)
     else:
         chosen = {w.strip() for w in wanted.split(",")}
-    return [a for a in names if a in chosen], [a for a in names if a not in chosen]
+        defaults, published = chosen - set(PUBLISHED), chosen & set(PUBLISHED)
+    cases = [_default_case(a) for a in names if a in defaults]
+    ci = wanted == "ci"
+    cases += [case for a in names if a in published for case in _published_cases(a, ci)]
+    cases = list({case.id: case for case in cases}.values())  # a published size may be the default
+    checked = {case.architecture for case in cases}
+    return cases, [a for a in names if a not in checked]
 
 
-CHECKED, NOT_CHECKED = offered_architectures()
-ARCHITECTURES = CHECKED
-assert ARCHITECTURES, f"no architecture offered in both frameworks is selected ({NOT_CHECKED})"
+CASES, NOT_CHECKED = offered_cases()
+assert CASES, f"no architecture offered in both frameworks is selected ({NOT_CHECKED})"
 
 
 def test_every_offered_architecture_is_accounted_for(recorder):
     """A report row naming the architectures offered in both frameworks but not run this session."""
-    missing = sorted(set(CI_ARCHITECTURES) - set(CHECKED) - set(NOT_CHECKED))
+    offered = {case.architecture for case in CASES} | set(NOT_CHECKED)
+    missing = sorted((set(CI_ARCHITECTURES) | set(PUBLISHED)) - offered)
     if NOT_CHECKED:
         recorder.note_outcome(
             "encoders",
-            f"{len(NOT_CHECKED)} of {len(CHECKED) + len(NOT_CHECKED)} offered architectures "
+            f"{len(NOT_CHECKED)} of {len(offered)} offered architectures not run",
             "not run",
-            "not run",
-            "outside the CI tier; PARITY_ARCHITECTURES=all runs them: " + ", ".join(NOT_CHECKED),
+            "outside the selected tier; PARITY_ARCHITECTURES=all runs them: "
+            + ", ".join(NOT_CHECKED),
             recorder.current_test,
         )
     assert not missing or os.environ.get("PARITY_ARCHITECTURES"), (
-        f"CI-tier architectures no longer offered by zoobot.tf: {missing}"
+        f"CI-tier or published architectures no longer offered by zoobot.tf: {missing}"
     )
 
 
@@ -108,9 +192,10 @@ def register_tf_tasks() -> None:
     importlib.import_module("zoobot.tf.finetune")
 
 
-def _images(channels: int, seed: int) -> np.ndarray:
+def _images(channels: int, seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
     """(B, H, W, C) float32 images, roughly what the evaluation transform gives."""
-    return np.random.default_rng(seed).uniform(0, 1, (BATCH, IMAGE_SIZE, IMAGE_SIZE, channels))
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 1, (BATCH, size, size, channels)).astype(np.float32)
 
 
 def _nchw(images: np.ndarray):
@@ -125,8 +210,8 @@ def _nhwc(images: np.ndarray):
     return tf.constant(images, tf.float32)
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_torch_saved_model_loads_in_tf(recorder, tmp_path, architecture):
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_torch_saved_model_loads_in_tf(recorder, tmp_path, case):
     import torch
 
     import zoobot.torch
@@ -137,10 +222,12 @@ def test_torch_saved_model_loads_in_tf(recorder, tmp_path, architecture):
     register_tf_tasks()
 
     torch.manual_seed(0)
-    encoder = randomise_torch(zoobot.torch.load_encoder(architecture, channels=3), seed=1)
+    encoder = zoobot.torch.load_encoder(case.architecture, channels=3, **case.model_args)
+    encoder = randomise_torch(encoder, seed=1)
+    images = _images(3, seed=2, size=case.size)
+    calibrate_batchnorm_torch(encoder, _nchw(images))
     model = zoobot.torch.ZoobotTree(SCHEMA, encoder=encoder, dropout=0.0).eval()
     folder = save_pretrained(model, tmp_path / "torch-saved")
-    images = _images(3, seed=2)
     with torch.no_grad():
         features = encoder(_nchw(images)).numpy()
         concentrations = model(_nchw(images)).numpy()
@@ -149,33 +236,34 @@ def test_torch_saved_model_loads_in_tf(recorder, tmp_path, architecture):
     tf_features = np.asarray(tf_encoder(_nhwc(images), training=False))
     tf_model = tf_hub.from_pretrained(folder)
     tf_concentrations = np.asarray(tf_model(_nhwc(images), training=False))
-    label = f"{architecture} torch->tf"
+    label = f"{case.id} torch->tf"
     recorder.record(
         compare(f"{label} features", tf_features, features, TOLERANCE, group="encoders",
-                note=f"pooled features, {BATCH}x{IMAGE_SIZE}px 3ch, load_encoder(folder)"),
+                note=f"pooled features, {BATCH}x{case.size}px 3ch, load_encoder(folder)"),
         compare(f"{label} tree concentrations", tf_concentrations, concentrations, TOLERANCE,
                 group="encoders", note=f"ZoobotTree({SCHEMA}) head, from_pretrained(folder)"),
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_tf_saved_model_loads_in_torch(recorder, tmp_path, architecture):
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_tf_saved_model_loads_in_torch(recorder, tmp_path, case):
     import tensorflow as tf
     import torch
 
     from zoobot.torch.pretrained import from_pretrained
 
+    tf_encoders = importlib.import_module("zoobot.tf.encoders")
     tf_finetune = importlib.import_module("zoobot.tf.finetune")
     tf_hub = importlib.import_module("zoobot.tf.pretrained")
 
     tf.keras.utils.set_random_seed(3)
-    model = tf_finetune.FinetuneableZoobotClassifier(
-        num_classes=5, name=architecture, channels=1, dropout=0.0
-    )
-    randomise_keras(model.encoder, seed=4)
+    encoder = tf_encoders.load_encoder(case.architecture, channels=1, **case.model_args)
+    randomise_keras(encoder, seed=4)
+    images = _images(1, seed=6, size=case.size)
+    calibrate_batchnorm_keras(encoder, images)  # before the classifier freezes its blocks
+    model = tf_finetune.FinetuneableZoobotClassifier(num_classes=5, encoder=encoder, dropout=0.0)
     randomise_keras(model.head, seed=5)
     folder = tf_hub.save_pretrained(model, tmp_path / "tf-saved")
-    images = _images(1, seed=6)
     tf_features = np.asarray(model.encoder(_nhwc(images), training=False))
     tf_logits = np.asarray(model(_nhwc(images), training=False))
 
@@ -183,12 +271,61 @@ def test_tf_saved_model_loads_in_torch(recorder, tmp_path, architecture):
     with torch.no_grad():
         features = torch_model.encoder(_nchw(images)).numpy()
         logits = torch_model(_nchw(images)).numpy()
-    label = f"{architecture} tf->torch"
+    label = f"{case.id} tf->torch"
     recorder.record(
         compare(f"{label} features", features, tf_features, TOLERANCE, group="encoders",
-                note=f"pooled features, {BATCH}x{IMAGE_SIZE}px 1ch, reference = TF"),
+                note=f"pooled features, {BATCH}x{case.size}px 1ch, reference = TF"),
         compare(f"{label} classifier logits", logits, tf_logits, TOLERANCE, group="encoders",
                 note="FinetuneableZoobotClassifier(5) head, from_pretrained(folder)"),
+    )  # fmt: skip
+
+
+# One architecture per family, shrunk through timm model arguments (the grouping depends on the
+# module structure only): what `n_blocks` / `lr_decay` act on must be the same tensors in both.
+_SMALL_MAXVIT = {"embed_dim": [8, 8, 16, 16], "transformer_dim_head": 8, "img_size": 64}
+BLOCK_CASES = {
+    "test_convnext": {},
+    "test_resnet": {},
+    "test_efficientnet": {},
+    "tf_efficientnetv2_s": {"channel_multiplier": 0.1, "depth_multiplier": 0.34},
+    "maxvit_rmlp_tiny_rw_256": {**_SMALL_MAXVIT, "stem_width": [8, 8]},
+    "maxvit_large_tf_224": {**_SMALL_MAXVIT, "stem_width": 8, "head_hidden_size": 16},
+}
+
+
+@pytest.mark.parametrize("architecture", sorted(BLOCK_CASES))
+def test_finetuning_blocks_hold_the_same_tensors_in_both(recorder, architecture):
+    """zoobot.tf.blocks and zoobot.torch.blocks give every trainable tensor the same block index
+    (head side first, stem last), so `n_blocks` and `lr_decay` train and decay the same weights."""
+    import zoobot.torch
+    from zoobot.torch.blocks import encoder_blocks as torch_blocks
+    from zoobot.torch.blocks import matches
+
+    tf_blocks = importlib.import_module("zoobot.tf.blocks")
+    tf_encoders = importlib.import_module("zoobot.tf.encoders")
+    tf_weights = importlib.import_module("zoobot.tf.weights")
+
+    args = BLOCK_CASES[architecture]
+    encoder = zoobot.torch.load_encoder(architecture, **args)
+    blocks = torch_blocks(encoder)
+    torch_of = {
+        name: i
+        for name, _ in encoder.named_parameters()
+        for i, block in enumerate(blocks)
+        if matches(name, block)
+    }
+    tf_encoder = tf_encoders.load_encoder(architecture, **args)
+    tf_of = {
+        tensor.key: i
+        for i, block in enumerate(tf_blocks.encoder_blocks(tf_encoder))
+        for layer in block
+        for tensor in tf_weights.layer_tensors(layer)
+        if tensor.variable.trainable
+    }
+    recorder.record(
+        compare_equal(f"{architecture} finetuning blocks", sorted(tf_of.items()),
+                      sorted(torch_of.items()), group="encoders",
+                      note=f"{len(blocks)} blocks, {len(torch_of)} parameters: block of each"),
     )  # fmt: skip
 
 

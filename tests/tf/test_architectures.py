@@ -194,6 +194,12 @@ def test_supported_architectures_cover_the_zoobot_encoders():
         "convnext_base",
         "resnet18",
         "resnet50",
+        "efficientnet_b0",
+        "tf_efficientnetv2_s",
+        "maxvit_rmlp_tiny_rw_256",
+        "maxvit_rmlp_small_rw_224",
+        "maxvit_rmlp_base_rw_224",
+        "maxvit_large_tf_224",
         "test_convnext",
         "test_resnet",
     ):
@@ -202,7 +208,7 @@ def test_supported_architectures_cover_the_zoobot_encoders():
 
 def test_unknown_architecture_lists_the_supported_ones():
     with pytest.raises(ValueError, match="supported: .*convnext_nano.*resnet50"):
-        architectures.build_encoder("maxvit_tiny_rw_224", 3)
+        architectures.build_encoder("coatnet_0_rw_224", 3)
 
 
 @pytest.mark.parametrize(

@@ -251,8 +251,8 @@ def test_unknown_architecture_lists_the_supported_ones(tmp_path):
     with pytest.raises(ValueError, match=r"Similar names: convnext_atto.*Supported .*resnet50"):
         load_encoder("convnext_att")
     folder = copy_case("test_convnext", tmp_path / "model")
-    edit_config(folder, architecture="maxvit_tiny_rw_224")
-    with pytest.raises(ValueError, match="maxvit_tiny_rw_224.*supported: .*convnext_nano"):
+    edit_config(folder, architecture="coatnet_0_rw_224")
+    with pytest.raises(ValueError, match="coatnet_0_rw_224.*supported: .*convnext_nano"):
         load_encoder(folder)
 
 

@@ -2,6 +2,7 @@
 included), the classifier and regressor heads, and the Hub round trip of every finetuned model."""
 
 import logging
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -20,11 +21,17 @@ from zoobot.tf.finetune import (
 from zoobot.tf.optimizers import LayerwiseAdamW, WarmupCosine
 from zoobot.tf.pretrained import from_pretrained, save_pretrained
 
-# architecture -> (number of blocks, a layer of the stem, a layer of the block nearest the head)
+FIXTURES = Path(__file__).parent / "fixtures" / "timm"
+
+# architecture or folder -> (number of blocks, a layer of the stem, a layer of the block nearest
+# the head)
 FAMILIES = {
     "test_convnext": (5, "stem.0", "head.norm"),
     "resnet10t": (5, "conv1.0", "layer4.0.conv1"),
     "efficientnet_b0": (8, "conv_stem", "conv_head"),
+    str(FIXTURES / "tf_efficientnetv2_s_small"): (7, "conv_stem", "conv_head"),
+    str(FIXTURES / "maxvit_rmlp_tiny"): (5, "stem.conv1", "norm"),
+    str(FIXTURES / "maxvit_large_tf"): (5, "stem.conv1", "head.pre_logits.fc"),
 }
 
 
@@ -49,7 +56,7 @@ def one_step(model, images, labels) -> None:
     model.fit(images, labels, batch_size=len(images), epochs=1, verbose=0)
 
 
-@pytest.mark.parametrize("architecture", list(FAMILIES))
+@pytest.mark.parametrize("architecture", list(FAMILIES), ids=lambda name: Path(name).name)
 def test_blocks_cover_every_weight_once_head_first_stem_last(architecture):
     n_blocks, stem, last = FAMILIES[architecture]
     encoder = load_encoder(architecture)

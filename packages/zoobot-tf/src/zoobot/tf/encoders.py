@@ -53,7 +53,12 @@ TORCHVISION_PREFIX = "torchvision:"
 # in the timm layout), so the names zoobot.torch accepts build the timm twins here.
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # timm's classifier module per family: dropped from checkpoints saved with a classifier
-_CLASSIFIERS = {"convnext": "head.fc", "efficientnet": "classifier", "resnet": "fc"}
+_CLASSIFIERS = {
+    "convnext": "head.fc",
+    "efficientnet": "classifier",
+    "maxvit": "head.fc",
+    "resnet": "fc",
+}
 # model_args timm leaves out of exported configs (training-time only)
 _DROP_ARGS = ("drop_rate", "drop_path_rate", "drop_block_rate")
 
@@ -141,8 +146,17 @@ def first_conv(encoder: keras.Model) -> str:
     raise TypeError(f"{encoder.name} has no convolution")
 
 
-def _pretrained_cfg_for(pretrained_cfg: Mapping, channels: int, first: str) -> dict:
-    """The checkpoint's `pretrained_cfg` for an encoder with `channels` inputs and no classifier."""
+def _fixed_size(encoder: keras.Model) -> tuple[int, int] | None:
+    """(height, width) of an encoder built for one input size (timm's `fixed_input_size`)."""
+    height, width = encoder.input_shape[1:3]
+    return (int(height), int(width)) if height and width else None
+
+
+def _pretrained_cfg_for(
+    pretrained_cfg: Mapping, channels: int, first: str, fixed_size: tuple[int, int] | None = None
+) -> dict:
+    """The checkpoint's `pretrained_cfg` for an encoder with `channels` inputs and no classifier;
+    `fixed_size` (a fixed-size encoder's height and width) is its input size."""
     # a JSON copy: plain containers, also from the tracked dict Keras keeps on the encoder
     cfg = json.loads(json.dumps(dict(pretrained_cfg)))
     for key in ("input_size", "test_input_size", "min_input_size"):
@@ -153,6 +167,9 @@ def _pretrained_cfg_for(pretrained_cfg: Mapping, channels: int, first: str) -> d
         if isinstance(values, list | tuple) and len(values) != channels:
             # as timm resolves a data config for another channel count
             cfg[key] = [float(np.mean(values))] * channels
+    if fixed_size:
+        cfg["input_size"] = [channels, *fixed_size]
+        cfg["fixed_input_size"] = True
     cfg.setdefault("input_size", [channels, 224, 224])
     cfg["num_classes"] = 0
     cfg["first_conv"] = first
@@ -178,6 +195,15 @@ def encoder_from_config(
     build_args = {
         k: v for k, v in {**args, **model_args}.items() if k not in ("num_classes", "in_chans")
     }
+    input_size = pretrained_cfg.get("input_size")
+    if (
+        architectures.fixed_input_size(architecture)
+        and "img_size" not in build_args
+        and input_size
+        and pretrained_cfg.get("fixed_input_size", True)
+    ):
+        # as timm, which builds a fixed-size model at its pretrained_cfg's input size
+        build_args["img_size"] = [int(s) for s in list(input_size)[-2:]]
     source_channels = _checkpoint_channels(args, pretrained_cfg, state)
     encoder = architectures.build_encoder(architecture, channels or source_channels, build_args)
     first = first_conv(encoder)
@@ -209,7 +235,9 @@ def encoder_from_config(
                         target_channels,
                     )
         architectures.load_timm_state(encoder, state)
-    encoder.zoobot_pretrained_cfg = _pretrained_cfg_for(pretrained_cfg, target_channels, first)
+    encoder.zoobot_pretrained_cfg = _pretrained_cfg_for(
+        pretrained_cfg, target_channels, first, _fixed_size(encoder)
+    )
     return encoder
 
 
@@ -227,7 +255,7 @@ def _architecture_encoder(name: str, channels: int | None, model_args: dict) -> 
     first = first_conv(encoder)
     cfg = {"classifier": _CLASSIFIERS.get(architectures.family_of(architecture))}
     encoder.zoobot_pretrained_cfg = _pretrained_cfg_for(
-        {k: v for k, v in cfg.items() if v}, channels or 3, first
+        {k: v for k, v in cfg.items() if v}, channels or 3, first, _fixed_size(encoder)
     )
     return encoder
 
@@ -282,7 +310,7 @@ def timm_config(encoder: keras.Model) -> dict:
         "num_features": int(getattr(encoder, "num_features", encoder_dim(encoder))),
         "global_pool": "avg",
         "model_args": {"num_classes": 0, "in_chans": channels, **model_args, "global_pool": "avg"},
-        "pretrained_cfg": _pretrained_cfg_for(cfg, channels, first),
+        "pretrained_cfg": _pretrained_cfg_for(cfg, channels, first, _fixed_size(encoder)),
     }
     return json.loads(json.dumps(config))
 

@@ -116,9 +116,13 @@ def encoder_from_config(
         state_dict = _adapt_first_conv(
             architecture, cfg, state_dict, source_channels, target_channels
         )
-    overlay["input_size"] = (target_channels, *(cfg.get("input_size") or (3, 224, 224))[1:])
-    overlay["num_classes"] = num_classes
     kwargs = {**model_args, **timm_kwargs, "num_classes": num_classes, "in_chans": target_channels}
+    spatial = tuple((cfg.get("input_size") or (3, 224, 224))[1:])
+    if kwargs.get("img_size"):  # a fixed-size model's own size (older timm left input_size stale)
+        size = kwargs["img_size"]
+        spatial = (size, size) if isinstance(size, int) else tuple(size)
+    overlay["input_size"] = (target_channels, *spatial)
+    overlay["num_classes"] = num_classes
     model = timm.create_model(
         architecture, pretrained=False, pretrained_cfg_overlay=overlay, **kwargs
     )
