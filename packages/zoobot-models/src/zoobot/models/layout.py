@@ -65,6 +65,26 @@ def check_weights_fit(
         raise WeightsMismatchError(f"{what} weights do not fit the model: " + " | ".join(problems))
 
 
+def first_convs(pretrained_cfg: Mapping) -> tuple[str, ...]:
+    """The module names of a timm config's first convolution(s) (`first_conv`, a name or a list)."""
+    first = pretrained_cfg.get("first_conv")
+    return (first,) if isinstance(first, str) else tuple(first or ())
+
+
+def checkpoint_channels(
+    model_args: Mapping, pretrained_cfg: Mapping, tensors: Mapping | None
+) -> int:
+    """Input channels of a checkpoint: stated in `model_args`, else read off its first conv's
+    weight (any array with a 4-axis `shape`), else its `pretrained_cfg` input size (else 3)."""
+    if model_args.get("in_chans"):
+        return int(model_args["in_chans"])
+    for conv in first_convs(pretrained_cfg):
+        weight = (tensors or {}).get(f"{conv}.weight")
+        if weight is not None and len(weight.shape) == 4:
+            return int(weight.shape[1])
+    return int((pretrained_cfg.get("input_size") or (3,))[0])
+
+
 def write_model_folder(folder: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Let `write` fill a staging folder beside `folder`, then rename it into place atomically.
 

@@ -27,7 +27,13 @@ import numpy as np
 import safetensors.numpy
 
 from zoobot.models.hub import HubUnavailableError, ModelSource
-from zoobot.models.layout import CONFIG_NAME, SAFETENSORS_NAME, WeightsMismatchError
+from zoobot.models.layout import (
+    CONFIG_NAME,
+    SAFETENSORS_NAME,
+    WeightsMismatchError,
+    checkpoint_channels,
+    first_convs,
+)
 from zoobot.models.legacy import LegacyWeightsError, load_torch_state_dict
 from zoobot.tf import architectures
 
@@ -119,24 +125,6 @@ def adapt_input_conv(channels: int, weight: np.ndarray, base_channels: int) -> n
     return weight.astype(dtype)
 
 
-def _first_convs(pretrained_cfg: Mapping) -> tuple[str, ...]:
-    first = pretrained_cfg.get("first_conv")
-    return (first,) if isinstance(first, str) else tuple(first or ())
-
-
-def _checkpoint_channels(
-    model_args: Mapping, pretrained_cfg: Mapping, state: Mapping | None
-) -> int:
-    """Input channels of the checkpoint: stated in `model_args`, else read off its first conv."""
-    if model_args.get("in_chans"):
-        return int(model_args["in_chans"])
-    for conv in _first_convs(pretrained_cfg):
-        weight = (state or {}).get(f"{conv}.weight")
-        if weight is not None and np.ndim(weight) == 4:
-            return int(np.shape(weight)[1])
-    return int((pretrained_cfg.get("input_size") or (3,))[0])
-
-
 def first_conv(encoder: keras.Model) -> str:
     """timm name of the encoder's first convolution (the one input channels change)."""
     for layer in encoder.layers:
@@ -204,13 +192,13 @@ def encoder_from_config(
     ):
         # as timm, which builds a fixed-size model at its pretrained_cfg's input size
         build_args["img_size"] = [int(s) for s in list(input_size)[-2:]]
-    source_channels = _checkpoint_channels(args, pretrained_cfg, state)
+    source_channels = checkpoint_channels(args, pretrained_cfg, state)
     encoder = architectures.build_encoder(architecture, channels or source_channels, build_args)
     first = first_conv(encoder)
-    if not _first_convs(pretrained_cfg):
+    if not first_convs(pretrained_cfg):
         # a hand-written config: find the first conv on the model, then its channels in the state
         pretrained_cfg["first_conv"] = first
-        detected = _checkpoint_channels(args, pretrained_cfg, state)
+        detected = checkpoint_channels(args, pretrained_cfg, state)
         if detected != source_channels:
             source_channels = detected
             if not channels:
@@ -223,7 +211,7 @@ def encoder_from_config(
             for classifier in (classifiers,) if isinstance(classifiers, str) else classifiers:
                 state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
         if target_channels != source_channels:
-            for conv in _first_convs(pretrained_cfg):
+            for conv in first_convs(pretrained_cfg):
                 key = f"{conv}.weight"
                 if key in state:
                     state[key] = adapt_input_conv(target_channels, state[key], source_channels)

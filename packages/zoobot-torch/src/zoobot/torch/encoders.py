@@ -23,7 +23,12 @@ from torch import nn
 
 from zoobot.models.hub import HubUnavailableError as HubUnavailableError  # re-exported
 from zoobot.models.hub import ModelSource
-from zoobot.models.layout import CONFIG_NAME, check_weights_fit
+from zoobot.models.layout import (
+    CONFIG_NAME,
+    check_weights_fit,
+    checkpoint_channels,
+    first_convs,
+)
 from zoobot.models.layout import WeightsMismatchError as WeightsMismatchError  # re-exported
 
 logger = logging.getLogger(__name__)
@@ -75,24 +80,6 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what:
     module.load_state_dict(state_dict, strict=True)
 
 
-def _first_convs(pretrained_cfg: Mapping) -> tuple[str, ...]:
-    first = pretrained_cfg.get("first_conv")
-    return (first,) if isinstance(first, str) else tuple(first or ())
-
-
-def _checkpoint_channels(
-    model_args: Mapping, pretrained_cfg: Mapping, state_dict: Mapping | None
-) -> int:
-    """Input channels of the checkpoint: stated in `model_args`, else read off its first conv."""
-    if model_args.get("in_chans"):
-        return int(model_args["in_chans"])
-    for conv in _first_convs(pretrained_cfg):
-        weight = (state_dict or {}).get(f"{conv}.weight")
-        if weight is not None and weight.ndim == 4:
-            return int(weight.shape[1])
-    return int((pretrained_cfg.get("input_size") or (3,))[0])
-
-
 def encoder_from_config(
     config: Mapping,
     state_dict: Mapping[str, torch.Tensor] | None,
@@ -110,7 +97,7 @@ def encoder_from_config(
     }
     default = timm.models.get_pretrained_cfg(architecture)
     cfg = {**(default.to_dict() if default else {}), **overlay}
-    source_channels = _checkpoint_channels(model_args, cfg, state_dict)
+    source_channels = checkpoint_channels(model_args, cfg, state_dict)
     target_channels = channels or source_channels
     if state_dict is not None and target_channels != source_channels:
         state_dict = _adapt_first_conv(
@@ -138,7 +125,7 @@ def _adapt_first_conv(
 ) -> dict[str, torch.Tensor]:
     """The state dict with its first conv adapted from `source` to `target` input channels."""
     state_dict = dict(state_dict)
-    for conv in _first_convs(cfg):
+    for conv in first_convs(cfg):
         key = f"{conv}.weight"
         if key in state_dict:
             state_dict[key] = timm.models.adapt_input_conv(
