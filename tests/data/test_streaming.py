@@ -22,6 +22,7 @@ from zoobot.data.streaming import (
     Parts,
     StreamSettings,
     chunk_seed,
+    cleaned_up_on_failure,
     decode_rows,
     finish_predictions,
     finish_representations,
@@ -267,3 +268,35 @@ def test_chunk_writer_checks_the_model_output_shape(catalog, tmp_path):
         pytest.raises(ValueError, match=r"returned \(3,\) per image, not \(3, 1\)"),
     ):
         writer.add(0, 4, np.arange(4), np.zeros((4, 3)))
+
+
+def test_a_run_failing_before_its_first_part_leaves_no_parts_folder(catalog, tmp_path):
+    """The folder this run made goes (manifest and all); a folder with finished parts stays."""
+    settings = StreamSettings(batch_size=4, chunk_rows=8)
+    save_loc = tmp_path / "p.parquet"
+    parts = start_parts(read_catalog(catalog), save_loc, (2,), settings, {"model": "m"})
+    assert parts.created and (parts.folder / MANIFEST).is_file()
+    with pytest.raises(RuntimeError, match="no bf16"), cleaned_up_on_failure(parts):
+        raise RuntimeError("no bf16 here")
+    assert not parts.folder.exists()
+
+    parts = start_parts(read_catalog(catalog), save_loc, (2,), settings, {"model": "m"})
+    parts.write(0, np.arange(8), np.ones((8, 2)), np.zeros(0, np.int64), [])
+    with pytest.raises(RuntimeError), cleaned_up_on_failure(parts):
+        raise RuntimeError("later")
+    assert parts.path(0).is_file(), "a finished part is kept for the next run to resume"
+    resumed = start_parts(read_catalog(catalog), save_loc, (2,), settings, {"model": "m"})
+    assert not resumed.created
+    with pytest.raises(RuntimeError), cleaned_up_on_failure(resumed):
+        raise RuntimeError("again")
+    assert resumed.path(0).is_file()
+
+
+def test_a_parts_folder_the_run_did_not_make_is_never_removed(catalog, tmp_path):
+    folder = tmp_path / "p.parquet.parts"
+    folder.mkdir()
+    parts = start_parts(read_catalog(catalog), tmp_path / "p.parquet", (2,), StreamSettings(), {})
+    assert not parts.created
+    with pytest.raises(RuntimeError), cleaned_up_on_failure(parts):
+        raise RuntimeError("failed")
+    assert folder.is_dir()

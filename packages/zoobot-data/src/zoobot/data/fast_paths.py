@@ -1,0 +1,85 @@
+"""Fast paths that depend on the CPU or the framework build: the setting that turns them off, the
+CPU's native bfloat16 support, and the one log line that says which path a process takes.
+
+`zoobot.torch` and `zoobot.tf` probe each fast path once and fall back to the plain path when the
+probe fails or the user turns it off with `ZOOBOT_DISABLE` (comma-separated names, or `all`):
+
+    ZOOBOT_DISABLE=fused_conv_gelu,malloc_tuning zoobot-torch predict ...
+
+Each framework package's README lists its names. Framework-free so both packages read the same
+setting and describe their choices the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DISABLE = "ZOOBOT_DISABLE"
+# oneDNN's ISA names (`ONEDNN_MAX_CPU_ISA`, honoured by torch and TensorFlow) below the first with
+# bfloat16 dot products (AVX512_CORE_BF16); a cap at one of these rules native bf16 out.
+ISAS_WITHOUT_BF16 = frozenset(
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+)
+# CPU flags (Linux /proc/cpuinfo) of bfloat16 dot-product instructions: x86 AVX-512 BF16 and AMX,
+# Arm BF16.
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+_announced: set[tuple[str, bool, str]] = set()
+
+
+def disabled(name: str) -> bool:
+    """Whether `ZOOBOT_DISABLE` turns off the fast path `name` (read at every call)."""
+    names = {n.strip().lower() for n in os.environ.get(DISABLE, "").split(",")}
+    return name.lower() in names or "all" in names
+
+
+def announce(name: str, used: bool, reason: str) -> bool:
+    """Log (once per process for each outcome) which path `name` takes and why; return `used`."""
+    key = (name, used, reason)
+    if key not in _announced:
+        _announced.add(key)
+        logger.info("%s: %s (%s)", name, "on" if used else "off", reason)
+    return used
+
+
+def choose(name: str, supported: bool, reason: str) -> bool:
+    """Whether to take fast path `name` given what its probe found (`supported`, because `reason`),
+    with the one log line: off when `ZOOBOT_DISABLE` names it, else as the probe found."""
+    if disabled(name):
+        return announce(name, False, f"turned off by {DISABLE}")
+    return announce(name, supported, reason)
+
+
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+@functools.cache
+def native_bf16() -> tuple[bool, str]:
+    """(whether this CPU computes bfloat16 natively for oneDNN, why): it has bf16 dot-product
+    instructions and `ONEDNN_MAX_CPU_ISA` does not cap oneDNN below them.
+
+    Without them bf16 is emulated: measured by benchmarks/bf16_cpu.py, float32 is several times
+    faster there (and TensorFlow's oneDNN refuses bf16 convolutions on AVX2-only CPUs).
+    """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if cap in ISAS_WITHOUT_BF16:
+        return False, f"ONEDNN_MAX_CPU_ISA={cap} has no bf16 instructions"
+    found = sorted(BF16_FLAGS & _cpu_flags())
+    if found:
+        return True, f"CPU has {', '.join(found)}"
+    return False, f"{platform.machine() or 'this'} CPU reports no bf16 instructions"
