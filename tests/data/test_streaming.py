@@ -4,6 +4,7 @@ files, manifests refuse other runs, failures are reported, and the final tables 
 columns. A NumPy "model" (mean pixel per channel, plus noise seeded per chunk) stands in for a
 network."""
 
+import functools
 import json
 
 import numpy as np
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from zoobot.data import streaming
 from zoobot.data.images import read_image
 from zoobot.data.streaming import (
     FAILED_COLUMNS,
@@ -300,3 +302,19 @@ def test_a_parts_folder_the_run_did_not_make_is_never_removed(catalog, tmp_path)
     with pytest.raises(RuntimeError), cleaned_up_on_failure(parts):
         raise RuntimeError("failed")
     assert folder.is_dir()
+
+
+def test_the_progress_bar_shows_the_finished_run_once(catalog, tmp_path, capsys, monkeypatch):
+    """tqdm's close() draws the finished bar again after the last update drew it: in a log or a
+    pipe, where a carriage return does not overwrite, it read as the bar printed twice."""
+    monkeypatch.setattr(streaming, "tqdm", functools.partial(streaming.tqdm, mininterval=0))
+    rows = read_catalog(catalog.head(20))
+    parts = start_parts(rows, tmp_path / "p.parquet", (2,), StreamSettings(), {})
+    spans = parts.spans(parts.todo(), 5)
+    with ChunkWriter(parts, spans, progress=True) as writer:
+        for start, stop in spans:
+            positions = np.arange(start, stop)
+            writer.add(start, stop, positions, np.ones((len(positions), 2)))
+    bar = capsys.readouterr().err
+    assert bar.count("20/20") == 1 and bar.count("100%") == 1
+    assert "15/20" in bar, "the bar moves as batches finish"

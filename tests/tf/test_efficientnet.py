@@ -4,6 +4,10 @@ The fixtures (tests/tf/fixtures/make_timm_fixtures.py, `efficientnet`) hold timm
 features timm gave for fixed inputs: `test_efficientnet` as the Hub folder timm writes, and
 `efficientnet_b0_mini`, EfficientNet-B0's own structure from timm's `_gen_efficientnet` at a test
 size. Full-size architectures are compared live against timm in the parity session.
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Training on votes end to end, the Trainer setup, mixed precision, torch.compile and DDP on CPU."""
+"""Training on votes end to end, the Trainer setup, mixed precision, torch.compile and DDP on CPU.
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
+"""
 
 import importlib.util
 import json

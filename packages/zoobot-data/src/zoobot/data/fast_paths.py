@@ -83,3 +83,11 @@ def native_bf16() -> tuple[bool, str]:
     if found:
         return True, f"CPU has {', '.join(found)}"
     return False, f"{platform.machine() or 'this'} CPU reports no bf16 instructions"
+
+
+def cpu_bf16() -> bool:
+    """Whether a bf16 request runs in bf16 on this CPU (else float32), with the one log line: only
+    where it computes bf16 natively, and unless `ZOOBOT_DISABLE` names `cpu_bf16`."""
+    native, why = native_bf16()
+    reason = why if native else f"{why}; runs in float32, faster than emulated bf16"
+    return choose("cpu_bf16", native, reason)

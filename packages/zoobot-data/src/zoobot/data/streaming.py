@@ -357,7 +357,10 @@ class ChunkWriter:
             ok = np.concatenate(self.positions) if self.positions else np.zeros(0, np.int64)
             self.parts.write(chunk, ok, values, np.array(self.failed, np.int64), self.errors)
             self._clear()
-        self.bar.update(stop - start)
+        if self.bar.n + stop - start < self.parts.n_rows:
+            self.bar.update(stop - start)
+        else:  # the finished bar is drawn by close(); update() would draw it once before
+            self.bar.n = self.parts.n_rows
 
     def __enter__(self) -> ChunkWriter:
         return self
