@@ -199,15 +199,19 @@ class LayerwiseAdamW(keras.optimizers.AdamW):
         return {**config, "gradient_clip_norm": self.gradient_clip_norm}
 
 
-def _reference_step(weight, gradient, multiplier, lr, weight_decay, clip, eps=1e-8) -> np.ndarray:
-    """One step of PyTorch's AdamW (first step, betas 0.9 / 0.999) after `clip_grad_norm_`, in
+def _reference_steps(weight, gradients, multiplier, lr, weight_decay, clip, eps=1e-8):
+    """PyTorch's AdamW (betas 0.9, 0.999) after `clip_grad_norm_`, one step per gradient, in
     float64: what `LayerwiseAdamW` must compute."""
-    norm = np.sqrt(np.sum(gradient**2))
-    gradient = gradient * min(1.0, clip / (norm + 1e-6))
+    m, v = np.zeros_like(weight), np.zeros_like(weight)
     lr = lr * multiplier
-    weight = weight * (1 - lr * weight_decay)
-    m, v = 0.1 * gradient, 0.001 * gradient**2
-    return weight - lr * (m / 0.1) / (np.sqrt(v / 0.001) + eps)
+    for step, gradient in enumerate(gradients, start=1):
+        gradient = gradient * min(1.0, clip / (np.sqrt(np.sum(gradient**2)) + 1e-6))
+        weight = weight * (1 - lr * weight_decay)
+        m = 0.9 * m + 0.1 * gradient
+        v = 0.999 * v + 0.001 * gradient**2
+        denominator = np.sqrt(v / (1 - 0.999**step)) + eps
+        weight = weight - lr * m / (1 - 0.9**step) / denominator
+    return weight
 
 
 @functools.cache
@@ -221,17 +225,20 @@ def probe() -> tuple[bool, str]:
 
 def _probe() -> tuple[bool, str]:
     start = np.array([0.5, -1.0, 2.0], np.float32)
-    gradient = np.array([3.0, -4.0, 0.5], np.float32)  # norm 5.02 > the clip norm of 1
+    # The first step's norm (5.02) is clipped to 1, the second's (0.54) is not: Adam's second
+    # step depends on the ratio of the two, so it shows whether clipping happened.
+    gradients = [np.array(g, np.float32) for g in ([3.0, -4.0, 0.5], [0.3, 0.4, -0.2])]
     try:
         variable = keras.Variable(start)
         optimizer = LayerwiseAdamW(
             0.1, weight_decay=0.05, lr_multiplier=lambda v: 0.5, gradient_clip_norm=1.0
         )
-        optimizer.apply_gradients([(tf.constant(gradient), variable)])
+        for gradient in gradients:
+            optimizer.apply_gradients([(tf.constant(gradient), variable)])
         got = np.asarray(variable.numpy(), np.float64)
     except Exception as err:  # any failure inside Keras means the internals changed
         return False, f"Keras's optimizer internals changed: {type(err).__name__}: {err}"
-    expected = _reference_step(start.astype(np.float64), gradient, 0.5, 0.1, 0.05, 1.0)
+    expected = _reference_steps(start.astype(np.float64), gradients, 0.5, 0.1, 0.05, 1.0)
     # float32 arithmetic of a handful of operations on values of order 1: a few 2**-24 roundings.
     if not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
         return False, "LayerwiseAdamW no longer steps as PyTorch's AdamW with this Keras"
