@@ -30,7 +30,8 @@ PEER = ["zoobot[pytorch]==2.9.0"]
 TEST_DEPS = ["pytest>=8", "hypothesis>=6"]
 # CI's CPU may be any x86-64 from AVX2 up: the tests whose numbers or code paths depend on oneDNN's
 # kernels run a second time with oneDNN (torch's and TensorFlow's) and ATen held to AVX2, as on an
-# AMD Zen 3 or Intel Haswell, in the same environment.
+# AMD Zen 3 or Intel Haswell, in the same environment. (TensorFlow's own CPU checks still see the
+# real CPU: bf16 ops forced past zoobot's bf16 check can crash there, unlike on a real AVX2 CPU.)
 AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 ABSENT_CHECK = """

@@ -35,7 +35,7 @@ def messages(caplog) -> list[str]:
 
 def test_bf16_predict_without_native_bf16_runs_float32(tmp_path, monkeypatch, caplog):
     """As on an AVX2-only CPU, where TensorFlow's oneDNN refuses bf16 convolutions."""
-    monkeypatch.setattr(fast_paths, "native_bf16", lambda: (False, "forced unsupported"))
+    monkeypatch.setattr(fast_paths, "native", lambda kind: (False, "forced unsupported"))
     survey = make_survey(
         12, tmp_path / "survey", schema=SCHEMA, image_size=32, seed=3, progress=False
     )

@@ -147,12 +147,12 @@ def test_fit_stops_early_and_restores_the_best_weights(tmp_path):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_precision_names_and_the_policy_is_restored(monkeypatch, native):
-    """bf16 on a CPU only where it is native: TensorFlow's oneDNN refuses it on AVX2-only CPUs."""
-    monkeypatch.setattr(fast_paths, "native_bf16", lambda: (native, "test"))
+    """bf16 and fp16 on a CPU only where native (with oneDNN held to AVX2 TensorFlow refuses them)."""
+    monkeypatch.setattr(fast_paths, "native", lambda kind: (native, "test"))
     cpu_bf16 = "mixed_bfloat16" if native else "float32"
     assert resolve_precision("32") == "float32"
     assert resolve_precision("bf16-mixed") == cpu_bf16
-    assert resolve_precision("16-mixed") == "mixed_float16"
+    assert resolve_precision("16-mixed") == ("mixed_float16" if native else "float32")
     assert resolve_precision("mixed") == cpu_bf16  # no GPU here
     with pytest.raises(ValueError, match="unknown precision"):
         resolve_precision("64")

@@ -45,7 +45,7 @@ def survey(tmp_path_factory):
 
 def test_bf16_predict_without_native_bf16_runs_float32(survey, tmp_path, monkeypatch, caplog):
     """As on an AVX2-only CPU: float32 runs (benchmarks/bf16_cpu.py: faster than emulated bf16)."""
-    monkeypatch.setattr(fast_paths, "native_bf16", lambda: (False, "forced unsupported"))
+    monkeypatch.setattr(fast_paths, "native", lambda kind: (False, "forced unsupported"))
     torch.manual_seed(0)
     model = ZoobotTree(SCHEMA, "convnext_atto")
     options = {"image_size": 32, "batch_size": 4, "num_workers": 0, "progress": False}
@@ -63,7 +63,7 @@ def test_bf16_predict_without_native_bf16_runs_float32(survey, tmp_path, monkeyp
 
 
 def test_run_precision_keeps_bf16_where_native_or_off_cpu(monkeypatch):
-    monkeypatch.setattr(fast_paths, "native_bf16", lambda: (True, "CPU has avx512_bf16"))
+    monkeypatch.setattr(fast_paths, "native", lambda kind: (True, "CPU has avx512_bf16"))
     assert run_precision("bf16", torch.device("cpu")) == "bf16"
     monkeypatch.setenv(fast_paths.DISABLE, "cpu_bf16")
     assert run_precision("bf16", torch.device("cpu")) == "32"

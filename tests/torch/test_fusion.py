@@ -118,7 +118,7 @@ def test_elsewhere_it_is_exactly_conv_then_gelu(convnext):
 
 def test_bf16_predict_runs_the_fused_model(monkeypatch, tmp_path):
     """`predict(precision='bf16')` on a CPU with native bf16 enters the fusion; fp32 does not."""
-    monkeypatch.setattr(fast_paths, "native_bf16", lambda: (True, "the test asks for bf16"))
+    monkeypatch.setattr(fast_paths, "native", lambda kind: (True, "the test asks for bf16"))
     entered = []
     real = streaming.fused_conv_gelu
 

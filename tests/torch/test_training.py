@@ -144,10 +144,11 @@ def test_tensorboard_logger_writes_scalars_and_hyperparameters(tmp_path):
 @pytest.mark.parametrize("native", [True, False])
 def test_mixed_precision_and_batchnorm_sync_follow_the_accelerator(tmp_path, monkeypatch, native):
     """On a CPU without native bf16 a bf16 precision trains in float32 (see zoobot.torch.inference)."""
-    monkeypatch.setattr(fast_paths, "native_bf16", lambda: (native, "test"))
+    monkeypatch.setattr(fast_paths, "native", lambda kind: (native, "test"))
     cpu_bf16 = "bf16-mixed" if native else "32-true"
     assert resolve_precision("mixed", "cpu") == cpu_bf16
     assert resolve_precision("bf16-mixed", "cpu") == cpu_bf16
+    assert resolve_precision("16-mixed", "cpu") == ("16-mixed" if native else "32-true")
     assert resolve_precision("mixed", "gpu") == "16-mixed"
     assert resolve_precision("32", "gpu") == "32"
     trainer = get_trainer(tmp_path, accelerator="cpu", devices=2, strategy="ddp")
@@ -172,7 +173,7 @@ def test_wandb_without_its_package_fails_before_training(tmp_path, monkeypatch):
 )
 def test_bf16_mixed_and_compiled_training_run(survey, tmp_path, monkeypatch, options, precision):
     """bf16 as on a CPU with native bf16 (elsewhere emulated, slower, but the same code path)."""
-    monkeypatch.setattr(fast_paths, "native_bf16", lambda: (True, "the test asks for bf16"))
+    monkeypatch.setattr(fast_paths, "native", lambda kind: (True, "the test asks for bf16"))
     model = train(
         survey.iloc[:40],
         SCHEMA,

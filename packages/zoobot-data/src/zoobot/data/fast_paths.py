@@ -21,14 +21,25 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 DISABLE = "ZOOBOT_DISABLE"
-# oneDNN's ISA names (`ONEDNN_MAX_CPU_ISA`, honoured by torch and TensorFlow) below the first with
-# bfloat16 dot products (AVX512_CORE_BF16); a cap at one of these rules native bf16 out.
-ISAS_WITHOUT_BF16 = frozenset(
-    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
-)
-# CPU flags (Linux /proc/cpuinfo) of bfloat16 dot-product instructions: x86 AVX-512 BF16 and AMX,
-# Arm BF16.
-BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+# Per reduced precision: oneDNN's ISA names (`ONEDNN_MAX_CPU_ISA`, honoured by torch and
+# TensorFlow) below the first with its arithmetic, where a cap rules it out, and the CPU flags
+# (Linux /proc/cpuinfo) of its instructions: x86 AVX-512 and AMX, Arm.
+_BELOW_BF16 = {
+    "SSE41",
+    "AVX",
+    "AVX2",
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE",
+    "AVX512_CORE_VNNI",
+}
+REDUCED = {
+    "bf16": (frozenset(_BELOW_BF16), frozenset({"avx512_bf16", "amx_bf16", "bf16"})),
+    "fp16": (
+        frozenset(_BELOW_BF16 | {"AVX512_CORE_BF16"}),
+        frozenset({"avx512_fp16", "amx_fp16", "asimdhp"}),
+    ),
+}
 _announced: set[tuple[str, bool, str]] = set()
 
 
@@ -69,25 +80,24 @@ def _cpu_flags() -> frozenset[str]:
 
 
 @functools.cache
-def native_bf16() -> tuple[bool, str]:
-    """(whether this CPU computes bfloat16 natively for oneDNN, why): it has bf16 dot-product
-    instructions and `ONEDNN_MAX_CPU_ISA` does not cap oneDNN below them.
-
-    Without them bf16 is emulated: measured by benchmarks/bf16_cpu.py, float32 is several times
-    faster there (and TensorFlow's oneDNN refuses bf16 convolutions on AVX2-only CPUs).
-    """
+def native(kind: str) -> tuple[bool, str]:
+    """(whether this CPU computes `kind` ("bf16" or "fp16") natively for oneDNN, why): it has the
+    instructions and `ONEDNN_MAX_CPU_ISA` does not cap oneDNN below them. Elsewhere the precision is
+    emulated, several times slower than float32 (benchmarks/bf16_cpu.py)."""
+    below, flags = REDUCED[kind]
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
-    if cap in ISAS_WITHOUT_BF16:
-        return False, f"ONEDNN_MAX_CPU_ISA={cap} has no bf16 instructions"
-    found = sorted(BF16_FLAGS & _cpu_flags())
+    if cap in below:
+        return False, f"ONEDNN_MAX_CPU_ISA={cap} has no {kind} instructions"
+    found = sorted(flags & _cpu_flags())
     if found:
         return True, f"CPU has {', '.join(found)}"
-    return False, f"{platform.machine() or 'this'} CPU reports no bf16 instructions"
+    return False, f"{platform.machine() or 'this'} CPU reports no {kind} instructions"
 
 
-def cpu_bf16() -> bool:
-    """Whether a bf16 request runs in bf16 on this CPU (else float32), with the one log line: only
-    where it computes bf16 natively, and unless `ZOOBOT_DISABLE` names `cpu_bf16`."""
-    native, why = native_bf16()
-    reason = why if native else f"{why}; runs in float32, faster than emulated bf16"
-    return choose("cpu_bf16", native, reason)
+def cpu_runs(kind: str) -> bool:
+    """Whether a request for `kind` ("bf16" or "fp16") runs in it on this CPU (else float32), with
+    the one log line (`cpu_bf16`, `cpu_fp16`): only where it is `native`, and unless
+    `ZOOBOT_DISABLE` names it."""
+    supported, why = native(kind)
+    reason = why if supported else f"{why}; runs in float32, faster than emulated {kind}"
+    return choose(f"cpu_{kind}", supported, reason)

@@ -138,9 +138,9 @@ def reseed(states: list[keras.Variable], seed: int) -> None:
 
 def run_precision(precision: str, device: str | None = None) -> str:
     """The precision to run at: "bf16" on a CPU only where it computes bf16 natively
-    (`zoobot.data.fast_paths.cpu_bf16`), else "32": TensorFlow's oneDNN refuses bf16 convolutions
-    on AVX2-only CPUs and runs them several times slower than float32 on AVX-512 ones without
-    bf16 (benchmarks/bf16_cpu.py). `device` is `predict`'s; None is TensorFlow's choice (a GPU if
+    (`zoobot.data.fast_paths.cpu_runs`), else "32": emulated bf16 is several times slower than
+    float32 there, and with oneDNN held to AVX2 TensorFlow refuses bf16 convolutions
+    (benchmarks/bf16_cpu.py). `device` is `predict`'s; None is TensorFlow's choice (a GPU if
     one is visible). GPUs run what was asked."""
     precision = str(precision)
     if precision == "32":
@@ -148,7 +148,7 @@ def run_precision(precision: str, device: str | None = None) -> str:
     on_cpu = (
         "CPU" in tf_device(device).upper() if device else not tf.config.list_logical_devices("GPU")
     )
-    return "32" if on_cpu and not fast_paths.cpu_bf16() else precision
+    return "32" if on_cpu and not fast_paths.cpu_runs("bf16") else precision
 
 
 def _cache(model: keras.Model) -> dict:

@@ -52,8 +52,8 @@ def resolve_precision(precision: str) -> str:
     """The Keras dtype policy for a precision name (Lightning's or Keras's).
 
     `mixed` is `mixed_float16` on GPU and `mixed_bfloat16` on CPU, as in zoobot.torch. On a CPU
-    without native bf16 (`zoobot.data.fast_paths.cpu_bf16`) `mixed_bfloat16` becomes `float32`:
-    TensorFlow's oneDNN refuses bf16 convolutions on AVX2-only CPUs.
+    without native bf16 (or fp16: `zoobot.data.fast_paths.cpu_runs`) that policy becomes
+    `float32`, faster there (with oneDNN held to AVX2 TensorFlow refuses such convolutions).
     """
     precision = str(precision)
     if precision == "mixed":
@@ -61,7 +61,8 @@ def resolve_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {['mixed', *PRECISIONS]}")
     policy = PRECISIONS[precision]
-    if policy == "mixed_bfloat16" and not uses_gpu() and not fast_paths.cpu_bf16():
+    reduced = {"mixed_bfloat16": "bf16", "mixed_float16": "fp16"}.get(policy)
+    if reduced and not uses_gpu() and not fast_paths.cpu_runs(reduced):
         return "float32"
     return policy
 

@@ -17,10 +17,10 @@ from pytorch_lightning.plugins import LayerSync
 from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
+from zoobot.data import fast_paths
 from zoobot.shared import Schema
 from zoobot.torch.datamodule import Data, GalaxyDataModule
 from zoobot.torch.hub import save_pretrained
-from zoobot.torch.inference import run_precision
 from zoobot.torch.tree import ZoobotTree, as_schema
 
 BEST_FOLDER = "best"
@@ -165,14 +165,17 @@ def uses_gpu(accelerator: str) -> bool:
 
 def resolve_precision(precision: str, accelerator: str) -> str:
     """`mixed` becomes `16-mixed` on GPU and `bf16-mixed` on CPU; on a CPU without native bf16
-    (`zoobot.torch.inference.run_precision`) a bf16 precision becomes `32-true`, measured faster
-    than emulated bf16. Other values pass through."""
+    (or fp16: `zoobot.data.fast_paths.cpu_runs`) a bf16 (fp16) precision becomes `32-true`, faster
+    than the emulated one. Other values pass through."""
     precision = str(precision)
     if uses_gpu(accelerator):
         return "16-mixed" if precision == "mixed" else precision
     if precision == "mixed":
         precision = "bf16-mixed"
-    if precision.startswith("bf16") and run_precision("bf16", torch.device("cpu")) == "32":
+    reduced = (
+        "bf16" if precision.startswith("bf16") else "fp16" if precision.startswith("16") else None
+    )
+    if reduced and not fast_paths.cpu_runs(reduced):
         return "32-true"
     return precision
 
