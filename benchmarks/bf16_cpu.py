@@ -204,9 +204,8 @@ def main() -> None:
             ":".join(r["bf16"].split(":")[:2]) if isinstance(r["bf16"], str) else f"{r['bf16']:.2f}"
         )
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-        print(
-            f"| {r['framework']} | {r['isa']} | {r['architecture']} | {r['32']:.2f} | {bf16} | {ratio} |"
-        )
+        cells = [r["framework"], r["isa"], r["architecture"], f"{r['32']:.2f}", bf16, ratio]
+        print("| " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
 

@@ -147,7 +147,7 @@ def test_fit_stops_early_and_restores_the_best_weights(tmp_path):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_precision_names_and_the_policy_is_restored(monkeypatch, native):
-    """bf16 and fp16 on a CPU only where native (with oneDNN held to AVX2 TensorFlow refuses them)."""
+    """bf16 and fp16 on a CPU only where native (oneDNN held to AVX2: TensorFlow refuses them)."""
     monkeypatch.setattr(fast_paths, "native", lambda kind: (native, "test"))
     cpu_bf16 = "mixed_bfloat16" if native else "float32"
     assert resolve_precision("32") == "float32"

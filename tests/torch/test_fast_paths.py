@@ -1,6 +1,6 @@
-"""Each CPU fast path of zoobot.torch with its capability check forced to "unsupported" (or turned off
-by `ZOOBOT_DISABLE`): the plain path runs and gives the same numbers within float rounding, one log
-line says which path was taken, and process-wide state is as it was before."""
+"""Each CPU fast path of zoobot.torch with its capability check forced to "unsupported" (or turned
+off by `ZOOBOT_DISABLE`): the plain path runs and gives the same numbers within float rounding,
+one log line says which path was taken, and process-wide state is as it was before."""
 
 import logging
 

@@ -143,7 +143,7 @@ def test_tensorboard_logger_writes_scalars_and_hyperparameters(tmp_path):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_mixed_precision_and_batchnorm_sync_follow_the_accelerator(tmp_path, monkeypatch, native):
-    """On a CPU without native bf16 a bf16 precision trains in float32 (see zoobot.torch.inference)."""
+    """On a CPU without native bf16 (fp16) a bf16 (fp16) precision trains in float32."""
     monkeypatch.setattr(fast_paths, "native", lambda kind: (native, "test"))
     cpu_bf16 = "bf16-mixed" if native else "32-true"
     assert resolve_precision("mixed", "cpu") == cpu_bf16

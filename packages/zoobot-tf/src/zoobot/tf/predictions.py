@@ -131,10 +131,10 @@ def predict(
     `num_workers` images are decoded at once (default: half the CPUs, 1 to 8); TensorFlow's own
     threads run the model (`tf.config.threading`). `precision="bf16"` runs the encoder under the
     `mixed_bfloat16` policy (a copy with the same weights) where the CPU computes bf16 natively
-    (or on a GPU), else in float32 (`zoobot.tf.streaming.run_precision`). `channels_last` is accepted for the
-    torch package's signature: Keras is always channels-last. `resume=False` discards parts of an
-    earlier run; `chunk_rows` galaxies go in each part file. `device` is a TensorFlow device name
-    (`"/CPU:0"`, `"/GPU:0"`; default: TensorFlow's placement).
+    (or on a GPU), else in float32 (`zoobot.tf.streaming.run_precision`). `channels_last` is
+    accepted for the torch package's signature: Keras is always channels-last. `resume=False`
+    discards parts of an earlier run; `chunk_rows` galaxies go in each part file. `device` is a
+    TensorFlow device name (`"/CPU:0"`, `"/GPU:0"`; default: TensorFlow's placement).
     """
     settings = StreamSettings(
         batch_size,

@@ -8,9 +8,9 @@ that fingerprints a run, the unreadable images, and the final tables. Here: imag
 `zoobot.tf.data.eval_dataset` (decode + resize by `zoobot.data.images.read_image` in parallel
 `tf.data` threads, then the evaluation transform in TF ops; unreadable images are flagged per row by
 its `ok` / `error` fields, never stopping the run), in batches that never cross a chunk; the model
-runs in one compiled `tf.function`; at the start of every chunk each Keras `SeedGenerator` state of
-the model (the dropout layers' randomness) is reset from the run's seed and the chunk number, so Monte
-Carlo passes of a resumed run equal those of an uninterrupted one.
+runs in one compiled `tf.function`; at the start of every chunk each Keras `SeedGenerator` state
+of the model (the dropout layers' randomness) is reset from the run's seed and the chunk number,
+so Monte Carlo passes of a resumed run equal those of an uninterrupted one.
 
 Sources: an image catalog (DataFrame or file with `id_str`, `file_loc`) or a folder of
 `zoobot-data` TFRecord shards (all its splits, in sidecar order); for shards, `file_loc` in the

@@ -110,7 +110,7 @@ _malloc_depth = 0
 
 @functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    """The C library if it is glibc with `mallopt` (the allocator `reused_memory` tunes), else None."""
+    """The C library if it is glibc with `mallopt` (the allocator `reused_memory` tunes)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:

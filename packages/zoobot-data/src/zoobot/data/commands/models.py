@@ -381,7 +381,7 @@ def _is_reported(err: Exception) -> bool:
 
 @contextlib.contextmanager
 def zoobot_log_lines(prog: str):
-    """Within the block, Zoobot's INFO and higher log records are printed on stderr as `prog: ...`."""
+    """Within the block, Zoobot's INFO and higher log records go to stderr as `prog: ...`."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
     logger = logging.getLogger("zoobot")
