@@ -1,4 +1,9 @@
-"""save_pretrained / load_from_name / push_to_hub in TF: zoobot.torch's layout, no pickles, no torch."""
+"""save_pretrained / load_from_name / push_to_hub in TF: zoobot.torch's layout, no pickles, no torch.
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
+"""
 
 import hashlib
 import json

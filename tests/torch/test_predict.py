@@ -1,5 +1,10 @@
 """predict: the documented tables for trees, classifiers and regressors, equal to a direct forward
-pass; failures reported and skipped; a run killed with SIGKILL resumes to the uninterrupted table."""
+pass; failures reported and skipped; a run killed with SIGKILL resumes to the uninterrupted table.
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
+"""
 
 import os
 import signal

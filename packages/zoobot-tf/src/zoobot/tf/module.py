@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from zoobot.tf.blocks import Blocks, encoder_blocks, freeze_blocks, lr_multipliers
 from zoobot.tf.encoders import load_encoder
-from zoobot.tf.optimizers import LayerwiseAdamW, WarmupCosine
+from zoobot.tf.optimizers import WarmupCosine, layerwise_adamw
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +188,11 @@ class ZoobotModel(keras.Model):
             groups.append({"params": params, "lr": self.learning_rate * self.lr_decay**i})
         return [g for g in groups if g["params"]]
 
-    def default_optimizer(self, gradient_clip_val: float | None = None) -> LayerwiseAdamW:
-        """AdamW over the layer-wise learning rates, with the warmup + cosine schedule."""
+    def default_optimizer(
+        self, gradient_clip_val: float | None = None
+    ) -> keras.optimizers.Optimizer:
+        """AdamW over the layer-wise learning rates, with the warmup + cosine schedule
+        (`zoobot.tf.optimizers.layerwise_adamw`: Keras's AdamW where its internals changed)."""
         factors = self.lr_multipliers()
 
         def multiplier(variable) -> float:
@@ -198,12 +201,7 @@ class ZoobotModel(keras.Model):
             return factors[id(variable)]
 
         schedule = WarmupCosine(self.learning_rate, self.warmup_steps, None, self.cosine)
-        return LayerwiseAdamW(
-            schedule,
-            weight_decay=self.weight_decay,
-            lr_multiplier=multiplier,
-            gradient_clip_norm=gradient_clip_val,
-        )
+        return layerwise_adamw(schedule, self.weight_decay, multiplier, gradient_clip_val)
 
     def compile(
         self,
@@ -234,7 +232,7 @@ class ZoobotModel(keras.Model):
     def configure_schedule(self, steps_per_epoch: int | None, epochs: int) -> None:
         """Set the warmup length and the cosine's total steps (as Lightning does at fit start)."""
         optimizer = self._base_optimizer()
-        schedule = getattr(optimizer, "_learning_rate", None)
+        schedule = getattr(optimizer, "warmup_schedule", None)
         if not isinstance(schedule, WarmupCosine):
             return
         if steps_per_epoch is None:
@@ -276,8 +274,8 @@ class ZoobotModel(keras.Model):
         if sample_weight is not None:
             raise ValueError(f"{type(self).__name__} takes no sample weights")
         loss = scale_for_replicas(self.task_loss(y, y_pred))
-        for extra in self.losses:
-            loss = loss + self._aggregate_additional_loss(extra)
+        for extra in self.losses:  # add_loss and regulariser terms, summed as Keras does
+            loss = loss + tf.reduce_sum(tf.cast(extra, loss.dtype))
         return loss
 
     def task_loss(self, labels, output) -> tf.Tensor:

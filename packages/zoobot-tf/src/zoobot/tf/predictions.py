@@ -21,6 +21,7 @@ call again after an interruption and it carries on from them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 
@@ -35,7 +36,7 @@ from zoobot.data.streaming import (
     finish_predictions,
     output_names,
 )
-from zoobot.tf.streaming import bfloat16_copy, open_rows, run_chunks
+from zoobot.tf.streaming import bfloat16_copy, open_rows, run_chunks, run_precision
 
 __all__ = ["TABLE_FORMAT", "PredictionFiles", "predict"]
 
@@ -129,10 +130,11 @@ def predict(
 
     `num_workers` images are decoded at once (default: half the CPUs, 1 to 8); TensorFlow's own
     threads run the model (`tf.config.threading`). `precision="bf16"` runs the encoder under the
-    `mixed_bfloat16` policy (a copy with the same weights). `channels_last` is accepted for the
-    torch package's signature: Keras is always channels-last. `resume=False` discards parts of an
-    earlier run; `chunk_rows` galaxies go in each part file. `device` is a TensorFlow device name
-    (`"/CPU:0"`, `"/GPU:0"`; default: TensorFlow's placement).
+    `mixed_bfloat16` policy (a copy with the same weights) where the CPU computes bf16 natively
+    (or on a GPU), else in float32 (`zoobot.tf.streaming.run_precision`). `channels_last` is
+    accepted for the torch package's signature: Keras is always channels-last. `resume=False`
+    discards parts of an earlier run; `chunk_rows` galaxies go in each part file. `device` is a
+    TensorFlow device name (`"/CPU:0"`, `"/GPU:0"`; default: TensorFlow's placement).
     """
     settings = StreamSettings(
         batch_size,
@@ -145,6 +147,8 @@ def predict(
         progress,
         device,
     )
+    settings = dataclasses.replace(settings, precision=run_precision(settings.precision, device))
+    precision = settings.precision
     if n_samples < 1:
         raise ValueError(f"n_samples must be at least 1, got {n_samples}")
     source, table = open_rows(catalog)

@@ -13,6 +13,7 @@ in both frameworks.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import keras
@@ -25,7 +26,7 @@ from zoobot.data.streaming import (
     finish_representations,
 )
 from zoobot.shared.neighbours import METRICS, similar_galaxies
-from zoobot.tf.streaming import bfloat16_copy, open_rows, run_chunks
+from zoobot.tf.streaming import bfloat16_copy, open_rows, run_chunks, run_precision
 
 __all__ = ["METRICS", "RepresentationFiles", "get_representations", "similar_galaxies"]
 
@@ -86,6 +87,8 @@ def get_representations(
         progress,
         device,
     )
+    settings = dataclasses.replace(settings, precision=run_precision(settings.precision, device))
+    precision = settings.precision
     source, table = open_rows(catalog)
     encoder = _as_encoder(encoder)
     runner = encoder if str(precision) == "32" else bfloat16_copy(encoder)

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from zoobot.data import fast_paths
 from zoobot.shared import Schema
 from zoobot.tf.hub import save_pretrained
 from zoobot.tf.module import ZoobotModel
@@ -50,14 +51,20 @@ def uses_gpu() -> bool:
 def resolve_precision(precision: str) -> str:
     """The Keras dtype policy for a precision name (Lightning's or Keras's).
 
-    `mixed` is `mixed_float16` on GPU and `mixed_bfloat16` on CPU, as in zoobot.torch.
+    `mixed` is `mixed_float16` on GPU and `mixed_bfloat16` on CPU, as in zoobot.torch. On a CPU
+    without native bf16 (or fp16: `zoobot.data.fast_paths.cpu_runs`) that policy becomes
+    `float32`, faster there (with oneDNN held to AVX2 TensorFlow refuses such convolutions).
     """
     precision = str(precision)
     if precision == "mixed":
-        return "mixed_float16" if uses_gpu() else "mixed_bfloat16"
+        precision = "mixed_float16" if uses_gpu() else "mixed_bfloat16"
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {['mixed', *PRECISIONS]}")
-    return PRECISIONS[precision]
+    policy = PRECISIONS[precision]
+    reduced = {"mixed_bfloat16": "bf16", "mixed_float16": "fp16"}.get(policy)
+    if reduced and not uses_gpu() and not fast_paths.cpu_runs(reduced):
+        return "float32"
+    return policy
 
 
 @contextlib.contextmanager

@@ -98,7 +98,8 @@ def predict(
 
     Speed (see `zoobot.torch.inference`): `precision='bf16'` runs the model under bfloat16 autocast,
     the fast path on CPUs with AVX-512 bf16 or AMX (there with ConvNeXt's convolution + GELU fused,
-    `zoobot.torch.fusion`) and on recent GPUs; `channels_last=None` picks
+    `zoobot.torch.fusion`) and on recent GPUs; on other CPUs, where bf16 is emulated and slower,
+    it runs in float32 (logged; `zoobot.torch.inference.run_precision`); `channels_last=None` picks
     the memory layout (channels-last for BatchNorm networks such as EfficientNet and ResNet, and
     under bf16); activations are reused between batches instead of being mapped afresh;
     `torch.set_num_threads` sets the compute threads and `num_workers` the decoding processes.

@@ -4,12 +4,15 @@ Both commands take the same arguments, so their parsers are built here, without 
 framework; each package supplies the functions that run the subcommands and the few help texts
 that differ (`ModelCommand.help`). Errors a library reports about inputs, files or the Hub are
 printed as one message on stderr with exit code 1 (2 for a bad command line), not a traceback;
-`--debug` shows the traceback.
+`--debug` shows the traceback. Zoobot's own informational log lines (which fast path a run takes,
+resuming) go to stderr as `<prog>: <message>`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -376,11 +379,30 @@ def _is_reported(err: Exception) -> bool:
     return isinstance(err, (ValueError, OSError, ImportError, KeyError))
 
 
+@contextlib.contextmanager
+def zoobot_log_lines(prog: str):
+    """Within the block, Zoobot's INFO and higher log records go to stderr as `prog: ...`."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    logger = logging.getLogger("zoobot")
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # printed once, here, whatever the root logger does
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def run_command(command: ModelCommand, argv: Sequence[str] | None = None) -> int:
     """Parse `argv` (default: the command line) and run the subcommand; return the exit code."""
     args = build_parser(command).parse_args(argv)
     try:
-        return args.run(args)
+        with zoobot_log_lines(command.prog):
+            return args.run(args)
     except KeyboardInterrupt:
         print(f"{command.prog} {args.command}: interrupted", file=sys.stderr)
         return 130
