@@ -5,6 +5,10 @@ Fixtures written by torch itself (tests/tf/fixtures/make_timm_fixtures.py, `lega
 Zoobot encoders are) and `fixtures/legacy/` (every dtype and view layout, with torch's values in
 `dtypes.npz`; malicious pickles; the pre-1.6 format). Edge cases torch would never write (other
 byte order, out-of-bounds views, forbidden opcodes) are crafted here opcode by opcode.
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
 """
 
 import pickle

@@ -4,6 +4,7 @@ files, manifests refuse other runs, failures are reported, and the final tables 
 columns. A NumPy "model" (mean pixel per channel, plus noise seeded per chunk) stands in for a
 network."""
 
+import functools
 import json
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from zoobot.data.images import read_image
+from zoobot.models import runner as streaming
 from zoobot.models.runner import (
     FAILED_COLUMNS,
     MANIFEST,
@@ -22,6 +24,7 @@ from zoobot.models.runner import (
     Parts,
     RunSettings,
     chunk_seed,
+    cleaned_up_on_failure,
     decode_rows,
     finish_predictions,
     finish_representations,
@@ -267,3 +270,51 @@ def test_chunk_writer_checks_the_model_output_shape(catalog, tmp_path):
         pytest.raises(ValueError, match=r"returned \(3,\) per image, not \(3, 1\)"),
     ):
         writer.add(0, 4, np.arange(4), np.zeros((4, 3)))
+
+
+def test_a_run_failing_before_its_first_part_leaves_no_parts_folder(catalog, tmp_path):
+    """The folder this run made goes (manifest and all); a folder with finished parts stays."""
+    settings = RunSettings(batch_size=4, chunk_rows=8)
+    save_loc = tmp_path / "p.parquet"
+    parts = start_parts(read_catalog(catalog), save_loc, (2,), settings, {"model": "m"})
+    assert parts.created and (parts.folder / MANIFEST).is_file()
+    with pytest.raises(RuntimeError, match="no bf16"), cleaned_up_on_failure(parts):
+        raise RuntimeError("no bf16 here")
+    assert not parts.folder.exists()
+
+    parts = start_parts(read_catalog(catalog), save_loc, (2,), settings, {"model": "m"})
+    parts.write(0, np.arange(8), np.ones((8, 2)), np.zeros(0, np.int64), [])
+    with pytest.raises(RuntimeError), cleaned_up_on_failure(parts):
+        raise RuntimeError("later")
+    assert parts.path(0).is_file(), "a finished part is kept for the next run to resume"
+    resumed = start_parts(read_catalog(catalog), save_loc, (2,), settings, {"model": "m"})
+    assert not resumed.created
+    with pytest.raises(RuntimeError), cleaned_up_on_failure(resumed):
+        raise RuntimeError("again")
+    assert resumed.path(0).is_file()
+
+
+def test_a_parts_folder_the_run_did_not_make_is_never_removed(catalog, tmp_path):
+    folder = tmp_path / "p.parquet.parts"
+    folder.mkdir()
+    parts = start_parts(read_catalog(catalog), tmp_path / "p.parquet", (2,), RunSettings(), {})
+    assert not parts.created
+    with pytest.raises(RuntimeError), cleaned_up_on_failure(parts):
+        raise RuntimeError("failed")
+    assert folder.is_dir()
+
+
+def test_the_progress_bar_shows_the_finished_run_once(catalog, tmp_path, capsys, monkeypatch):
+    """tqdm's close() draws the finished bar again after the last update drew it: in a log or a
+    pipe, where a carriage return does not overwrite, it read as the bar printed twice."""
+    monkeypatch.setattr(streaming, "tqdm", functools.partial(streaming.tqdm, mininterval=0))
+    rows = read_catalog(catalog.head(20))
+    parts = start_parts(rows, tmp_path / "p.parquet", (2,), RunSettings(), {})
+    spans = parts.spans(parts.todo(), 5)
+    with ChunkWriter(parts, spans, progress=True) as writer:
+        for start, stop in spans:
+            positions = np.arange(start, stop)
+            writer.add(start, stop, positions, np.ones((len(positions), 2)))
+    bar = capsys.readouterr().err
+    assert bar.count("20/20") == 1 and bar.count("100%") == 1
+    assert "15/20" in bar, "the bar moves as batches finish"

@@ -2,6 +2,9 @@
 in the strategy's scope and `tf.data` pipelines of the catalog's splits (the command line itself,
 written once, is tested in tests/contract/test_cli.py; training in test_training.py)."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -9,7 +12,7 @@ import pytest
 
 from zoobot.data.synthetic import make_survey
 from zoobot.shared import get_schema
-from zoobot.tf.cli import main
+from zoobot.tf.cli import main, shown_lines
 from zoobot.tf.finetune import FinetuneableZoobotClassifier
 from zoobot.tf.pretrained import save_pretrained
 from zoobot.tf.tree import ZoobotTree
@@ -41,6 +44,48 @@ def tree_dir(tmp_path_factory) -> Path:
     keras.utils.set_random_seed(0)
     tree = ZoobotTree(get_schema("decals_dr5"), "test_convnext")
     return save_pretrained(tree, tmp_path_factory.mktemp("models") / "tree")
+
+
+START_UP = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    "I0000 00:00:1796605246.929553    8371 port.cc:153] oneDNN custom operations are on.\n"
+    "I0000 00:00:1796605246.949553    8371 cpu_feature_guard.cc:210] This TensorFlow binary is "
+    "optimized to use available CPU instructions.\n"
+    "To enable the following instructions: AVX512_BF16, rebuild TensorFlow.\n"
+    "W0000 00:00:1796605247.000000    8371 some.cc:1] a warning\n"
+    "E0000 00:00:1796605251.555699    8371 cuda_platform.cc:52] failed call to cuInit: INTERNAL: "
+    "CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)\n"
+    "E0000 00:00:1796605251.600000    8371 other.cc:7] a real error\n"
+    "a line of some library\n"
+)
+
+
+def test_start_up_lines_follow_the_log_level_and_hide_cuinit_only_without_a_gpu():
+    def kept(level, gpus):
+        return [line.split("] ")[-1].strip() for line in shown_lines(START_UP, level, gpus)]
+
+    assert kept(2, gpus=0) == ["a real error", "a line of some library"]
+    assert kept(1, gpus=0) == ["a warning", "a real error", "a line of some library"]
+    with_gpu = kept(2, gpus=1)
+    assert any("failed call to cuInit" in line for line in with_gpu)
+    assert len(shown_lines(START_UP, 0, gpus=0)) == len(START_UP.splitlines()), "level 0: all"
+
+
+def test_a_command_starts_without_tensorflow_start_up_noise(tree_dir):
+    """`zoobot-tf push --dry-run` in a fresh process: stderr holds no C++ start-up lines (on a
+    machine with a GPU TensorFlow prints no cuInit failure either)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "zoobot.tf.cli", "push", str(tree_dir), "me/x", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "would upload to me/x" in result.stdout
+    assert "cuInit" not in result.stderr and "I0000" not in result.stderr, result.stderr
+    assert "absl::InitializeLog" not in result.stderr
 
 
 def test_train_and_finetune_call_the_library(catalog_file, tree_dir, tmp_path, capsys, monkeypatch):

@@ -6,6 +6,10 @@ timm writes, `efficientnet_b0_mini`, EfficientNet-B0's own structure from timm's
 `_gen_efficientnet` at a test size, and `tf_efficientnetv2_s_small`, the published EfficientNetV2-S
 at a tenth of its width. Full-size architectures are compared live against timm in the parity
 session.
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
 """
 
 from __future__ import annotations

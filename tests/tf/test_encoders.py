@@ -3,6 +3,10 @@
 The fixtures (tests/tf/fixtures/timm, regenerated with torch by make_timm_fixtures.py) are folders
 timm wrote, with the features timm gave: with the checkpoint's channels (`native`) and after timm
 adapted the first conv to the other channel count (`adapted`).
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
 """
 
 import functools

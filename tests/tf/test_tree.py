@@ -1,5 +1,10 @@
 """ZoobotTree in Keras: Dirichlet head, loss and metrics per question and campaign, MC dropout,
-mixed precision, and the Hub round trip."""
+mixed precision, and the Hub round trip.
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
+"""
 
 import keras
 import numpy as np

@@ -1,4 +1,9 @@
-"""load_encoder: timm names, torchvision, and the timm Hub layout from folders and an offline Hub cache."""
+"""load_encoder: timm names, torchvision, and the timm Hub layout from folders and an offline Hub cache.
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
+"""
 
 import hashlib
 import json

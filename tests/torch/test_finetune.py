@@ -1,4 +1,9 @@
-"""Finetuning: blocks per architecture family, layer-wise lr decay, true freezing, the three task heads."""
+"""Finetuning: blocks per architecture family, layer-wise lr decay, true freezing, the three task heads.
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
+"""
 
 import logging
 

@@ -5,14 +5,18 @@ Both commands take the same arguments and run the same code; each framework pack
 parser needs no deep-learning framework (so `--help` is quick); the backend is imported to run a
 subcommand. Errors a library reports about inputs, files or the Hub are printed as one message on
 stderr with exit code 1 (2 for a bad command line), not a traceback; `--debug` shows the traceback.
+Zoobot's own informational log lines (which fast path a run takes, resuming) go to stderr as
+`<prog>: <message>`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +73,8 @@ class ModelCommand:
     description: str
     epilog: str
     help: Mapping[str, str]
+    start: Callable[[], None] | None = None
+    """Called before the backend is imported (e.g. to start the framework quietly)."""
 
     def __post_init__(self):
         missing = set(HELP_KEYS) - set(self.help)
@@ -76,7 +82,9 @@ class ModelCommand:
             raise ValueError(f"{self.prog}: no help text for {sorted(missing)}")
 
     def load_backend(self):
-        """The framework's `Backend` (imports the framework)."""
+        """The framework's `Backend` (imports the framework, after `start`)."""
+        if self.start is not None:
+            self.start()
         if isinstance(self.backend, str):
             return importlib.import_module(self.backend).BACKEND
         return self.backend
@@ -516,11 +524,30 @@ def _is_reported(err: Exception) -> bool:
     return isinstance(err, (ValueError, OSError, ImportError, KeyError))
 
 
+@contextlib.contextmanager
+def zoobot_log_lines(prog: str):
+    """Within the block, Zoobot's INFO and higher log records go to stderr as `prog: ...`."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    logger = logging.getLogger("zoobot")
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # printed once, here, whatever the root logger does
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def run_command(command: ModelCommand, argv: Sequence[str] | None = None) -> int:
     """Parse `argv` (default: the command line) and run the subcommand; return the exit code."""
     args = build_parser(command).parse_args(argv)
     try:
-        return args.run(args, command.load_backend())
+        with zoobot_log_lines(command.prog):
+            return args.run(args, command.load_backend())
     except KeyboardInterrupt:
         print(f"{command.prog} {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -158,6 +158,7 @@ class Parts:
     n_rows: int
     chunk_rows: int
     shape: tuple[int, ...]
+    created: bool = False  # whether this run made the folder (`discard_if_unstarted`)
 
     @property
     def n_chunks(self) -> int:
@@ -224,9 +225,31 @@ class Parts:
         """Delete the parts folder (after the final files are in place)."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
+    def discard_if_unstarted(self) -> None:
+        """Remove the folder if this run made it and no part was written: its manifest and our own
+        temporary files go, and the folder only if that leaves it empty."""
+        if not self.created or len(self.todo()) < self.n_chunks:
+            return
+        for path in [self.folder / MANIFEST, *self.folder.glob(".*.part")]:
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
 
-def open_parts(folder: Path, fingerprint: Mapping, resume: bool) -> None:
-    """Start or continue a parts folder: check its manifest matches, or clear it if not resuming."""
+
+@contextlib.contextmanager
+def cleaned_up_on_failure(parts: Parts) -> Iterator[Parts]:
+    """The block that computes a run's parts; if it fails before the first part is written, the
+    parts folder this run made is removed (`Parts.discard_if_unstarted`), leaving no orphan."""
+    try:
+        yield parts
+    except BaseException:
+        parts.discard_if_unstarted()
+        raise
+
+
+def open_parts(folder: Path, fingerprint: Mapping, resume: bool) -> bool:
+    """Start or continue a parts folder: check its manifest matches, or clear it if not resuming.
+    Returns whether this call made the folder."""
     manifest = folder / MANIFEST
     if folder.exists() and not manifest.is_file() and any(folder.iterdir()):
         raise FileExistsError(f"{folder} exists but holds no {MANIFEST}; move it out of the way")
@@ -243,10 +266,12 @@ def open_parts(folder: Path, fingerprint: Mapping, resume: bool) -> None:
             )
         for stale in folder.glob(".*.part"):
             stale.unlink()
-        return
+        return False
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"format": FORMAT, "run": dict(fingerprint)}, indent=2)
     atomic_write_text(manifest, text)
+    return created
 
 
 def start_parts(
@@ -274,8 +299,8 @@ def start_parts(
         "seed": seed,
     }
     folder = Path(f"{os.fspath(save_loc)}.parts")
-    parts = Parts(folder, len(catalog), settings.chunk_rows, tuple(int(s) for s in shape))
-    open_parts(folder, fingerprint, settings.resume)
+    created = open_parts(folder, fingerprint, settings.resume)
+    parts = Parts(folder, len(catalog), settings.chunk_rows, tuple(int(s) for s in shape), created)
     done = parts.n_chunks - len(parts.todo())
     if done:
         logger.info("resuming: %d of %d chunks already done", done, parts.n_chunks)
@@ -330,7 +355,10 @@ class ChunkWriter:
             ok = np.concatenate(self.positions) if self.positions else np.zeros(0, np.int64)
             self.parts.write(chunk, ok, values, np.array(self.failed, np.int64), self.errors)
             self._clear()
-        self.bar.update(stop - start)
+        if self.bar.n + stop - start < self.parts.n_rows:
+            self.bar.update(stop - start)
+        else:  # the finished bar is drawn by close(); update() would draw it once before
+            self.bar.n = self.parts.n_rows
 
     def __enter__(self) -> ChunkWriter:
         return self

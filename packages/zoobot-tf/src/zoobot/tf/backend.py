@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +105,9 @@ class KerasBackend(Backend):
         run: Mapping,
         seed: int,
     ) -> Parts:
-        from zoobot.tf.runner import run_chunks, sampler
+        from zoobot.tf.runner import run_chunks, run_precision, sampler
 
+        settings = replace(settings, precision=run_precision(settings.precision, settings.device))
         forward = sampler(model, n_samples, mc_dropout, str(settings.precision))
         key = ("predict", n_samples, mc_dropout, str(settings.precision))
         return run_chunks(rows, table, model, forward, shape, save_loc, settings, run, seed, key)
@@ -120,8 +122,9 @@ class KerasBackend(Backend):
         settings: RunSettings,
         run: Mapping,
     ) -> Parts:
-        from zoobot.tf.runner import featurizer, run_chunks
+        from zoobot.tf.runner import featurizer, run_chunks, run_precision
 
+        settings = replace(settings, precision=run_precision(settings.precision, settings.device))
         forward = featurizer(encoder, str(settings.precision))
         key = ("features", str(settings.precision))
         return run_chunks(rows, table, encoder, forward, shape, save_loc, settings, run, 0, key)
@@ -139,13 +142,9 @@ class KerasBackend(Backend):
 
     def device(self, name: str | None) -> str | None:
         """A TensorFlow device name from torch-style `cpu`, `cuda`, `cuda:1` (or `/GPU:1` as is)."""
-        if name is None or name.startswith("/"):
-            return name
-        kind, _, index = name.lower().partition(":")
-        kinds = {"cpu": "CPU", "cuda": "GPU", "gpu": "GPU"}
-        if kind not in kinds or (index and not index.isdigit()):
-            raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or a TensorFlow name")
-        return f"/{kinds[kind]}:{index or 0}"
+        from zoobot.tf.runner import tf_device
+
+        return tf_device(name)
 
     def set_threads(self, threads: int) -> None:
         import tensorflow as tf

@@ -2,15 +2,17 @@
 TensorFlow / Keras 3.
 
 The subcommands, their arguments and what they run are those of `zoobot-torch`, written once in
-`zoobot.models.cli`; this is the Keras command's name and texts. TensorFlow is imported only to run
-a command, so `--help` is quick.
+`zoobot.models.cli`; this is the Keras command's name and texts, and a quiet TensorFlow start-up
+(`start_tensorflow`). TensorFlow is imported only to run a command, so `--help` is quick.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from zoobot.models.cli import ModelCommand, run_command
@@ -34,21 +36,73 @@ a typical run on the synthetic survey of zoobot-data:
 """
 
 
+# TensorFlow's C++ log lines ("E0000 00:00:1796605211.112482 8205 cuda_platform.cc:52] ...") and
+# the notice absl prints before them while its logging is not set up, which TF_CPP_MIN_LOG_LEVEL
+# does not filter.
+LOG_LINE = re.compile(r"([IWEF])\d{4} [\d:.]+ +\d+ [^\]\s]+\] ")
+SEVERITIES = "IWEF"
+ABSL_NOTICE = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+)
+NO_GPU = "failed call to cuInit"
+
+
+def shown_lines(text: str, min_level: int, gpus: int) -> list[str]:
+    """The lines of TensorFlow's start-up output a user should see: its log records at or above
+    `min_level` (TF_CPP_MIN_LOG_LEVEL: 0 info, 1 warning, 2 error, 3 fatal) with their continuation
+    lines, except the failed CUDA initialisation when no GPU is visible; anything else as it is."""
+    shown, keep = [], True
+    for line in text.splitlines(keepends=True):
+        record = LOG_LINE.match(line)
+        if record:
+            severity = SEVERITIES.index(record.group(1))
+            keep = severity >= min_level and not (gpus == 0 and min_level > 0 and NO_GPU in line)
+        elif line.rstrip("\n") == ABSL_NOTICE and min_level > 0:
+            continue
+        if keep:
+            shown.append(line)
+    return shown
+
+
+def start_tensorflow() -> None:
+    """Import TensorFlow and let it find its GPUs, showing only what `shown_lines` keeps of what its
+    C++ side prints meanwhile: on a machine without a GPU every run otherwise starts with an
+    `E0000 ... failed call to cuInit` error line and the notices TF_CPP_MIN_LOG_LEVEL should hide.
+    Runtime settings (threads, logical devices) can still be made afterwards."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            gpus = len(tf.config.list_physical_devices("GPU"))
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        text = captured.read().decode("utf-8", "replace")
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
+    sys.stderr.write("".join(shown_lines(text, int(level) if level.isdigit() else 0, gpus)))
+    sys.stderr.flush()
+
+
 COMMAND = ModelCommand(
     prog="zoobot-tf",
     framework="TensorFlow",
     backend="zoobot.tf.backend",
+    start=start_tensorflow,
     description=DESCRIPTION,
     epilog=EPILOG,
     help={
         "architecture": "timm architecture, hf_hub:owner/repo or a folder to start from",
         "train_precision": "training precision (a Keras dtype policy); mixed is bf16 on CPU and "
-        "fp16 on GPU",
+        "fp16 on GPU; bf16 on a CPU without bf16 instructions trains in float32",
         "devices": "devices to use; several train with tf.distribute.MirroredStrategy",
         "train_workers": "images decoded at once by tf.data",
         "predict_input": "the catalog (or TFRecord shard folder)",
-        "run_precision": "bf16 runs the encoder under the mixed_bfloat16 policy: faster on CPUs "
-        "with AVX-512 bf16 or AMX and on recent GPUs, slightly less exact",
+        "run_precision": "bf16 runs the encoder under the mixed_bfloat16 policy on CPUs with "
+        "AVX-512 bf16 or AMX and on GPUs, slightly less exact; other CPUs run float32",
         "channels_last": "accepted for zoobot-torch compatibility: Keras is always channels-last",
         "run_workers": "images decoded at once (default: half the CPUs, 1-8)",
         "device": "cpu, cuda, cuda:1... or /GPU:1 (default: TensorFlow's choice)",
@@ -63,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `zoobot-tf` with `argv` (default: the command line); return the exit code."""
-    # TensorFlow's C++ start-up chatter (oneDNN notices, ...) is noise for a command-line user.
+    # TensorFlow's C++ start-up chatter (oneDNN notices, ...) is noise for a command-line user;
+    # TF_CPP_MIN_LOG_LEVEL=0 shows all of it (see `start_tensorflow`).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return run_command(COMMAND, argv)
 

@@ -23,7 +23,7 @@ from zoobot.models.pretrained import PretrainedMixin
 from zoobot.models.settings import FINETUNING, TrainingSettings
 from zoobot.tf.backend import BACKEND
 from zoobot.tf.blocks import LayerBlocks, encoder_blocks, freeze_blocks, lr_multipliers
-from zoobot.tf.optimizers import LayerwiseAdamW, WarmupCosine
+from zoobot.tf.optimizers import WarmupCosine, layerwise_adamw
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +175,11 @@ class ZoobotModel(PretrainedMixin, keras.Model):
             groups.append({"params": params, "lr": rate * decay**i})
         return [g for g in groups if g["params"]]
 
-    def default_optimizer(self, gradient_clip_val: float | None = None) -> LayerwiseAdamW:
-        """AdamW over the layer-wise learning rates, with the warmup + cosine schedule."""
+    def default_optimizer(
+        self, gradient_clip_val: float | None = None
+    ) -> keras.optimizers.Optimizer:
+        """AdamW over the layer-wise learning rates, with the warmup + cosine schedule
+        (`zoobot.tf.optimizers.layerwise_adamw`: Keras's AdamW where its internals changed)."""
         factors = self.lr_multipliers()
 
         def multiplier(variable) -> float:
@@ -188,12 +191,7 @@ class ZoobotModel(PretrainedMixin, keras.Model):
         schedule = WarmupCosine(
             settings.learning_rate, settings.warmup_steps, None, settings.cosine
         )
-        return LayerwiseAdamW(
-            schedule,
-            weight_decay=settings.weight_decay,
-            lr_multiplier=multiplier,
-            gradient_clip_norm=gradient_clip_val,
-        )
+        return layerwise_adamw(schedule, settings.weight_decay, multiplier, gradient_clip_val)
 
     def compile(
         self,
@@ -224,7 +222,7 @@ class ZoobotModel(PretrainedMixin, keras.Model):
     def configure_schedule(self, steps_per_epoch: int | None, epochs: int) -> None:
         """Set the warmup length and the cosine's total steps (as Lightning does at fit start)."""
         optimizer = self._base_optimizer()
-        schedule = getattr(optimizer, "_learning_rate", None)
+        schedule = getattr(optimizer, "warmup_schedule", None)
         if not isinstance(schedule, WarmupCosine):
             return
         settings = self.settings
@@ -267,8 +265,8 @@ class ZoobotModel(PretrainedMixin, keras.Model):
         if sample_weight is not None:
             raise ValueError(f"{type(self).__name__} takes no sample weights")
         loss = scale_for_replicas(self.task_loss(y, y_pred))
-        for extra in self.losses:
-            loss = loss + self._aggregate_additional_loss(extra)
+        for extra in self.losses:  # add_loss and regulariser terms, summed as Keras does
+            loss = loss + tf.reduce_sum(tf.cast(extra, loss.dtype))
         return loss
 
     def task_loss(self, labels, output) -> tf.Tensor:

@@ -9,9 +9,9 @@ that fingerprints a run, the unreadable images, and the final tables. Here: imag
 `zoobot.tf.data.eval_dataset` (decode + resize by `zoobot.data.images.read_image` in parallel
 `tf.data` threads, then the evaluation transform in TF ops; unreadable images are flagged per row by
 its `ok` / `error` fields, never stopping the run), in batches that never cross a chunk; the model
-runs in one compiled `tf.function`; at the start of every chunk each Keras `SeedGenerator` of the
-model (the dropout layers' randomness) is reset from the run's seed and the chunk number, so Monte
-Carlo passes of a resumed run equal those of an uninterrupted one.
+runs in one compiled `tf.function`; at the start of every chunk each Keras `SeedGenerator` state
+of the model (the dropout layers' randomness) is reset from the run's seed and the chunk number,
+so Monte Carlo passes of a resumed run equal those of an uninterrupted one.
 
 Sources: an image catalog (DataFrame or file with `id_str`, `file_loc`) or a folder of
 `zoobot-data` TFRecord shards (all its splits, in sidecar order); for shards, `file_loc` in the
@@ -38,12 +38,14 @@ from zoobot.data.inputs import (
     shard_table,
     source_digest,
 )
+from zoobot.models import fast_paths
 from zoobot.models.runner import (
     ChunkWriter,
     Parts,
     RunSettings,
     arrays_digest,
     chunk_seed,
+    cleaned_up_on_failure,
     read_catalog,
     start_parts,
 )
@@ -58,8 +60,10 @@ __all__ = [
     "open_rows",
     "reseed",
     "run_chunks",
+    "run_precision",
     "sampler",
-    "seed_generators",
+    "tf_device",
+    "seed_states",
     "weights_digest",
 ]
 
@@ -83,36 +87,56 @@ def weights_digest(model: keras.Model) -> str:
 
 
 def input_channels(model: keras.Model) -> int:
-    """Image channels the model takes: its encoder's input (else its first convolution's, else 3)."""
+    """Image channels the model takes: its encoder's input (else the input channels of its first
+    4-d kernel, a convolution's (height, width, in, out), else 3)."""
     encoder = getattr(model, "encoder", model)
     for candidate in (encoder, model):
         with contextlib.suppress(AttributeError, IndexError, TypeError, ValueError):
             channels = candidate.inputs[0].shape[-1]
             if channels:
                 return int(channels)
-    for layer in encoder._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.Conv2D) and layer.built:
-            return int(layer.kernel.shape[-2])
-    return 3
+    kernel = next((w for w in encoder.weights if len(w.shape) == 4), None)
+    return 3 if kernel is None else int(kernel.shape[-2])
 
 
-def seed_generators(model: keras.Model) -> list[keras.random.SeedGenerator]:
-    """Every `SeedGenerator` of the model's layers (dropout and other random layers), once each."""
-    found, seen = [], set()
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        for generator in getattr(layer, "_seed_generators", ()):
-            if id(generator) not in seen:
-                seen.add(id(generator))
-                found.append(generator)
-    return found
+def seed_states(model: keras.Model) -> list[keras.Variable]:
+    """The state variable of every `SeedGenerator` of the model (dropout and other random layers):
+    Keras's public `variables` are the weights plus these."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
 
 
-def reseed(generators: list[keras.random.SeedGenerator], seed: int) -> None:
-    """Reset each generator's state from `seed`: the same draws follow whenever it is reset."""
-    states = np.random.SeedSequence(seed).generate_state(max(1, len(generators)), np.uint32)
-    for generator, state in zip(generators, states, strict=False):
-        value = np.array([int(state), 0], dtype=generator.state.dtype)
-        generator.state.assign(value)
+def reseed(states: list[keras.Variable], seed: int) -> None:
+    """Reset each seed state from `seed`: the same draws follow whenever it is reset."""
+    values = np.random.SeedSequence(seed).generate_state(max(1, len(states)), np.uint32)
+    for state, value in zip(states, values, strict=False):
+        state.assign(np.array([int(value), 0], dtype=state.dtype))
+
+
+def tf_device(name: str | None) -> str | None:
+    """A TensorFlow device name from torch-style `cpu`, `cuda`, `cuda:1` (or `/GPU:1` as it is)."""
+    if name is None or name.startswith("/"):
+        return name
+    kind, _, index = name.lower().partition(":")
+    kinds = {"cpu": "CPU", "cuda": "GPU", "gpu": "GPU"}
+    if kind not in kinds or (index and not index.isdigit()):
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or a TensorFlow name")
+    return f"/{kinds[kind]}:{index or 0}"
+
+
+def run_precision(precision: str, device: str | None = None) -> str:
+    """The precision to run at: "bf16" on a CPU only where it computes bf16 natively
+    (`zoobot.models.fast_paths.cpu_runs`), else "32": emulated bf16 is several times slower than
+    float32 there, and with oneDNN held to AVX2 TensorFlow refuses bf16 convolutions
+    (benchmarks/bf16_cpu.py). `device` is `predict`'s; None is TensorFlow's choice (a GPU if
+    one is visible). GPUs run what was asked."""
+    precision = str(precision)
+    if precision == "32":
+        return precision
+    on_cpu = (
+        "CPU" in tf_device(device).upper() if device else not tf.config.list_logical_devices("GPU")
+    )
+    return "32" if on_cpu and not fast_paths.cpu_runs("bf16") else precision
 
 
 def _cache(model: keras.Model) -> dict:
@@ -127,7 +151,8 @@ def _cache(model: keras.Model) -> dict:
 def bfloat16_copy(encoder: keras.Model) -> keras.Model:
     """The encoder rebuilt with the `mixed_bfloat16` policy (bf16 compute, float32 weights) holding
     the encoder's current weights: the fast path of `precision="bf16"` on CPUs with AVX-512 bf16 or
-    AMX. Built once per encoder; its weights are copied again at every call."""
+    AMX (`run_precision` says where). Built once per encoder; its weights are copied again at every
+    call."""
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, keras.layers.InputLayer):
@@ -244,9 +269,13 @@ def run_chunks(
     spans = parts.spans(todo, settings.batch_size)
     key = None if key is None else (key, settings.device)
     step = compiled(model, forward, key, settings.image_size, channels)
-    generators = seed_generators(model)
-    device = tf.device(settings.device) if settings.device else contextlib.nullcontext()
-    with device, ChunkWriter(parts, spans, settings.progress) as writer:
+    states = seed_states(model)
+    device = tf.device(tf_device(settings.device)) if settings.device else contextlib.nullcontext()
+    with (
+        cleaned_up_on_failure(parts),
+        device,
+        ChunkWriter(parts, spans, settings.progress) as writer,
+    ):
         for start, stop in _runs(parts, todo, settings.batch_size):
             batches = eval_dataset(
                 source,
@@ -257,16 +286,16 @@ def run_chunks(
                 stop=stop,
                 num_parallel_calls=max(1, settings.workers),
             )
-            _stream(batches, step, writer, generators, seed, start)
+            _stream(batches, step, writer, states, seed, start)
     return parts
 
 
-def _stream(batches, step, writer: ChunkWriter, generators, seed: int, start: int) -> None:
+def _stream(batches, step, writer: ChunkWriter, states, seed: int, start: int) -> None:
     """The hot loop: one forward pass per batch, one part file per finished chunk."""
     for batch in batches:
         chunk = writer.new_chunk(start)
         if chunk is not None:
-            reseed(generators, chunk_seed(seed, chunk))
+            reseed(states, chunk_seed(seed, chunk))
         ok = batch["ok"].numpy()
         index = batch["index"].numpy()
         stop = start + len(ok)

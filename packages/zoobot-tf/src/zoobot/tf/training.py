@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from zoobot.data.splits import Splits
-from zoobot.models import training
+from zoobot.models import fast_paths, training
 from zoobot.models.backend import bind
 from zoobot.tf.module import ZoobotModel
 from zoobot.tf.runner import input_channels
@@ -52,14 +52,20 @@ def uses_gpu() -> bool:
 def resolve_precision(precision: str) -> str:
     """The Keras dtype policy for a precision name (Lightning's or Keras's).
 
-    `mixed` is `mixed_float16` on GPU and `mixed_bfloat16` on CPU, as in zoobot.torch.
+    `mixed` is `mixed_float16` on GPU and `mixed_bfloat16` on CPU, as in zoobot.torch. On a CPU
+    without native bf16 (or fp16: `zoobot.models.fast_paths.cpu_runs`) that policy becomes
+    `float32`, faster there (with oneDNN held to AVX2 TensorFlow refuses such convolutions).
     """
     precision = str(precision)
     if precision == "mixed":
-        return "mixed_float16" if uses_gpu() else "mixed_bfloat16"
+        precision = "mixed_float16" if uses_gpu() else "mixed_bfloat16"
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {['mixed', *PRECISIONS]}")
-    return PRECISIONS[precision]
+    policy = PRECISIONS[precision]
+    reduced = {"mixed_bfloat16": "bf16", "mixed_float16": "fp16"}.get(policy)
+    if reduced and not uses_gpu() and not fast_paths.cpu_runs(reduced):
+        return "float32"
+    return policy
 
 
 @contextlib.contextmanager

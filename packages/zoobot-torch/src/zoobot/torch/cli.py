@@ -40,12 +40,14 @@ COMMAND = ModelCommand(
     help={
         "architecture": "timm architecture, torchvision:resnet50, hf_hub:owner/repo or a folder "
         "to start from",
-        "train_precision": "training precision; mixed is bf16 on CPU and fp16 on GPU",
+        "train_precision": "training precision; mixed is bf16 on CPU and fp16 on GPU; bf16 on a "
+        "CPU without bf16 instructions trains in float32",
         "devices": "devices to use",
         "train_workers": "image loading processes",
         "predict_input": "the catalog",
         "run_precision": "bf16 runs the model under bfloat16 autocast: much faster on CPUs with "
-        "AVX-512 bf16 or AMX and on recent GPUs, with vote fractions within about 0.01",
+        "AVX-512 bf16 or AMX and on recent GPUs, with vote fractions within about 0.01; other "
+        "CPUs run float32, faster there",
         "channels_last": "channels-last memory layout (default: on for convolutional models)",
         "run_workers": "image decoding processes (default: half the CPUs, 1-8)",
         "device": "cpu, cuda, cuda:1... (default: cpu)",

@@ -16,16 +16,35 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
+import os
 import platform
+import threading
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from zoobot.models import fast_paths
+from zoobot.models.fast_paths import announce, choose
+
 PRECISIONS = {"32": None, "bf16": torch.bfloat16}
-# glibc mallopt parameters and their defaults.
+# glibc mallopt parameters and their defaults (malloc/malloc.c).
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
+# Environment settings through which a user tunes glibc's allocator; `reused_memory` then leaves it.
+MALLOC_ENVIRONMENT = (
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+)
+MALLOC_TUNABLES = (
+    "glibc.malloc.trim_threshold",
+    "glibc.malloc.mmap_max",
+    "glibc.malloc.mmap_threshold",
+    "glibc.malloc.top_pad",
+)
 
 
 def input_channels(model: nn.Module) -> int:
@@ -41,12 +60,25 @@ def cpu_autocast_dtype() -> torch.dtype | None:
     return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
 
 
+def run_precision(precision: str, device: torch.device) -> str:
+    """The precision to run at: "bf16" on a CPU only where it computes bf16 natively
+    (`zoobot.models.fast_paths.cpu_runs`), else "32", which benchmarks/bf16_cpu.py measured
+    several times faster than emulated bf16 there. Other devices run what was asked."""
+    precision = str(precision)
+    if precision == "32" or device.type != "cpu":
+        return precision
+    return precision if fast_paths.cpu_runs("bf16") else "32"
+
+
 def prefers_channels_last(model: nn.Module, precision: str) -> bool:
     """Whether channels-last is faster: for convolution + BatchNorm networks, and under bf16."""
     if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        return False
-    has_batchnorm = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    return has_batchnorm or PRECISIONS[str(precision)] is not None
+        return announce("channels_last", False, "no convolutions")
+    if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return announce("channels_last", True, "convolutions with BatchNorm")
+    if PRECISIONS[str(precision)] is not None:
+        return announce("channels_last", True, "bf16")
+    return announce("channels_last", False, "float32 without BatchNorm")
 
 
 @contextlib.contextmanager
@@ -64,11 +96,41 @@ def prepared(model: nn.Module, channels_last: bool) -> Iterator[None]:
         model.train(training)
 
 
+def _user_malloc_settings() -> list[str]:
+    """The glibc allocator settings the environment makes (`MALLOC_*_`, `GLIBC_TUNABLES`)."""
+    found = [name for name in MALLOC_ENVIRONMENT if name in os.environ]
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    found += [t for t in MALLOC_TUNABLES if f"{t}=" in tunables]
+    return found
+
+
+_malloc = threading.Lock()
+_malloc_depth = 0
+
+
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    """The C library if it is glibc (whose allocator `reused_memory` tunes), else None."""
+    """The C library if it is glibc with `mallopt` (the allocator `reused_memory` tunes)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
-    return ctypes.CDLL(ctypes.util.find_library("c"))
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def _malloc_tuning() -> ctypes.CDLL | None:
+    """glibc, if `reused_memory` should tune it: there, not turned off, not tuned by the user."""
+    libc = _glibc()
+    if libc is None:
+        choose("malloc_tuning", False, "the C library is not glibc")
+        return None
+    settings = _user_malloc_settings()
+    if settings:
+        choose("malloc_tuning", False, f"left as {', '.join(settings)} set it")
+        return None
+    return libc if choose("malloc_tuning", True, "glibc") else None
 
 
 @contextlib.contextmanager
@@ -78,18 +140,29 @@ def reused_memory() -> Iterator[None]:
     glibc serves every allocation over 32 MB (a batch's activations) with a fresh `mmap` and unmaps
     it on free, so each forward pass page-faults all its activations in again: hundreds of
     thousands of faults per batch, which halves the speed of efficientnet_b0 on a VM. Inside the
-    block large blocks come from the heap and the heap is not trimmed; after it the defaults are
-    restored and the free memory returned to the system.
+    block large blocks come from the heap and the heap is not trimmed; after it the values from
+    before are set again and the free memory returned to the system. glibc has no getter: the
+    values before are its defaults, since the block does nothing when the environment tunes the
+    allocator (`MALLOC_TRIM_THRESHOLD_`, `MALLOC_MMAP_MAX_`, ... or `GLIBC_TUNABLES`) and nested
+    blocks leave it to the outermost. Setting the trim threshold ends glibc's dynamic mmap
+    threshold for the process, which no call can restore. Off with `ZOOBOT_DISABLE=malloc_tuning`.
     """
-    libc = _glibc()
+    global _malloc_depth
+    libc = _malloc_tuning()
     if libc is None:
         yield
         return
-    libc.mallopt(M_MMAP_MAX, 0)
-    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    with _malloc:
+        _malloc_depth += 1
+        if _malloc_depth == 1:
+            libc.mallopt(M_MMAP_MAX, 0)
+            libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
     try:
         yield
     finally:
-        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
-        libc.malloc_trim(0)
+        with _malloc:
+            _malloc_depth -= 1
+            if _malloc_depth == 0:
+                libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+                libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+                libc.malloc_trim(0)

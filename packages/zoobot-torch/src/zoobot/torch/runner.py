@@ -14,6 +14,7 @@ repeat when a run resumes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -34,6 +35,7 @@ from zoobot.models.runner import (
     Parts,
     RunSettings,
     chunk_seed,
+    cleaned_up_on_failure,
     decode_rows,
     start_parts,
 )
@@ -43,6 +45,7 @@ from zoobot.torch.cpu import (
     prefers_channels_last,
     prepared,
     reused_memory,
+    run_precision,
 )
 from zoobot.torch.data.transforms import eval_transform
 from zoobot.torch.fusion import fused_conv_gelu
@@ -122,11 +125,14 @@ def run_chunks(
     `catalog` comes from `read_catalog`; `model` is the module `forward` uses (put in eval mode,
     moved to `settings.device` and made channels-last here). `run` describes what `forward` computes
     beyond the weights (task, passes...) for the manifest. Returns the finished `Parts`.
+    `settings.precision` "bf16" runs in float32 on a CPU without native bf16 (`run_precision`); the
+    manifest records the precision run.
     """
     if settings.device is not None:
         model.to(settings.device)
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
+    settings = dataclasses.replace(settings, precision=run_precision(settings.precision, device))
     channels = input_channels(model)
     channels_last = settings.channels_last
     if channels_last is None:
@@ -153,6 +159,7 @@ def run_chunks(
     dtype = PRECISIONS[str(settings.precision)]
     fused = dtype == torch.bfloat16 and device.type == "cpu"
     with (
+        cleaned_up_on_failure(parts),
         prepared(model, channels_last),
         fused_conv_gelu(model) if fused else contextlib.nullcontext(),
         reused_memory(),

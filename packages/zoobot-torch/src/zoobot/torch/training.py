@@ -3,27 +3,101 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
 import timm.layers
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.plugins import LayerSync
+from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
 from zoobot.data.splits import Splits
-from zoobot.models import training
+from zoobot.models import fast_paths, training
 from zoobot.models.backend import bind
 from zoobot.torch.cpu import input_channels
 from zoobot.torch.data.datamodule import Data, GalaxyDataModule
 from zoobot.torch.module import ZoobotModule
 
 BEST_FOLDER = "best"
+
+
+class TensorBoardLogger(Logger):
+    """Metrics and hyper-parameters as TensorBoard event files in `<save_dir>/<name>/version_<n>/`.
+
+    Written with tensorboardX, which needs no TensorFlow. Lightning's own TensorBoardLogger writes
+    through `torch.utils.tensorboard`, whose file layer imports TensorFlow whenever it is installed
+    (seconds at the start of every training run and TensorFlow's start-up messages), so this
+    small logger on Lightning's public `Logger` interface replaces it.
+    """
+
+    def __init__(self, save_dir: str | os.PathLike, name: str = "tensorboard"):
+        super().__init__()
+        self._root = Path(save_dir) / name
+        self._name = name
+        self._version: int | None = None
+        self._writer = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> int:
+        """The first `version_<n>` folder not taken when the logger first needed one."""
+        if self._version is None:
+            taken = [
+                int(p.name.removeprefix("version_"))
+                for p in self._root.glob("version_*")
+                if p.name.removeprefix("version_").isdigit()
+            ]
+            self._version = max(taken, default=-1) + 1
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return str(self._root.parent)
+
+    @property
+    def log_dir(self) -> str:
+        return str(self._root / f"version_{self.version}")
+
+    @property
+    def experiment(self):
+        """The tensorboardX `SummaryWriter` (made on first use)."""
+        if self._writer is None:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(self.log_dir)
+        return self._writer
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        for key, value in metrics.items():
+            self.experiment.add_scalar(key, float(value), step)
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        params = vars(params) if isinstance(params, argparse.Namespace) else dict(params or {})
+        rows = "".join(f"| {key} | {value} |\n" for key, value in params.items())
+        self.experiment.add_text("hyperparameters", "| name | value |\n|---|---|\n" + rows)
+
+    @rank_zero_only
+    def save(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def load_checkpoint_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -92,10 +166,20 @@ def uses_gpu(accelerator: str) -> bool:
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
-    """`mixed` becomes `bf16-mixed` on CPU and `16-mixed` on GPU; other values pass through."""
-    if precision != "mixed":
-        return precision
-    return "16-mixed" if uses_gpu(accelerator) else "bf16-mixed"
+    """`mixed` becomes `16-mixed` on GPU and `bf16-mixed` on CPU; on a CPU without native bf16
+    (or fp16: `zoobot.models.fast_paths.cpu_runs`) a bf16 (fp16) precision becomes `32-true`, faster
+    than the emulated one. Other values pass through."""
+    precision = str(precision)
+    if uses_gpu(accelerator):
+        return "16-mixed" if precision == "mixed" else precision
+    if precision == "mixed":
+        precision = "bf16-mixed"
+    reduced = (
+        "bf16" if precision.startswith("bf16") else "fp16" if precision.startswith("16") else None
+    )
+    if reduced and not fast_paths.cpu_runs(reduced):
+        return "32-true"
+    return precision
 
 
 def get_trainer(
