@@ -14,7 +14,7 @@ from zoobot.data.synthetic import make_survey
 from zoobot.models import fast_paths
 from zoobot.shared import get_schema
 from zoobot.shared.tables import read_predictions_full
-from zoobot.torch import ZoobotTree, cpu, depthwise
+from zoobot.torch import ZoobotTree, cpu, depthwise, optimizers
 from zoobot.torch.cpu import reused_memory, run_precision
 from zoobot.torch.depthwise import DepthwiseConv2d, fast_depthwise
 from zoobot.torch.optimizers import adamw
