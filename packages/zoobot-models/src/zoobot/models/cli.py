@@ -1,4 +1,5 @@
-"""The `zoobot-torch` and `zoobot-tf` commands, written once: train, finetune, predict, represent, push.
+"""The `zoobot-torch` and `zoobot-tf` commands, written once: train, finetune, predict, represent, push,
+models.
 
 Both commands take the same arguments and run the same code; each framework package supplies only a
 `ModelCommand`: its name, the module of its `Backend`, and the few help texts that differ. The
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +35,9 @@ from zoobot.data.commands.common import (
     splits_of,
 )
 
-COMMANDS = ("train", "finetune", "predict", "represent", "push")
+COMMANDS = ("train", "finetune", "predict", "represent", "push", "models")
+FRAMEWORK_FREE = ("models",)
+"""Subcommands that run without importing the framework."""
 RUN_OPTIONS = ("batch_size", "num_workers", "image_size", "precision", "channels_last")
 """Options of predict and represent passed to the library under the same names."""
 TRAINING_OPTIONS = (
@@ -291,12 +295,24 @@ def run_push(args: argparse.Namespace, backend) -> int:
     return 0
 
 
+def run_models(args: argparse.Namespace, backend=None) -> int:
+    """Print the published Zoobot encoders."""
+    from zoobot.models import catalogue
+
+    if args.format == "json":
+        print(json.dumps(catalogue.records(), indent=2))
+    else:
+        print(catalogue.markdown_table() if args.format == "markdown" else catalogue.format_table())
+    return 0
+
+
 RUNNERS = {
     "train": run_train,
     "finetune": run_finetune,
     "predict": run_predict,
     "represent": run_represent,
     "push": run_push,
+    "models": run_models,
 }
 
 
@@ -491,12 +507,32 @@ def _register_push(commands, command: ModelCommand) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list the files, upload nothing")
 
 
+def _register_models(commands, command: ModelCommand) -> None:
+    parser = add_subcommand(
+        commands,
+        "models",
+        "list the published pretrained encoders",
+        "List every pretrained Zoobot encoder published on the Hugging Face Hub: its name (load it\n"
+        "by that name or as hf_hub:mwalmsley/<name>), timm architecture, input channels and size,\n"
+        "parameters, licence and training data. --format json gives every field of\n"
+        "list_pretrained(), including the files each repo holds and which fields are inferred.",
+        f"  {command.prog} models\n  {command.prog} models --format markdown",
+    )
+    parser.add_argument(
+        "--format",
+        choices=["table", "markdown", "json"],
+        default="table",
+        help="output format (default: %(default)s)",
+    )
+
+
 _REGISTER = {
     "train": _register_train,
     "finetune": _register_finetune,
     "predict": _register_predict,
     "represent": _register_represent,
     "push": _register_push,
+    "models": _register_models,
 }
 
 
@@ -547,7 +583,8 @@ def run_command(command: ModelCommand, argv: Sequence[str] | None = None) -> int
     args = build_parser(command).parse_args(argv)
     try:
         with zoobot_log_lines(command.prog):
-            return args.run(args, command.load_backend())
+            framework_free = args.command in FRAMEWORK_FREE
+            return args.run(args, None if framework_free else command.load_backend())
     except KeyboardInterrupt:
         print(f"{command.prog} {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -176,8 +176,9 @@ def load_encoder(
     """A feature extractor returning pooled features of width `encoder_dim(encoder)`.
 
     `name` is a timm architecture (random init), `torchvision:resnet50` (torchvision's implementation,
-    random init), `hf_hub:owner/repo[@revision]`, or a folder in the timm Hub layout (write `./name`
-    for a folder named like an architecture). `channels` defaults to the checkpoint's (3 for
+    random init), `hf_hub:owner/repo[@revision]`, a published Zoobot encoder's repo name (e.g.
+    `zoobot-encoder-convnext_nano`; `list_pretrained()` lists them), or a folder in the timm Hub
+    layout (write `./name` for a folder named like an architecture). `channels` defaults to the checkpoint's (3 for
     architecture names); a different count adapts the first conv as timm does. `pretrained=False`
     builds a Hub/folder architecture without loading its weights. Extra keyword arguments go to
     `timm.create_model` (e.g. `drop_path_rate`).
