@@ -2,7 +2,7 @@
 
 A case (`fixtures/published.json`, written by `fixtures/make_published_fixtures.py` with timm) is a
 catalogue entry's architecture at full size or shrunk through timm model arguments: its
-`config.json` as timm exports it, the names, shapes and dtypes of its tensors, and the input size
+`config.json` as the published repos hold it (`published_config`), the names, shapes and dtypes of its tensors, and the input size
 and seed. The tensors themselves are not stored: `seeded_state` makes them from the seed (so
 full-size cases cost a few KB of fixture), `write_repo` lays them out as the published repo holds
 them (`pytorch_model.bin` written as `torch.save` writes it, and `model.safetensors` where the repo
@@ -26,6 +26,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 CASES_FILE = FIXTURES / "published.json"
 FEATURES_FILE = FIXTURES / "published.npz"
 BATCH = 2
+# what timm's export leaves out of pretrained_cfg, and the None values it keeps
+_SOURCE_KEYS = ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "state_dict")
+_KEPT_IF_NONE = ("pool_size", "first_conv", "classifier")
 # torch storage class of each dtype a timm state dict holds
 _STORAGES = {"float32": "FloatStorage", "int64": "LongStorage"}
 
@@ -33,6 +36,28 @@ _STORAGES = {"float32": "FloatStorage", "int64": "LongStorage"}
 def cases() -> dict[str, dict]:
     """Case id -> {entry, architecture, model_args, channels, size, seed, config, state}."""
     return json.loads(CASES_FILE.read_text(encoding="utf-8"))
+
+
+def published_config(pretrained_cfg: Mapping, num_features: int, model_args: Mapping) -> dict:
+    """`config.json` as the published repos hold it (timm 0.9's export): `num_classes` 0 and
+    `num_features` at the top, `model_args` only if the model needs them (never `in_chans`: a
+    greyscale checkpoint says so only through its first conv), and the architecture's own
+    ImageNet `pretrained_cfg` (timm's `model.pretrained_cfg`) without its download source, not
+    updated for the channels, size or classes of the model."""
+    cfg = {
+        key: value
+        for key, value in pretrained_cfg.items()
+        if key not in _SOURCE_KEYS and (value is not None or key in _KEPT_IF_NONE)
+    }
+    config = {
+        "architecture": cfg.pop("architecture"),
+        "num_classes": 0,
+        "num_features": num_features,
+        "global_pool": "avg",
+    }
+    if model_args:
+        config["model_args"] = dict(model_args)
+    return json.loads(json.dumps({**config, "pretrained_cfg": cfg}))
 
 
 def seeded_state(spec: Mapping[str, list], seed: int) -> dict[str, np.ndarray]:
