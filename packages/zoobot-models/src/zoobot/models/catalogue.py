@@ -28,7 +28,7 @@ class PublishedEncoder:
     repo_id: str
     family: str
     architecture: str
-    """The timm architecture its `config.json` names."""
+    """The timm architecture that builds it (with `model_args`), as its `config.json` names it."""
     model_args: dict = field(hash=False)
     channels: int
     input_size: int
