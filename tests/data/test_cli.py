@@ -83,7 +83,7 @@ def test_validate_reports_a_bad_catalog_in_one_message(capsys, tmp_path, survey)
     assert err.startswith(
         f"zoobot-data validate: error: catalog failed validation against schema '{SCHEMA}'"
     )
-    assert f"column '{column}': negative count in 1 row(s): row 4 (id_str 'synth-3-000004')" in err
+    assert f"column '{column}' is negative in 1 row(s): row 4 (id_str 'synth-3-000004')" in err
     assert "Traceback" not in err
 
 

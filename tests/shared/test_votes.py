@@ -47,7 +47,7 @@ def test_count_problems_name_each_kind_of_bad_count():
     values = np.array([[3, np.nan, -1, 2.5], [np.inf, 1e12, 1e300, MAX_VOTES]])
     problems = count_problems(values)
     assert {k: np.argwhere(v).tolist() for k, v in problems.items()} == {
-        "not finite (NaN or inf)": [[0, 1], [1, 0]],
+        "NaN or infinite": [[0, 1], [1, 0]],
         "negative": [[0, 2]],
         "not a whole number": [[0, 3]],
         f"over {MAX_VOTES:g}": [[1, 1], [1, 2]],

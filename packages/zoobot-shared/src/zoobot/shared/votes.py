@@ -37,13 +37,13 @@ of the totals, keeps its precision."""
 
 def count_problems(values, max_votes: float = MAX_VOTES) -> dict[str, np.ndarray]:
     """Where numeric `values` (any shape) fail to be vote counts: `{problem: boolean mask}` for
-    each problem found among "not finite (NaN or inf)", "negative", "not a whole number" and
+    each problem found among "NaN or infinite", "negative", "not a whole number" and
     "over <max_votes>"; an empty dict for valid counts. Each entry has exactly one problem."""
     values = np.asarray(values, dtype=np.float64)
     finite = np.isfinite(values)
     with np.errstate(invalid="ignore"):
         masks = {
-            "not finite (NaN or inf)": ~finite,
+            "NaN or infinite": ~finite,
             "negative": finite & (values < 0),
             "not a whole number": finite & (values >= 0) & (values != np.floor(values)),
             f"over {max_votes:g}": finite & (values > max_votes) & (values == np.floor(values)),
