@@ -157,7 +157,7 @@ def test_hf_dataset_matches_the_shards_splits(capsys, tmp_path, survey):
     assert in_shards == {name: set(split["id_str"]) for name, split in loaded.items()}
 
     code, _, err = run(capsys, "hf-dataset", catalog, tmp_path / "hub", *common)
-    assert code == 1 and "exists; pass overwrite=True" in err
+    assert code == 1 and "exists; pass --overwrite to replace it" in err
     code, _, err = run(capsys, "hf-dataset", catalog, tmp_path / "hub", *common, "--overwrite")
     assert code == 0, err
 

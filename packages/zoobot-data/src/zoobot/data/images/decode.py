@@ -52,6 +52,9 @@ from PIL import Image
 from zoobot.data.images.errors import ImageDecodeError
 from zoobot.data.images.headers import read_header
 
+CHECK_SIZE = 64
+"""Pixels per side at which writers check an image (`check_image`): decoding at a reduced JPEG
+scale reads every byte of the file, at a fraction of the cost of full size."""
 # Colour models whose libjpeg-turbo RGB/grey output matches Pillow's; CMYK and others do not.
 FAST_COLORSPACES = ("YCbCr", "Gray")
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview
@@ -109,6 +112,15 @@ def read_images(
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(fill, range(len(sources))))
     return batch
+
+
+def check_image(data: bytes, name: str) -> tuple[str, int, int, int]:
+    """(format, height, width, channels) of image bytes that pass every rule of this module (read
+    as `read_image` reads them at `CHECK_SIZE`), else `ImageDecodeError` naming `name`: what the
+    shard and Hugging Face writers store, so they hold only images `predict` can read."""
+    header = read_header(data, name)
+    decode_image(data, name, CHECK_SIZE)
+    return header
 
 
 def _load(source: ImageSource) -> tuple[str, bytes]:
