@@ -59,6 +59,16 @@ def test_csv_ids_keep_leading_zeros_and_long_digits(tmp_path):
     assert read_catalog_file(path)["id_str"].iloc[0] == "007"
 
 
+def test_csv_ids_that_look_like_missing_values_are_kept(tmp_path):
+    path = tmp_path / "cat.csv"
+    path.write_text("id_str,file_loc,redshift\nnan,a.jpg,NA\nNA,b.jpg,0.1\nnull,c.jpg,\n")
+    catalog = read_catalog_file(path)
+    assert catalog["id_str"].tolist() == ["nan", "NA", "null"]
+    assert catalog["redshift"].isna().tolist() == [True, False, True]
+    path.write_text("id_str,file_loc\n,a.jpg\n")
+    assert problems_of(read_catalog_file(path))[0].startswith("id_str is empty in 1 row(s)")
+
+
 def test_missing_label_columns_are_named():
     catalog = toy_catalog().drop(columns=["bar_weak", "smooth_no"])
     (problem,) = problems_of(catalog, TREE)

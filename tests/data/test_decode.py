@@ -194,7 +194,8 @@ def test_16_bit_png_is_scaled_by_its_high_byte_not_clipped(tmp_path):
         (b"id_str,file_loc\n1,a.jpg\n", "not a JPEG or PNG file: it starts with b'id_str,f'"),
         ("fits", "a FITS file: convert it to JPEG or PNG with `zoobot-data convert`"),
         ("truncated", "cannot decode image"),
-        ("grey", "carries no signal \\(every pixel is 128\\)"),
+        ("grey", "carries no signal \\(every pixel is \\[128, 128, 128\\]\\)"),
+        ("red", "carries no signal \\(every pixel is \\[2\\d\\d, \\d, \\d\\]\\)"),
         ("huge", "too large"),
         ("large", "too large: 9500 x 9500 pixels"),
     ],
@@ -205,9 +206,10 @@ def test_what_is_not_a_usable_image_is_refused_naming_the_file(jpegs, tmp_path, 
         content = fits_bytes(np.ones((32, 32), np.float32))
     elif content == "truncated":
         content = jpegs[0].read_bytes()[:1500]
-    elif content == "grey":
+    elif content in ("grey", "red"):
         buffer = io.BytesIO()
-        Image.new("RGB", (64, 64), (128, 128, 128)).save(buffer, "JPEG")
+        colour = (128, 128, 128) if content == "grey" else (250, 0, 0)
+        Image.new("RGB", (64, 64), colour).save(buffer, "JPEG")
         content = buffer.getvalue()
     elif content == "huge":
         content = png_claiming(30_000, 30_000)

@@ -36,6 +36,12 @@ __all__ = [
 
 SPLIT_COLUMN = "split"  # the column holding each row's split, as load_catalog writes it
 TEXT_COLUMNS = {"id_str": str, "file_loc": str}
+# pandas' default missing-value markers (its read_csv documentation), kept for the other columns:
+# in `id_str` and `file_loc` only an empty field is missing, so a galaxy named "NA" keeps its id.
+CSV_NA_VALUES = (
+    *("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN"),
+    *("<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"),
+)
 
 
 def read_catalog_file(path: str | os.PathLike) -> pd.DataFrame:
@@ -49,8 +55,12 @@ def read_catalog_file(path: str | os.PathLike) -> pd.DataFrame:
             return pd.read_parquet(path)
         if ".csv" in suffixes or ".tsv" in suffixes:
             sep = "\t" if ".tsv" in suffixes else ","
+            columns = pd.read_csv(path, sep=sep, nrows=0).columns
+            missing = {c: [""] if c in TEXT_COLUMNS else list(CSV_NA_VALUES) for c in columns}
             # Read ids as text: numeric ids such as "007" would otherwise lose their leading zeros.
-            return pd.read_csv(path, sep=sep, dtype=TEXT_COLUMNS)
+            return pd.read_csv(
+                path, sep=sep, dtype=TEXT_COLUMNS, keep_default_na=False, na_values=missing
+            )
     except (ValueError, OSError) as err:  # pandas' parser and pyarrow errors are ValueErrors
         raise CatalogError(f"catalog file {path} cannot be read: {err}") from err
     raise CatalogError(f"catalog file {path}: unknown format; use .csv, .tsv or .parquet")

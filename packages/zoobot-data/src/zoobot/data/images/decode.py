@@ -80,11 +80,10 @@ def decode_image(
     image = _fast_jpeg(data, size, channels) if fast and image_format == "jpeg" else None
     if image is None:
         image = _reference(data, name, size, channels)
-    low, high = int(image.min()), int(image.max())
-    if low == high:
+    if (image == image[0, 0]).all():
         raise ImageDecodeError(
-            f"{name}: the image carries no signal (every pixel is {low}); a blank cutout or an "
-            "image converted from empty (NaN or constant) data"
+            f"{name}: the image carries no signal (every pixel is {image[0, 0].tolist()}); a "
+            "blank cutout or an image converted from empty (NaN or constant) data"
         )
     return image
 
