@@ -568,7 +568,7 @@ def build_parser(command: ModelCommand) -> argparse.ArgumentParser:
 
 def _is_reported(err: Exception) -> bool:
     """Whether `err` is a failure to report in one message rather than a bug to trace back."""
-    return isinstance(err, (ValueError, OSError, ImportError, KeyError))
+    return isinstance(err, (ValueError, OSError, ImportError, KeyError, FloatingPointError))
 
 
 @contextlib.contextmanager

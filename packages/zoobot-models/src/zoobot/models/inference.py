@@ -105,7 +105,7 @@ def predict(
         chunk_rows,
         resume,
         progress,
-        device,
+        backend.device(device),
         hash_images,
     )
     if n_samples < 1:
@@ -230,7 +230,7 @@ def get_representations(
         chunk_rows,
         resume,
         progress,
-        device,
+        backend.device(device),
         hash_images,
     )
     pca = pca_path(save_loc) if n_components is not None else None
