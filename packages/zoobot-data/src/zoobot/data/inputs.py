@@ -102,7 +102,7 @@ def resolve_label_cols(label_cols: LabelCols, schema: Schema | str | None) -> tu
 
 
 def _rule(label_cols: tuple[str, ...], rule: LabelRule | None) -> LabelRule:
-    """The rule the labels are checked by: `rule` (for `label_cols`), else finite numbers."""
+    """The rule the labels are checked by: `rule` (for `label_cols`), else targets (finite)."""
     if rule is None:
         return LabelRule.targets(label_cols)
     if tuple(rule.columns) != tuple(label_cols):

@@ -2,10 +2,11 @@
 
 A `LabelRule` says what the label columns must hold for a task: vote counts (a decision tree:
 finite, non-negative whole numbers of at most `zoobot.shared.MAX_VOTES`), class indices (a
-classifier: whole numbers 0..num_classes-1) or regression targets (finite numbers). `validate_catalog`,
-the shard and Hugging Face writers, both frameworks' data pipelines and their `fit_catalog` all call
-`label_problems` / `check_labels`, so a catalog refused by one is refused by all, with the same
-message naming each column and the rows (0-based position and `id_str`).
+classifier: whole numbers 0..num_classes-1) or regression targets (numbers finite in float32,
+which training holds them in). `validate_catalog`, the shard and Hugging Face writers, both
+frameworks' data pipelines and their `fit_catalog` all call `label_problems` / `check_labels`, so
+a catalog refused by one is refused by all, with the same message naming each column and the rows
+(0-based position and `id_str`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from zoobot.data.rows import describe_rows, problems_error
 from zoobot.shared import MAX_VOTES, count_problems
 
 KINDS = ("votes", "classes", "targets")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class LabelRule:
 
     @classmethod
     def targets(cls, columns: Iterable[str]) -> LabelRule:
-        """Finite numbers in each of `columns`."""
+        """Numbers finite in float32 in each of `columns`."""
         return cls("targets", tuple(columns))
 
     def describe(self) -> str:
@@ -62,7 +64,7 @@ class LabelRule:
             return f"vote counts (whole numbers 0 to {self.max_votes:g})"
         if self.kind == "classes":
             return f"class indices (whole numbers 0 to {self.num_classes - 1})"
-        return "regression targets (finite numbers)"
+        return "regression targets (finite float32 numbers)"
 
 
 def _numbers(table: pd.DataFrame, column: str, problems: list[str]) -> np.ndarray:
@@ -85,6 +87,8 @@ def _column_problems(values: np.ndarray, rule: LabelRule) -> dict[str, np.ndarra
         return count_problems(values, rule.max_votes)
     finite = np.isfinite(values)
     masks = {"NaN or infinite": ~finite}
+    if rule.kind == "targets":  # training holds them as float32
+        masks[f"beyond float32 (over {FLOAT32_MAX:.3g})"] = finite & (np.abs(values) > FLOAT32_MAX)
     if rule.kind == "classes":
         with np.errstate(invalid="ignore"):
             whole = finite & (values == np.floor(values))
