@@ -29,6 +29,7 @@ from zoobot.data.images import ImageDecodeError
 from zoobot.data.splits import Splits
 from zoobot.models import fast_paths, training
 from zoobot.models.backend import bind
+from zoobot.models.layout import check_replaceable
 from zoobot.models.tasks import label_rule
 from zoobot.models.training import NonFiniteLossError, nonfinite_loss_message
 from zoobot.tf.data.pipelines import UNUSABLE_IMAGE, BatchIds
@@ -403,6 +404,7 @@ def fit_catalog(
     stops the fit with `ImageDecodeError` naming it, a non-finite loss with `NonFiniteLossError`
     naming the step and its galaxies.
     """
+    check_replaceable(Path(save_dir) / BEST_FOLDER)  # ExportBest writes there: refuse now, not then
     if num_workers is not None and num_workers < 0:
         raise ValueError(
             f"num_workers must be 0 or more (None: tf.data's choice), got num_workers={num_workers}"

@@ -22,6 +22,7 @@ from torch import nn
 from zoobot.data.splits import Splits
 from zoobot.models import fast_paths, training
 from zoobot.models.backend import bind
+from zoobot.models.layout import check_replaceable
 from zoobot.models.tasks import label_rule
 from zoobot.torch.cpu import input_channels
 from zoobot.torch.data.datamodule import Data, GalaxyDataModule
@@ -283,6 +284,7 @@ def fit_catalog(
     (`zoobot.models.tasks.label_rule`: vote counts, class indices or targets), naming the column
     and rows; a step whose loss is not finite stops the fit (`NonFiniteLossError`).
     """
+    check_replaceable(Path(save_dir) / BEST_FOLDER)  # ExportBest writes there: refuse now, not then
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError(
             f"accelerator={accelerator!r}, but torch sees no CUDA GPU; use cpu or auto"

@@ -16,8 +16,8 @@ from zoobot.data.images.errors import ImageDecodeError
 # The format is sniffed from the bytes, not the file name: TensorFlow decodes by content too.
 _MAGIC = {b"\xff\xd8\xff": "jpeg", b"\x89PNG\r\n\x1a\n": "png"}
 _PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG"}
-# What other files start with, to say what was found instead of an image.
-_OTHER = {b"SIMPLE  =": "a FITS file: convert it to JPEG or PNG with `zoobot-data convert`"}
+OTHER_FORMATS = {b"SIMPLE  =": "a FITS file: convert it to JPEG or PNG with `zoobot-data convert`"}
+"""What other files start with, to say what was found instead of an image."""
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 """The most pixels an image may have (Pillow's decompression-bomb limit, about 9459 x 9459): a
 galaxy cutout is far smaller, and a header claiming more is refused before any pixel is decoded."""
@@ -56,7 +56,7 @@ def not_an_image(data: bytes) -> str:
     """Why bytes that are not a JPEG or PNG are refused, naming what they are when known."""
     if not data:
         return "not a JPEG or PNG file: it is empty (0 bytes)"
-    known = next((what for magic, what in _OTHER.items() if data.startswith(magic)), None)
+    known = next((what for magic, what in OTHER_FORMATS.items() if data.startswith(magic)), None)
     return f"not a JPEG or PNG file: {known or f'it starts with {data[:8]!r}'}"
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from zoobot.data.images.headers import MAX_PIXELS
+from zoobot.data.images.headers import MAX_PIXELS, OTHER_FORMATS
 from zoobot.data.inputs import (
     CatalogSource,
     LabelCols,
@@ -215,7 +215,17 @@ def decode_train_image(
     """
     is_png = tf.equal(tf.strings.substr(data, 0, len(PNG_MAGIC)), PNG_MAGIC)
     known = tf.logical_or(tf.io.is_jpeg(data), is_png)
-    with tf.control_dependencies([_require(known, name, "not a JPEG or PNG file")]):
+    checks = [
+        _require(
+            tf.not_equal(tf.strings.substr(data, 0, len(magic)), magic),
+            name,
+            f"not a JPEG or PNG file: {what}",
+        )
+        for magic, what in OTHER_FORMATS.items()
+    ]
+    with tf.control_dependencies(checks):
+        checks = [_require(known, name, "not a JPEG or PNG file")]
+    with tf.control_dependencies(checks):
         large = _require(_pixels(data, is_png) <= MAX_PIXELS, name, "too large")
     with tf.control_dependencies([large]):
         data = tf.identity(data)
@@ -237,7 +247,8 @@ def decode_train_image(
     image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
     image.set_shape([None, None, 3])
     signal = tf.logical_not(tf.reduce_all(tf.equal(image, image[:1, :1])))
-    with tf.control_dependencies([_require(signal, name, "no signal: every pixel is the same")]):
+    problem = "the image carries no signal (every pixel is the same)"
+    with tf.control_dependencies([_require(signal, name, problem)]):
         image = tf.identity(image)
     resized = tf.image.resize(image, [image_size, image_size], "bilinear", antialias=True)
     return tf.clip_by_value(resized / 255.0, 0.0, 1.0)
@@ -287,7 +298,8 @@ def train_dataset(
     only); shards by file, then through `shuffle_buffer` records (default 4096). The last partial
     batch is dropped when there is more than one batch (`drop_remainder=None`), as torch does.
     Labels are checked by `label_rule` (see `open_source`), images by `decode_train_image`'s
-    rules; `batch_ids` records the `id_str` of every batch produced.
+    rules; `batch_ids` records the `id_str` of every batch produced (one Python call per batch,
+    after the TF-only work), so `zoobot.tf.training` can name the galaxies of a failing step.
     """
     _check_sizes(image_size, batch_size)
     check_normalisation(mean, std, channels)
