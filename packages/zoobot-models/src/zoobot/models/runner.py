@@ -7,8 +7,9 @@ framework's engine (`Backend.run_predictions` / `run_features`) decodes each bat
 and hands the results to a `ChunkWriter`, which writes each finished chunk atomically as
 `<save_loc>.parts/part-000012.parquet` (`Parts`). A run stopped at any moment, even by SIGKILL,
 loses at most the chunk in flight and resumes from the parts on disk. `manifest.json` in the parts
-folder fingerprints the catalog, the model weights and every setting that changes the numbers
-(`start_parts`), so parts of another run are never mixed in; the Monte Carlo randomness of each
+folder fingerprints the catalog, each image's identity (size and modification time, or contents),
+the model weights and every setting that changes the numbers (`start_parts`), so parts of another
+run are never mixed in; the Monte Carlo randomness of each
 chunk is seeded from the run's seed and the chunk number (`chunk_seed`), so a resumed run gives the
 numbers of an uninterrupted one.
 
