@@ -351,3 +351,16 @@ def test_installed_console_script():
     assert result.stdout.startswith("usage: zoobot-data")
     for command in ("download", "validate", "convert", "cutouts", "survey", "shards", "publish"):
         assert command in result.stdout
+
+
+def test_validate_refuses_empty_catalogs_and_padded_ids(capsys, tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("id_str,file_loc\n")
+    code, out, err = run(capsys, "validate", path)
+    assert code == 1 and "the catalog has no rows" in err and "valid" not in out
+    path.write_text("id_str,file_loc\nA1,a.jpg\nA2 ,b.jpg\n")
+    code, _, err = run(capsys, "validate", path)
+    assert (
+        code == 1
+        and "id_str has leading or trailing spaces in 1 row(s): row 1 (id_str 'A2 ')" in err
+    )

@@ -261,7 +261,9 @@ def test_split_column_is_used(catalog):
         (lambda c: c.assign(bar_yes=0.5), "not a whole number"),
         (lambda c: c.assign(bar_yes=np.nan), "NaN"),
         (lambda c: c.assign(bar_yes=-1), "negative"),
+        (lambda c: c.assign(bar_yes=1e12), r"column 'bar_yes' is over 100000 in \d+ row"),
         (lambda c: c.drop(columns="bar_no"), "bar_no"),
+        (lambda c: c.iloc[:0], "the catalog has no rows"),
     ],
 )
 def test_bad_catalogs_are_refused(catalog, change, message):
