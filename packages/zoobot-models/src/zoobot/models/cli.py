@@ -29,6 +29,7 @@ from zoobot.data.commands.common import (
     add_no_progress,
     add_split_options,
     add_subcommand,
+    as_flags,
     load_input_catalog,
     positive_int,
     schema_type,
@@ -53,6 +54,17 @@ TRAINING_OPTIONS = (
     "progress",
 )
 """Options of train and finetune passed to `Backend.fit_catalog` (plus `splits`)."""
+FLAGS = {
+    "resume=False": "--no-resume",
+    "overwrite=True": "--overwrite",
+    "hash_images=True": "--hash-images",
+    "num_workers=": "--num-workers ",
+    "n_components=": "--n-components ",
+    "pca_fit_rows=": "--pca-fit-rows ",
+    "device=": "--device ",
+    "accelerator=": "--accelerator ",
+}
+"""How the library's messages name options (Python arguments), and the flags that set them."""
 HELP_KEYS = (
     "architecture",  # --architecture of train
     "train_precision",  # --precision of train and finetune
@@ -99,17 +111,30 @@ def devices_type(text: str) -> int | str:
     return text if text == "auto" else positive_int(text)
 
 
-def components_type(text: str) -> int | float:
-    """A number of PCA components, or a fraction of variance in (0, 1)."""
+def non_negative_int(text: str) -> int:
+    """An integer of at least 0."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a whole number of components or a fraction in (0, 1), got {text!r}"
-            ) from None
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
+    return value
+
+
+def components_type(text: str) -> int | float:
+    """A number of PCA components (at least 1), or a fraction of variance in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value.is_integer() and value >= 1 and "." not in text:
+        return int(value)
+    if 0 < value < 1:
+        return value
+    raise argparse.ArgumentTypeError(
+        f"expected a whole number of components (at least 1) or a fraction in (0, 1), got {text!r}"
+    )
 
 
 def class_labels(catalog, column: str):
@@ -117,6 +142,13 @@ def class_labels(catalog, column: str):
     import pandas as pd
 
     values = catalog[column]
+    missing = values.isna().to_numpy()
+    if missing.any():
+        from zoobot.data.rows import CatalogError, describe_rows
+
+        raise CatalogError(
+            f"--label-col {column} has no class in {describe_rows(catalog, missing)}"
+        )
     if pd.api.types.is_integer_dtype(values):
         names = [str(i) for i in range(int(values.max()) + 1)]
         return catalog, names
@@ -203,6 +235,8 @@ def _run_options(args: argparse.Namespace, backend) -> dict:
         "resume": args.resume,
         "progress": args.progress,
         "device": backend.device(args.device),
+        "overwrite": args.overwrite,
+        "hash_images": args.hash_images,
     }
 
 
@@ -334,7 +368,9 @@ def _add_training_options(
     parser.add_argument(
         "--devices", type=devices_type, default="auto", help=command.help["devices"]
     )
-    parser.add_argument("--num-workers", type=int, default=4, help=command.help["train_workers"])
+    parser.add_argument(
+        "--num-workers", type=non_negative_int, default=4, help=command.help["train_workers"]
+    )
     parser.add_argument(
         "--patience",
         type=positive_int,
@@ -348,7 +384,7 @@ def _add_training_options(
 def _add_run_options(parser: argparse.ArgumentParser, command: ModelCommand) -> None:
     """Options shared by `predict` and `represent`: speed, numerics, resuming."""
     parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch")
-    parser.add_argument("--num-workers", type=int, help=command.help["run_workers"])
+    parser.add_argument("--num-workers", type=non_negative_int, help=command.help["run_workers"])
     parser.add_argument("--image-size", type=positive_int, default=224, help="pixels per side")
     parser.add_argument(
         "--precision",
@@ -369,6 +405,16 @@ def _add_run_options(parser: argparse.ArgumentParser, command: ModelCommand) -> 
         dest="resume",
         action="store_false",
         help="discard the parts of an interrupted run instead of carrying on from them",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in SAVE_LOC (and the files it wrote beside)",
+    )
+    parser.add_argument(
+        "--hash-images",
+        action="store_true",
+        help="resume only if every image's content is unchanged (default: size and time)",
     )
     parser.add_argument("--device", help=command.help["device"])
     parser.add_argument(
@@ -448,7 +494,8 @@ def _register_predict(commands, command: ModelCommand) -> None:
         "interrupted run. A tree model writes SAVE_LOC (every answer's Dirichlet concentrations\n"
         "per pass) and <stem>_friendly.parquet (vote fractions with credible intervals); a\n"
         "classifier <class>_probability columns; a regressor <label>_prediction columns.\n"
-        "Unreadable images are listed in SAVE_LOC.failed.csv.",
+        "Unreadable images are listed in SAVE_LOC.failed.csv. An earlier run's files are\n"
+        "replaced only with --overwrite; files zoobot did not write are never replaced.",
         f"  {command.prog} predict data/survey/catalog.parquet runs/pretrain/best preds.parquet \\\n"
         "      --n-samples 5 --precision bf16",
     )
@@ -557,7 +604,7 @@ def build_parser(command: ModelCommand) -> argparse.ArgumentParser:
 
 def _is_reported(err: Exception) -> bool:
     """Whether `err` is a failure to report in one message rather than a bug to trace back."""
-    return isinstance(err, (ValueError, OSError, ImportError, KeyError))
+    return isinstance(err, (ValueError, OSError, ImportError, KeyError, FloatingPointError))
 
 
 @contextlib.contextmanager
@@ -592,5 +639,6 @@ def run_command(command: ModelCommand, argv: Sequence[str] | None = None) -> int
         if args.debug or not _is_reported(err):
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        message = as_flags(str(message), FLAGS)
         print(f"{command.prog} {args.command}: error: {message}", file=sys.stderr)
         return 1

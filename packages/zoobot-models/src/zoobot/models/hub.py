@@ -8,7 +8,6 @@ fetches files through the Hugging Face cache, and turns offline or missing files
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -26,7 +25,13 @@ from huggingface_hub.errors import (
 )
 
 from zoobot.models import catalogue
-from zoobot.models.layout import CONFIG_NAME, LEGACY_NAME, SAFETENSORS_NAME, WEIGHTS_NAMES
+from zoobot.models.layout import (
+    CONFIG_NAME,
+    LEGACY_NAME,
+    SAFETENSORS_NAME,
+    WEIGHTS_NAMES,
+    parse_config,
+)
 
 HUB_PREFIXES = ("hf_hub:", "hf-hub:")
 LOCAL_PREFIX = "local-dir:"
@@ -131,12 +136,8 @@ class ModelSource:
             raise FileNotFoundError(
                 f"{self} has no {CONFIG_NAME}: not a model in the timm Hub layout"
             )
-        config = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(config, dict) or "architecture" not in config:
-            raise ValueError(
-                f"{self}/{CONFIG_NAME} names no 'architecture': not the timm Hub layout"
-            )
-        return config
+        where = str(path) if self.folder is not None else f"{self}/{CONFIG_NAME} ({path})"
+        return parse_config(path, where)
 
     def _not_cached_message(self, filename: str) -> str:
         revision = f" --revision {self.revision}" if self.revision else ""

@@ -141,10 +141,18 @@ class KerasBackend(Backend):
         return np.asarray(keras.ops.convert_to_numpy(out), np.float32)
 
     def device(self, name: str | None) -> str | None:
-        """A TensorFlow device name from torch-style `cpu`, `cuda`, `cuda:1` (or `/GPU:1` as is)."""
+        """A TensorFlow device name from torch-style `cpu`, `cuda`, `cuda:1` (or `/GPU:1` as is),
+        checked to exist here."""
+        import tensorflow as tf
+
         from zoobot.tf.runner import tf_device
 
-        return tf_device(name)
+        device = tf_device(name)
+        found = [d.name for d in tf.config.list_logical_devices()]
+        known = {d.rsplit("device:", 1)[-1].upper() for d in found}
+        if device is not None and device.rsplit("device:", 1)[-1].lstrip("/").upper() not in known:
+            raise ValueError(f"device={name!r}, but TensorFlow has only {found}")
+        return device
 
     def set_threads(self, threads: int) -> None:
         import tensorflow as tf

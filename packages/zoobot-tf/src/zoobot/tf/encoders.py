@@ -31,8 +31,10 @@ from zoobot.models.layout import (
     CONFIG_NAME,
     SAFETENSORS_NAME,
     WeightsMismatchError,
+    building_encoder,
     checkpoint_channels,
     first_convs,
+    read_safetensors,
 )
 from zoobot.models.legacy import LegacyWeightsError, load_torch_state_dict
 from zoobot.tf import architectures
@@ -83,7 +85,7 @@ def load_state_dict_file(path: str | os.PathLike, name: str | None = None) -> di
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        return safetensors.numpy.load_file(path)
+        return read_safetensors(path, safetensors.numpy.load_file)
     name = name or str(path.parent)
     logger.warning(
         "%s: no %s, reading the legacy PyTorch pickle %s with zoobot.tf's restricted reader "
@@ -274,7 +276,8 @@ def load_encoder(
         return _architecture_encoder(text, channels, model_args)
     config = source.read_config()
     state = read_weights(source) if pretrained else None
-    return encoder_from_config(config, state, channels, **model_args)
+    with building_encoder(config, f"{source}/{CONFIG_NAME}"):
+        return encoder_from_config(config, state, channels, **model_args)
 
 
 def encoder_dim(encoder: keras.Model) -> int:

@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -24,9 +25,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from zoobot.data.images import ImageDecodeError
 from zoobot.data.splits import Splits
 from zoobot.models import fast_paths, training
 from zoobot.models.backend import bind
+from zoobot.models.layout import check_replaceable
+from zoobot.models.tasks import label_rule
+from zoobot.models.training import NonFiniteLossError, nonfinite_loss_message
+from zoobot.tf.data.pipelines import UNUSABLE_IMAGE, BatchIds
 from zoobot.tf.module import ZoobotModel
 from zoobot.tf.runner import input_channels
 
@@ -178,6 +184,36 @@ class ExportBest(keras.callbacks.Callback):
                 self.model.set_weights(current)
 
 
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop fitting at the first batch whose loss is NaN or infinite (`NonFiniteLossError`), naming
+    the step and, with the `BatchIds` its training dataset records, the batch's galaxies. Keras
+    has applied that step's update, so the model's weights are no longer usable; raising keeps
+    `ExportBest` and the checkpoints from saving them."""
+
+    def __init__(self, batch_ids: BatchIds | None = None):
+        super().__init__()
+        self.batch_ids, self.epoch = batch_ids, 0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is None or math.isfinite(float(loss)):
+            return
+        ids = self.batch_ids.get(batch) if self.batch_ids is not None else None
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) - 1
+        weights = "Keras applied that step, so the model's weights are not usable"
+        message = nonfinite_loss_message(float(loss), step, self.epoch, batch, ids, weights)
+        raise NonFiniteLossError(message)
+
+
+def unusable_image(err: tf.errors.InvalidArgumentError) -> ImageDecodeError | None:
+    """The `ImageDecodeError` a training pipeline's image check stopped with, or None."""
+    found = re.search(rf"\[{UNUSABLE_IMAGE}\] \[(.*?)\] \[(.*?)\]", str(err))
+    return None if found is None else ImageDecodeError(f"{found[1]}: {found[2]}")
+
+
 class LearningRateLogger(keras.callbacks.Callback):
     """Add the optimizer's current learning rate to each epoch's logs (`learning_rate`)."""
 
@@ -200,7 +236,8 @@ def get_callbacks(
 
     In `save_dir`: `checkpoints/best.weights.h5` and `last.weights.h5`, `best/` (Hub layout, when
     fitting ends, if `export_best`), `logs/metrics.csv` and `tensorboard/`. `tensorboard=None` logs
-    to TensorBoard when its package is installed; True requires it. `callbacks` come first.
+    to TensorBoard when its package is installed; True requires it. `callbacks` come first; a
+    `StopOnNonFiniteLoss` is among them.
     """
     save_dir = Path(save_dir)
     (save_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -208,8 +245,11 @@ def get_callbacks(
     have_tensorboard = importlib.util.find_spec("tensorboard") is not None
     if tensorboard and not have_tensorboard:
         raise ImportError("tensorboard=True needs the tensorboard package: pip install tensorboard")
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks):
+        callbacks.append(StopOnNonFiniteLoss())
     result = [
-        *(callbacks or []),
+        *callbacks,
         LearningRateLogger(),
         keras.callbacks.ModelCheckpoint(
             str(save_dir / "checkpoints" / "best.weights.h5"),
@@ -280,8 +320,12 @@ def _datasets(
     seed: int,
     splits: Splits = None,
     num_workers: int | None = None,
+    rule=None,
+    batch_ids: BatchIds | None = None,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
-    """(train, validation) datasets of (images, labels) from what `fit_catalog` accepts."""
+    """(train, validation) datasets of (images, labels) from what `fit_catalog` accepts; sources
+    it opens have their labels checked by `rule` and their training batches recorded in
+    `batch_ids`."""
     if isinstance(data, tf.data.Dataset):
         return data, None
     if isinstance(data, tuple) and len(data) == 2:
@@ -294,12 +338,15 @@ def _datasets(
         "batch_size": batch_size,
         "splits": splits,
         "split_seed": seed,
+        "label_rule": rule,
     }
     if num_workers is not None:
         common["num_parallel_calls"] = max(1, num_workers)
 
     def train_split(source, split):
-        return pipelines.train_dataset(source, label_cols, seed=seed, split=split, **common)
+        return pipelines.train_dataset(
+            source, label_cols, seed=seed, split=split, batch_ids=batch_ids, **common
+        )
 
     def eval_split(source, split):
         return pipelines.eval_dataset(
@@ -352,7 +399,16 @@ def fit_catalog(
     `16-mixed`/`mixed_float16`; `strategy` as `get_strategy`, else from `accelerator` and `devices`
     (`strategy_for`). `num_workers` images are decoded at once (default: tf.data's choice). Other
     keyword arguments go to `fit` (e.g. `tensorboard`, `callbacks`, `steps_per_epoch`).
+    Labels are checked first by the rule of the model's task (`zoobot.models.tasks.label_rule`:
+    vote counts, class indices or targets), naming the column and rows; an unusable training image
+    stops the fit with `ImageDecodeError` naming it, a non-finite loss with `NonFiniteLossError`
+    naming the step and its galaxies.
     """
+    check_replaceable(Path(save_dir) / BEST_FOLDER)  # ExportBest writes there: refuse now, not then
+    if num_workers is not None and num_workers < 0:
+        raise ValueError(
+            f"num_workers must be 0 or more (None: tf.data's choice), got num_workers={num_workers}"
+        )
     distribution = (
         strategy_for(accelerator, devices) if strategy is None else get_strategy(strategy)
     )
@@ -360,20 +416,39 @@ def fit_catalog(
     with dtype_policy(precision), distribution.scope():
         model = build()
         model.compile(gradient_clip_val=gradient_clip_val)
+    rule = label_rule(model, label_cols)
     channels = input_channels(model)
+    batch_ids = BatchIds()
     train_data, validation_data = _datasets(
-        data, label_cols, image_size, channels, batch_size, seed, splits, num_workers
+        data,
+        label_cols,
+        image_size,
+        channels,
+        batch_size,
+        seed,
+        splits,
+        num_workers,
+        rule,
+        batch_ids,
     )
     fit_kwargs.setdefault("verbose", 1 if progress else 2)
-    fit(
-        model,
-        train_data,
-        validation_data,
-        save_dir=save_dir,
-        epochs=epochs,
-        patience=patience,
-        **fit_kwargs,
-    )
+    callbacks = [StopOnNonFiniteLoss(batch_ids), *(fit_kwargs.pop("callbacks", None) or [])]
+    try:
+        fit(
+            model,
+            train_data,
+            validation_data,
+            save_dir=save_dir,
+            epochs=epochs,
+            patience=patience,
+            callbacks=callbacks,
+            **fit_kwargs,
+        )
+    except tf.errors.InvalidArgumentError as err:
+        image = unusable_image(err)
+        if image is None:
+            raise
+        raise image from err
     return model
 
 
