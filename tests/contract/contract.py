@@ -80,7 +80,7 @@ def framework() -> Framework:
     if name == "torch":
         reader = ("zoobot.torch.runner", "read_image")
     else:
-        reader = ("zoobot.tf.data.transforms", "read_image")
+        reader = ("zoobot.tf.runner", "read_image")
     return Framework(name, package, reader)
 
 

@@ -1,4 +1,5 @@
-"""The `zoobot-torch` and `zoobot-tf` commands, written once: train, finetune, predict, represent, push.
+"""The `zoobot-torch` and `zoobot-tf` commands, written once: train, finetune, predict, represent,
+merge, push.
 
 Both commands take the same arguments and run the same code; each framework package supplies only a
 `ModelCommand`: its name, the module of its `Backend`, and the few help texts that differ. The
@@ -33,7 +34,7 @@ from zoobot.data.commands.common import (
     splits_of,
 )
 
-COMMANDS = ("train", "finetune", "predict", "represent", "push")
+COMMANDS = ("train", "finetune", "predict", "represent", "merge", "push")
 RUN_OPTIONS = ("batch_size", "num_workers", "image_size", "precision", "channels_last")
 """Options of predict and represent passed to the library under the same names."""
 TRAINING_OPTIONS = (
@@ -59,6 +60,8 @@ HELP_KEYS = (
     "channels_last",  # --channels-last of predict and represent
     "run_workers",  # --num-workers of predict and represent
     "device",  # --device of predict and represent
+    "run_devices",  # --devices of predict and represent
+    "run_strategy",  # --strategy of predict and represent
 )
 
 
@@ -162,6 +165,17 @@ def report_predictions(files) -> None:
     print(f"{files.n_failed} unreadable image(s) listed in {files.failed}")
 
 
+def report_run(result, report: Callable) -> None:
+    """`report(result)` for a merged run; what is left to do for a `PendingRun` (a process that
+    finished its share of a run but did not merge it)."""
+    from zoobot.models.distributed import PendingRun
+
+    if isinstance(result, PendingRun):
+        print(result)
+    else:
+        report(result)
+
+
 def report_representations(files) -> None:
     """What `get_representations` wrote."""
     print(f"{files.n_represented} galaxies embedded: {files.representations}")
@@ -199,6 +213,10 @@ def _run_options(args: argparse.Namespace, backend) -> dict:
         "resume": args.resume,
         "progress": args.progress,
         "device": backend.device(args.device),
+        "devices": args.devices,
+        "nodes": args.nodes,
+        "strategy": args.strategy,
+        "catalog_slice": args.slice,
     }
 
 
@@ -230,9 +248,14 @@ def run_finetune(args: argparse.Namespace, backend) -> int:
 
 def _catalog_or_rows(args: argparse.Namespace, backend):
     """What predict and represent read: a source the backend opens itself (e.g. a TFRecord shard
-    folder for zoobot-tf), else the loaded catalog."""
+    folder for zoobot-tf), a catalog file or folder streamed a batch at a time, or else the
+    registered data set loaded."""
     if backend.reads_natively(args.catalog):
         return Path(args.catalog)
+    if Path(args.catalog).expanduser().exists():
+        from zoobot.data.streaming import open_catalog_rows
+
+        return open_catalog_rows(args.catalog, args.root)
     return load_input_catalog(args)
 
 
@@ -252,7 +275,7 @@ def run_predict(args: argparse.Namespace, backend) -> int:
         seed=args.seed,
         **options,
     )
-    report_predictions(files)
+    report_run(files, report_predictions)
     return 0
 
 
@@ -270,7 +293,22 @@ def run_represent(args: argparse.Namespace, backend) -> int:
         pca_fit_rows=args.pca_fit_rows,
         **options,
     )
-    report_representations(files)
+    report_run(files, report_representations)
+    return 0
+
+
+def run_merge(args: argparse.Namespace, backend) -> int:
+    """Merge the parts of a run whose slices have all finished into its final files."""
+    from zoobot.models.distributed import merge
+    from zoobot.models.runner import RepresentationFiles
+
+    files = merge(args.save_loc)
+    if files is None:
+        print(f"{args.save_loc} is already complete: nothing to merge")
+    elif isinstance(files, RepresentationFiles):
+        report_representations(files)
+    else:
+        report_predictions(files)
     return 0
 
 
@@ -296,8 +334,11 @@ RUNNERS = {
     "finetune": run_finetune,
     "predict": run_predict,
     "represent": run_represent,
+    "merge": run_merge,
     "push": run_push,
 }
+NO_BACKEND = {"merge"}
+"""Subcommands that run without the framework (so without importing it)."""
 
 
 def _add_training_options(
@@ -357,6 +398,25 @@ def _add_run_options(parser: argparse.ArgumentParser, command: ModelCommand) -> 
     parser.add_argument("--device", help=command.help["device"])
     parser.add_argument(
         "--threads", type=positive_int, help=f"compute threads ({command.framework})"
+    )
+    parser.add_argument(
+        "--devices",
+        type=devices_type,
+        default=1,
+        help=command.help["run_devices"] + " (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--nodes", type=positive_int, default=1, help="machines the run is spread over"
+    )
+    parser.add_argument(
+        "--strategy", default="auto", help=command.help["run_strategy"] + " (default: auto)"
+    )
+    parser.add_argument(
+        "--slice",
+        metavar="I/N",
+        help="compute only slice I (0-based) of N of the catalog's chunks, as one of N "
+        "independent tasks (e.g. a SLURM array: `slurm` reads the task from SLURM's variables); "
+        "the last to finish merges the run, else run `merge SAVE_LOC`",
     )
     add_no_progress(parser)
 
@@ -474,6 +534,20 @@ def _register_represent(commands, command: ModelCommand) -> None:
     _add_run_options(parser, command)
 
 
+def _register_merge(commands, command: ModelCommand) -> None:
+    parser = add_subcommand(
+        commands,
+        "merge",
+        "merge the parts of a run computed in slices into its final files",
+        "Assemble SAVE_LOC (and its friendly table, failure list or PCA projection, as the run\n"
+        "was asked to write) from SAVE_LOC.parts/ once every chunk is done: after the tasks of a\n"
+        "SLURM array (predict/represent --slice) have all finished. The last task to finish\n"
+        "usually merges already; then this says so and exits 0. Needs no model, catalog or GPU.",
+        f"  {command.prog} merge preds/votes.parquet",
+    )
+    parser.add_argument("save_loc", metavar="SAVE_LOC", type=Path, help="the run's output file")
+
+
 def _register_push(commands, command: ModelCommand) -> None:
     parser = add_subcommand(
         commands,
@@ -496,6 +570,7 @@ _REGISTER = {
     "finetune": _register_finetune,
     "predict": _register_predict,
     "represent": _register_represent,
+    "merge": _register_merge,
     "push": _register_push,
 }
 
@@ -547,7 +622,8 @@ def run_command(command: ModelCommand, argv: Sequence[str] | None = None) -> int
     args = build_parser(command).parse_args(argv)
     try:
         with zoobot_log_lines(command.prog):
-            return args.run(args, command.load_backend())
+            backend = None if args.command in NO_BACKEND else command.load_backend()
+            return args.run(args, backend)
     except KeyboardInterrupt:
         print(f"{command.prog} {args.command}: interrupted", file=sys.stderr)
         return 130
