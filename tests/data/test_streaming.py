@@ -155,6 +155,10 @@ def test_ids_are_text_and_bad_rows_are_named_with_their_file(tmp_path):
     with pytest.raises(CatalogError, match=r"holes.csv.*id_str is empty in 1 row\(s\): row 1.*"):
         rows.check([(0, 3)])
     rows.check([(0, 1)])  # only the ranges asked for are checked
+    twice = tmp_path / "twice.csv"
+    twice.write_text("id_str,file_loc\na,/a.jpg\nb,/b.jpg\na,/c.jpg\n")
+    with pytest.raises(CatalogError, match=r"twice.csv.*repeats.*row 2 \(id_str 'a'\)"):
+        open_catalog_rows(twice).check([(0, 3)])
 
     with pytest.raises(CatalogError, match="does not exist"):
         open_catalog_rows(tmp_path / "nowhere.parquet")

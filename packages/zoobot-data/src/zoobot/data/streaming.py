@@ -13,7 +13,7 @@ relative paths are resolved against the catalog file's folder, or `root`) or, wh
 `file_loc`, a Hugging Face `image` column (the encoded bytes, else its path). Rows are numbered
 0..n-1 in that order. `CatalogRows.read` streams forward through sorted ranges of rows, skipping
 whole row groups and files it does not need; `CatalogRows.check` validates ranges (ids and images
-present) with errors naming the file and row. Parquet row counts come from file metadata; a CSV file
+present, ids not repeated nearby) with errors naming the file and row. Parquet row counts come from file metadata; a CSV file
 is scanned once to count its rows, so Parquet is the format for very large catalogs.
 
 What identifies a catalog (`CatalogRows.identity`), for resuming runs: a content digest of the ids
@@ -152,7 +152,9 @@ class CatalogRows:
                 yield cursor.take(first, min(stop, first + rows))
 
     def check(self, ranges: Iterable[tuple[int, int]]) -> None:
-        """`CatalogError` naming the file and rows where an id or an image is missing in `ranges`."""
+        """`CatalogError` naming the file and rows where an id or an image is missing in `ranges`,
+        or an id repeats within a slice of 65,536 rows (a run's tables hold one row per catalog
+        row, so ids repeated farther apart are repeated in them)."""
         for part in self.read(ranges, rows=65536):
             _check_slice(part, self.name)
 
@@ -234,8 +236,14 @@ def _as_text(column: pa.Array | pa.ChunkedArray, where: str) -> pa.Array:
 def _check_slice(part: RowSlice, name: str) -> None:
     missing_id = [i for i, v in enumerate(part.ids) if v is None or not str(v).strip()]
     missing_image = [i for i, v in enumerate(part.sources) if v is None or len(v) == 0]
+    seen: set[str] = set()
+    repeated = [i for i, v in enumerate(part.ids) if v in seen or seen.add(v)]
     problems = []
-    for what, found in (("id_str is empty", missing_id), ("no image (file_loc)", missing_image)):
+    for what, found in (
+        ("id_str is empty", missing_id),
+        ("no image (file_loc)", missing_image),
+        ("id_str repeats an earlier row's", repeated),
+    ):
         if found:
             shown = ", ".join(row_label(part.start + i, part.ids[i]) for i in found[:5])
             more = f" and {len(found) - 5} more" if len(found) > 5 else ""

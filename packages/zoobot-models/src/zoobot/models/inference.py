@@ -135,6 +135,7 @@ class Job:
         chunks = parts.todo(share.chunks(parts.n_chunks))
         with cleaned_up_on_failure(parts) if exclusive else contextlib.nullcontext():
             if chunks:
+                self.table.check(map(parts.rows, chunks))  # bad rows fail before any image
                 compute(parts, chunks, settings)
         return complete(rank, parts, self.save_loc, output)
 

@@ -12,7 +12,7 @@ every rank return the merged files. What each rank computes is `zoobot.models.di
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import pickle
 from typing import Any
 
 from zoobot.models.distributed import Launch, Rank
@@ -51,9 +51,11 @@ def _rank_of(fabric) -> Rank:
     )
 
 
-def _run_rank(fabric, job: Callable[[Rank], Any]) -> Any:
-    """What each process Fabric starts runs (a module-level function: spawned processes import it)."""
-    return job(_rank_of(fabric))
+def _run_rank(fabric, job: bytes) -> bytes:
+    """What each process Fabric starts runs (a module-level function: spawned processes import it).
+    The job and its result travel pickled: Lightning would otherwise walk through them (and refuse
+    their frozen dataclasses) to copy their modules and tensors, which pickling does."""
+    return pickle.dumps(pickle.loads(job)(_rank_of(fabric)))
 
 
 def launch(job, launch: Launch) -> Any:
@@ -73,4 +75,4 @@ def launch(job, launch: Launch) -> Any:
     fabric = Fabric(
         accelerator=_accelerator(device), devices=devices, num_nodes=nodes, strategy=strategy
     )
-    return fabric.launch(_run_rank, job)
+    return pickle.loads(fabric.launch(_run_rank, pickle.dumps(job)))
