@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoobot.data.images import read_image
 from zoobot.data.streaming import CatalogRows, RowSlice
+from zoobot.models import fast_paths
 from zoobot.models.runner import (
     ChunkWriter,
     Failure,
@@ -48,6 +49,7 @@ from zoobot.torch.cpu import (
 )
 from zoobot.torch.data.transforms import eval_transform
 from zoobot.torch.fusion import fused_conv_gelu
+from zoobot.torch.gpu_jpeg import decoder, fill_on_device, gpu_decoding, split_rows
 
 logger = logging.getLogger(__name__)
 
@@ -63,23 +65,34 @@ class RowBatch:
     ids: list[str]
     images: torch.Tensor
     failures: list[Failure]
+    jpegs: list[tuple[int, torch.Tensor, str]] = dataclasses.field(default_factory=list)
+    """JPEGs left for the GPU (`zoobot.torch.gpu_jpeg`): (row among `images`, bytes, location)."""
 
     def pin_memory(self) -> RowBatch:
-        """Page-locked images for fast copies to a GPU (called by the DataLoader)."""
+        """Page-locked images (and JPEG bytes) for fast copies to a GPU (called by the
+        DataLoader)."""
         self.images = self.images.pin_memory()
+        self.jpegs = [(row, data.pin_memory(), where) for row, data, where in self.jpegs]
         return self
 
 
 class CatalogImages(Dataset):
     """Decodes a batch of catalog rows (a `RowSlice`, the sampler's item) in the worker that gets
-    it: uint8 (n, size, size, 3), an unreadable image caught per row."""
+    it: uint8 (n, size, size, 3), an unreadable image caught per row. With `gpu_jpeg`, JPEGs are
+    only read, for the main process to decode on the GPU (`zoobot.torch.gpu_jpeg`)."""
 
-    def __init__(self, image_size: int):
-        self.image_size = image_size
+    def __init__(self, image_size: int, gpu_jpeg: bool = False):
+        self.image_size, self.gpu_jpeg = image_size, gpu_jpeg
 
     def __getitem__(self, batch: RowSlice) -> RowBatch:
-        # read_image is looked up here, at call time, so it can be replaced (tests: a slow disk).
-        images, ok, errors = decode_rows(batch.sources, self.image_size, read_image)
+        jpegs = []
+        if self.gpu_jpeg:
+            images, ok, errors, encoded = split_rows(batch.sources, self.image_size)
+            jpegs = [(row, data, batch.location(int(ok[row]))) for row, data in encoded]
+        else:
+            # read_image is looked up here, at call time, so it can be replaced (tests: a slow
+            # disk).
+            images, ok, errors = decode_rows(batch.sources, self.image_size, read_image)
         ids = [batch.ids[i] for i in ok]
         return RowBatch(
             batch.start,
@@ -88,6 +101,7 @@ class CatalogImages(Dataset):
             ids,
             torch.from_numpy(images),
             batch_failures(batch, errors),
+            jpegs,
         )
 
 
@@ -126,6 +140,7 @@ def prepare_run(model: nn.Module, settings: RunSettings) -> tuple[RunSettings, d
         "framework": "torch",
         "weights": weights_digest(model),
         "channels": input_channels(model),
+        "decoder": decoder(device),
     }
     return dataclasses.replace(settings, device=device, precision=precision), identity
 
@@ -152,7 +167,7 @@ def run_chunks(
     if channels_last is None:
         channels_last = prefers_channels_last(model, settings.precision)
     loader = DataLoader(
-        CatalogImages(settings.image_size),
+        CatalogImages(settings.image_size, gpu_decoding(device)),
         batch_size=None,
         sampler=parts.batches(rows, chunks, settings.batch_size),
         num_workers=settings.workers,
@@ -173,7 +188,7 @@ def run_chunks(
         torch.random.fork_rng(devices=rng_devices),
         ChunkWriter(parts, chunks, settings.progress) as writer,
     ):
-        _stream(loader, step, writer, seed)
+        _stream(_on_device(loader, device), step, writer, seed, settings.image_size)
 
 
 class _Step:
@@ -189,11 +204,51 @@ class _Step:
         return self.forward(x).float().cpu().numpy()
 
 
-def _stream(loader, step: _Step, writer: ChunkWriter, seed: int) -> None:
+def _on_device(batches, device: torch.device):
+    """The batches, each one's images copied to a CUDA device on a side stream while the previous
+    batch computes (pinned memory makes the copy asynchronous); as they are elsewhere."""
+    if device.type != "cuda" or not fast_paths.choose(
+        "cuda_prefetch", True, "copies overlap computing"
+    ):
+        yield from batches
+        return
+    stream, ready = torch.cuda.Stream(device), None
+    for batch in batches:
+        with torch.cuda.stream(stream):
+            batch.images = batch.images.to(device, non_blocking=True)
+        if ready is not None:
+            yield ready
+        torch.cuda.current_stream(device).wait_stream(stream)
+        batch.images.record_stream(torch.cuda.current_stream(device))
+        ready = batch
+    if ready is not None:
+        yield ready
+
+
+def _gpu_decoded(batch: RowBatch, device: torch.device, size: int):
+    """(images, positions, ids, failures) of a batch once its JPEGs are decoded on `device`."""
+    images = batch.images.to(device, non_blocking=True)
+    failed = fill_on_device(images, [(row, data) for row, data, _ in batch.jpegs], size, device)
+    if not failed:
+        return images, batch.positions, batch.ids, batch.failures
+    where = {row: location for row, _, location in batch.jpegs}
+    dropped = {row for row, _ in failed}
+    failures = batch.failures + [
+        (int(batch.positions[row]), batch.ids[row], where[row], message) for row, message in failed
+    ]
+    keep = [row for row in range(len(batch.ids)) if row not in dropped]
+    ids = [batch.ids[row] for row in keep]
+    return images[keep], batch.positions[keep], ids, failures
+
+
+def _stream(batches, step: _Step, writer: ChunkWriter, seed: int, size: int) -> None:
     """The hot loop: one forward pass per batch, one part file per finished chunk."""
-    for batch in loader:
+    for batch in batches:
         chunk = writer.new_chunk(batch.start)
         if chunk is not None:
             torch.manual_seed(chunk_seed(seed, chunk))
-        values = step(batch.images) if len(batch.positions) else None
-        writer.add(batch.start, batch.stop, batch.positions, batch.ids, values, batch.failures)
+        images, positions, ids, failures = batch.images, batch.positions, batch.ids, batch.failures
+        if batch.jpegs:
+            images, positions, ids, failures = _gpu_decoded(batch, step.device, size)
+        values = step(images) if len(positions) else None
+        writer.add(batch.start, batch.stop, positions, ids, values, failures)
