@@ -156,6 +156,7 @@ BENCHMARKS = (
     Benchmark("synthetic", "synthetic.py", _synthetic),
     Benchmark("tf_data", "tf_data.py", _figures("tf_data", "files")),
     Benchmark("tf_vs_torch", "tf_vs_torch.py", _figures("tf_vs_torch", "zoobot.torch")),
+    Benchmark("predict_memory", "predict_memory.py", _figures("predict_memory", "fewer rows")),
     Benchmark(
         "torch_vs_original",
         "torch_vs_original.py",

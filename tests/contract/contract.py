@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -73,6 +75,30 @@ class Framework:
             values.flat[0] = np.nan
             weight.assign(values)
 
+    def launched_env(self, rank: int, world: int, port: int) -> dict[str, str]:
+        """The environment of rank `rank` of `world` processes on this machine as the usual
+        launcher sets it: `torchrun` for torch, `TF_CONFIG` (MultiWorkerMirroredStrategy's
+        workers) for TensorFlow."""
+        if self.name == "torch":
+            return {
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "GROUP_RANK": "0",
+                "ROLE_RANK": str(rank),
+                "WORLD_SIZE": str(world),
+                "LOCAL_WORLD_SIZE": str(world),
+                "GROUP_WORLD_SIZE": "1",
+                "ROLE_WORLD_SIZE": str(world),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "TORCHELASTIC_RUN_ID": "zoobot-test",
+                "TORCHELASTIC_RESTART_COUNT": "0",
+                "TORCHELASTIC_MAX_RESTARTS": "0",
+            }
+        workers = [f"127.0.0.1:{port + i}" for i in range(world)]
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": rank}}
+        return {"TF_CONFIG": json.dumps(config)}
+
     def threads(self) -> int | None:
         """The compute threads of this process, for a child process to use the same."""
         if self.name == "torch":
@@ -103,7 +129,7 @@ def framework() -> Framework:
     if name == "torch":
         reader = ("zoobot.torch.runner", "read_image")
     else:
-        reader = ("zoobot.tf.data.transforms", "read_image")
+        reader = ("zoobot.tf.runner", "read_image")
     return Framework(name, package, reader)
 
 
@@ -130,6 +156,13 @@ def fill_hf_cache(cache: Path, repo_id: str, folder: Path) -> None:
         link.symlink_to(os.path.relpath(blob, link.parent))
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def no_network(*args, **kwargs):

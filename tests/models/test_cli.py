@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from zoobot.data.streaming import CatalogRows
 from zoobot.models import inference
 from zoobot.models.cli import HELP_KEYS, ModelCommand, build_parser, class_labels, run_command
 from zoobot.models.runner import PredictionFiles, RepresentationFiles
@@ -94,13 +95,19 @@ def test_predict_and_represent_call_the_shared_inference(catalog, monkeypatch):
     backend = StandIn()
     command = stand_in(backend)
     argv = ["predict", catalog, "model", "out.parquet", "--precision", "bf16", "--threads", "3"]
-    assert run_command(command, [*argv, "--device", "cuda:1"]) == 0
+    assert (
+        run_command(command, [*argv, "--device", "cuda:1", "--devices", "2", "--slice", "1/4"]) == 0
+    )
     argv = ["represent", catalog, "enc", "f.parquet", "--n-components", "0.9"]
     assert run_command(command, argv) == 0
     (predicted, options), (represented, represent_options) = calls
     assert predicted[0] is backend and predicted[2:4] == ("model", Path("out.parquet"))
     assert options["precision"] == "bf16" and options["resume"] and options["batch_size"] == 128
     assert options["device"] == "<cuda:1>" and ("threads", 3) in backend.calls
+    assert (options["devices"], options["nodes"], options["strategy"]) == (2, 1, "auto")
+    assert options["catalog_slice"] == "1/4" and represent_options["catalog_slice"] is None
+    # a catalog file is streamed, not loaded: the shared inference gets its rows
+    assert isinstance(predicted[1], CatalogRows) and len(predicted[1]) == 4
     assert represent_options["n_components"] == 0.9 and represented[2] == "enc"
 
 

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from zoobot.data.streaming import open_catalog_rows
 from zoobot.models import outputs
 from zoobot.models.outputs import (
     OutputSet,
@@ -28,7 +29,7 @@ from zoobot.models.outputs import (
     remove_stale,
     run_lock,
 )
-from zoobot.models.runner import RunSettings, read_catalog, start_parts
+from zoobot.models.runner import RunSettings, start_parts
 
 
 def table(path, outputs_set: OutputSet | None = None, ours: bool = True) -> None:
@@ -169,23 +170,32 @@ def images(tmp_path) -> pd.DataFrame:
         path = tmp_path / f"g{i}.png"
         Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(path)
         rows.append({"id_str": f"g{i}", "file_loc": str(path)})
-    return read_catalog(pd.DataFrame(rows))
+    return pd.DataFrame(rows)
 
 
 @pytest.mark.parametrize("hash_images", [False, True])
-def test_a_run_resumes_only_with_the_same_images(images, tmp_path, hash_images):
-    """Changed in place after an interruption (same path): the parts of the old image are not
-    mixed in. With hash_images, even a change that keeps the size and modification time."""
+def test_a_part_is_kept_only_for_the_same_images(images, tmp_path, hash_images):
+    """An image changed in place after an interruption (same path): the part made from the old
+    image is not mixed in; with hash_images, even a change that keeps the size and modification
+    time. A chunk not yet computed may change freely."""
     settings = RunSettings(chunk_rows=2, progress=False, hash_images=hash_images)
     save_loc = tmp_path / "p.parquet"
-    start_parts(images, save_loc, (1,), settings, {"model": "m"})
-    start_parts(images, save_loc, (1,), settings, {"model": "m"})  # unchanged: resumes
-    path = images["file_loc"][3]
-    stat = os.stat(path)
-    data = bytearray(Path(path).read_bytes())
-    data[-20] ^= 0xFF  # same size
-    Path(path).write_bytes(bytes(data))
-    if hash_images:
-        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same time
-    with pytest.raises(ValueError, match=r"differs in: images\); pass resume=False"):
-        start_parts(images, save_loc, (1,), settings, {"model": "m"})
+    rows = open_catalog_rows(images)
+    parts = start_parts(rows, save_loc, (1,), settings, {"model": "m"})
+    parts.write(1, np.array([2, 3]), ["g2", "g3"], np.zeros((2, 1), np.float32))
+    start_parts(rows, save_loc, (1,), settings, {"model": "m"})  # unchanged: resumes
+
+    def change(index: int) -> None:
+        path = images["file_loc"][index]
+        stat = os.stat(path)
+        data = bytearray(Path(path).read_bytes())
+        data[-20] ^= 0xFF  # same size
+        Path(path).write_bytes(bytes(data))
+        if hash_images:
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same time
+
+    change(5)  # chunk 2, not computed yet
+    start_parts(rows, save_loc, (1,), settings, {"model": "m"})
+    change(3)  # chunk 1, whose part is on disk
+    with pytest.raises(ValueError, match=r"differs in: images\); pass resume=False.*rows 2:4"):
+        start_parts(rows, save_loc, (1,), settings, {"model": "m"})

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from zoobot.data.images import read_image
+from zoobot.data.streaming import open_catalog_rows
 from zoobot.models import runner as streaming
 from zoobot.models.runner import (
     FAILED_COLUMNS,
@@ -23,13 +24,13 @@ from zoobot.models.runner import (
     ChunkWriter,
     Parts,
     RunSettings,
+    batch_failures,
     chunk_seed,
     cleaned_up_on_failure,
     decode_rows,
     finish_predictions,
     finish_representations,
     open_parts,
-    read_catalog,
     start_parts,
 )
 from zoobot.models.tasks import output_names
@@ -61,36 +62,36 @@ def fake_model(images: np.ndarray, rng: np.random.Generator, width: int, passes:
     return (base + rng.uniform(0, 1, (len(images), width, passes))).astype(np.float32)
 
 
-def run(catalog, save_loc, shape, settings, seed=0, stop_after=None, run_info=None, decoded=None):
+def run(rows, save_loc, shape, settings, seed=0, stop_after=None, run_info=None, decoded=None):
     """A whole engine in NumPy: decode each batch, run the fake model, write parts."""
-    parts = start_parts(catalog, save_loc, shape, settings, run_info or {"task": "test"}, seed)
-    spans = parts.spans(parts.todo(), settings.batch_size)
-    paths = catalog["file_loc"].tolist()
+    parts = start_parts(rows, save_loc, shape, settings, run_info or {"task": "test"}, seed)
+    chunks = parts.todo()
     rng = None
-    with ChunkWriter(parts, spans, progress=False) as writer:
-        for start, stop in spans:
+    with ChunkWriter(parts, chunks, progress=False) as writer:
+        for batch in parts.batches(rows, chunks, settings.batch_size):
+            start, stop = batch.start, batch.start + len(batch)
             chunk = writer.new_chunk(start)
             if chunk is not None:
                 if stop_after is not None and chunk >= stop_after:
                     return parts  # "killed" before this chunk
                 rng = np.random.default_rng(chunk_seed(seed, chunk))
             if decoded is not None:
-                decoded.extend(paths[start:stop])
-            images, ok, errors = decode_rows(paths[start:stop], SIZE)
+                decoded.extend(batch.sources)
+            images, ok, errors = decode_rows(batch.sources, SIZE)
             passes = shape[1] if len(shape) > 1 else 1
             values = fake_model(images, rng, shape[0], passes).reshape(len(images), *shape)
-            errors = [(start + i, message) for i, message in errors]
-            writer.add(start, stop, ok + start, values, errors)
+            ids = [batch.ids[i] for i in ok]
+            writer.add(start, stop, ok + start, ids, values, batch_failures(batch, errors))
     return parts
 
 
 def test_spans_cover_every_row_and_never_cross_a_chunk():
     parts = Parts(None, n_rows=23, chunk_rows=10, shape=(1,))
     assert parts.n_chunks == 3 and parts.rows(2) == (20, 23)
-    spans = parts.spans([0, 1, 2], batch_size=4)
+    spans = list(parts.spans([0, 1, 2], batch_size=4))
     assert spans[:4] == [(0, 4), (4, 8), (8, 10), (10, 14)]
     assert [p for a, b in spans for p in range(a, b)] == list(range(23))
-    assert parts.spans([1], 4) == [(10, 14), (14, 18), (18, 20)]
+    assert list(parts.spans([1], 4)) == [(10, 14), (14, 18), (18, 20)]
 
 
 def test_settings_are_checked():
@@ -101,10 +102,12 @@ def test_settings_are_checked():
     assert RunSettings(num_workers=3).workers == 3 and RunSettings().workers >= 1
 
 
-def test_read_catalog_keeps_ids_and_paths_only(catalog):
-    got = read_catalog(catalog.iloc[::-1])
-    assert got.columns.tolist() == ["id_str", "file_loc"]
-    assert got.index.tolist() == list(range(23)) and got["id_str"][0] == "0022"
+def test_batches_read_the_catalog_in_row_order_whatever_its_index(catalog):
+    rows = open_catalog_rows(catalog.iloc[::-1])
+    parts = Parts(None, n_rows=23, chunk_rows=10, shape=(1,))
+    batches = list(parts.batches(rows, [2, 0], batch_size=4))
+    assert [(b.start, len(b)) for b in batches] == [(0, 4), (4, 4), (8, 2), (20, 3)]
+    assert batches[0].ids[0] == "0022" and batches[-1].sources[-1] == catalog.file_loc[0]
 
 
 def test_decode_rows_catches_unreadable_images(catalog, tmp_path):
@@ -121,18 +124,18 @@ def test_tree_predictions_resume_after_any_chunk_to_the_same_files(catalog, tmp_
     shape = (len(SCHEMA.label_cols), 2)
     settings = RunSettings(batch_size=4, chunk_rows=10, progress=False)
     names = output_names("tree", shape[0], None, SCHEMA)
-    data = read_catalog(catalog)
+    data = open_catalog_rows(catalog)
 
     whole = run(data, tmp_path / "whole.parquet", shape, settings, seed=3)
     expected = finish_predictions(
-        data, whole, tmp_path / "whole.parquet", "tree", names, 2, "fake", SCHEMA
+        whole, tmp_path / "whole.parquet", "tree", names, 2, "fake", SCHEMA
     )
     assert (expected.n_predicted, expected.n_failed) == (23, 0)
     assert expected.friendly == tmp_path / "whole_friendly.parquet"
     assert not (tmp_path / "whole.parquet.parts").exists()
     full = read_predictions_full(expected.predictions)
     assert full.model_name == "fake" and full.concentrations.shape == (23, shape[0], 2)
-    assert list(full.id_str) == list(data["id_str"])
+    assert list(full.id_str) == list(catalog["id_str"])
     pd.testing.assert_frame_equal(
         pd.read_parquet(expected.friendly),
         friendly_table(full.id_str, full.concentrations, SCHEMA),
@@ -149,7 +152,7 @@ def test_tree_predictions_resume_after_any_chunk_to_the_same_files(catalog, tmp_
     decoded = []
     parts = run(data, save_loc, shape, settings, seed=3, decoded=decoded)
     assert len(decoded) == 3  # only the last chunk
-    resumed = finish_predictions(data, parts, save_loc, "tree", names, 2, "fake", SCHEMA)
+    resumed = finish_predictions(parts, save_loc, "tree", names, 2, "fake", SCHEMA)
     got = read_predictions_full(resumed.predictions)
     np.testing.assert_array_equal(got.concentrations, full.concentrations)
     pd.testing.assert_frame_equal(
@@ -158,14 +161,15 @@ def test_tree_predictions_resume_after_any_chunk_to_the_same_files(catalog, tmp_
 
 
 def test_a_different_run_is_refused_and_resume_false_starts_again(catalog, tmp_path):
-    data = read_catalog(catalog)
+    data = open_catalog_rows(catalog)
     settings = RunSettings(batch_size=4, chunk_rows=10, progress=False)
     save_loc = tmp_path / "p.parquet"
     run(data, save_loc, (3, 1), settings, stop_after=1, run_info={"weights": "a"})
     with pytest.raises(ValueError, match=r"different run \(differs in: seed, weights\)"):
         run(data, save_loc, (3, 1), settings, seed=1, run_info={"weights": "b"})
     with pytest.raises(ValueError, match="differs in: catalog"):
-        run(data.iloc[::-1].reset_index(drop=True), save_loc, (3, 1), settings, run_info={"weights": "a"})  # fmt: skip
+        reversed_rows = open_catalog_rows(catalog.iloc[::-1])
+        run(reversed_rows, save_loc, (3, 1), settings, run_info={"weights": "a"})
     decoded = []
     fresh = RunSettings(batch_size=4, chunk_rows=10, progress=False, resume=False)
     run(data, save_loc, (3, 1), fresh, run_info={"weights": "b"}, decoded=decoded)
@@ -181,16 +185,16 @@ def test_a_different_run_is_refused_and_resume_false_starts_again(catalog, tmp_p
 
 
 def test_classifier_table_with_failures(catalog, tmp_path):
-    data = catalog.copy()
+    frame = catalog.copy()
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not a jpeg")
-    data.loc[4, "file_loc"] = str(broken)
-    data.loc[15, "file_loc"] = str(tmp_path / "missing.jpg")
-    data = read_catalog(data)
+    frame.loc[4, "file_loc"] = str(broken)
+    frame.loc[15, "file_loc"] = str(tmp_path / "missing.jpg")
+    data = open_catalog_rows(frame)
     settings = RunSettings(batch_size=4, chunk_rows=10, progress=False)
     parts = run(data, tmp_path / "c.parquet", (2, 3), settings)
     names = output_names("classifier", 2, ["ring", "other"])
-    files = finish_predictions(data, parts, tmp_path / "c.parquet", "classifier", names, 3, "m")
+    files = finish_predictions(parts, tmp_path / "c.parquet", "classifier", names, 3, "m")
     assert (files.n_predicted, files.n_failed, files.friendly) == (21, 2, None)
     table = pq.read_table(files.predictions)
     assert table.column_names == [
@@ -203,7 +207,7 @@ def test_classifier_table_with_failures(catalog, tmp_path):
     assert table.schema.metadata[b"zoobot.format"] == TABLE_FORMAT.encode()
     assert table.schema.field("ring_probability_passes").type == pa.list_(pa.float32(), 3)
     df = table.to_pandas()
-    assert df["id_str"].tolist() == data["id_str"].drop(index=[4, 15]).tolist()
+    assert df["id_str"].tolist() == frame["id_str"].drop(index=[4, 15]).tolist()
     passes = np.stack(df["ring_probability_passes"])
     np.testing.assert_allclose(passes.mean(1), df["ring_probability"], rtol=1e-6)
     failed = pd.read_csv(files.failed, dtype=str)
@@ -213,7 +217,7 @@ def test_classifier_table_with_failures(catalog, tmp_path):
 
     parts = run(data, tmp_path / "r.parquet", (2, 1), settings)
     files = finish_predictions(
-        data, parts, tmp_path / "r.parquet", "regressor", output_names("regressor", 2, None), 1, "m"
+        parts, tmp_path / "r.parquet", "regressor", output_names("regressor", 2, None), 1, "m"
     )
     assert pd.read_parquet(files.predictions).columns.tolist() == [
         "id_str",
@@ -237,22 +241,22 @@ def test_output_names_are_checked():
 
 
 def test_representations_raw_and_pca(catalog, tmp_path):
-    data = read_catalog(catalog)
+    data = open_catalog_rows(catalog)
     settings = RunSettings(batch_size=5, chunk_rows=7, progress=False)
     raw_parts = run(data, tmp_path / "raw.parquet", (6,), settings)
     values = np.concatenate([p.values for p in raw_parts.read()]).reshape(23, 6)
-    raw = finish_representations(data, raw_parts, tmp_path / "raw.parquet")
+    raw = finish_representations(raw_parts, tmp_path / "raw.parquet")
     table = pd.read_parquet(raw.representations)
     assert table.columns.tolist() == ["id_str", *(f"feat_{i}" for i in range(6))]
     assert (table.dtypes.iloc[1:] == np.float32).all() and raw.pca is None
     np.testing.assert_array_equal(table.iloc[:, 1:].to_numpy(), values)
 
     parts = start_parts(data, tmp_path / "pca.parquet", (6,), settings, {"task": "encoder"})
-    spans = parts.spans(parts.todo(), settings.batch_size)
-    with ChunkWriter(parts, spans, progress=False) as writer:
-        for start, stop in spans:
-            writer.add(start, stop, np.arange(start, stop), values[start:stop])
-    files = finish_representations(data, parts, tmp_path / "pca.parquet", n_components=2)
+    ids = catalog["id_str"].tolist()
+    with ChunkWriter(parts, parts.todo(), progress=False) as writer:
+        for start, stop in parts.spans(parts.todo(), settings.batch_size):
+            writer.add(start, stop, np.arange(start, stop), ids[start:stop], values[start:stop])
+    files = finish_representations(parts, tmp_path / "pca.parquet", n_components=2)
     compressed = pd.read_parquet(files.representations)
     assert compressed.columns.tolist() == ["id_str", "feat_pca_0", "feat_pca_1"]
     projection = PCAProjection(**np.load(files.pca))
@@ -262,32 +266,32 @@ def test_representations_raw_and_pca(catalog, tmp_path):
 
 
 def test_chunk_writer_checks_the_model_output_shape(catalog, tmp_path):
-    data = read_catalog(catalog)
+    data = open_catalog_rows(catalog)
     settings = RunSettings(batch_size=4, chunk_rows=10, progress=False)
     parts = start_parts(data, tmp_path / "x.parquet", (3, 1), settings, {})
     with (
-        ChunkWriter(parts, parts.spans(parts.todo(), 4), progress=False) as writer,
+        ChunkWriter(parts, parts.todo(), progress=False) as writer,
         pytest.raises(ValueError, match=r"returned \(3,\) per image, not \(3, 1\)"),
     ):
-        writer.add(0, 4, np.arange(4), np.zeros((4, 3)))
+        writer.add(0, 4, np.arange(4), list("abcd"), np.zeros((4, 3)))
 
 
 def test_a_run_failing_before_its_first_part_leaves_no_parts_folder(catalog, tmp_path):
     """The folder this run made goes (manifest and all); a folder with finished parts stays."""
     settings = RunSettings(batch_size=4, chunk_rows=8)
     save_loc = tmp_path / "p.parquet"
-    parts = start_parts(read_catalog(catalog), save_loc, (2,), settings, {"model": "m"})
+    parts = start_parts(open_catalog_rows(catalog), save_loc, (2,), settings, {"model": "m"})
     assert parts.created and (parts.folder / MANIFEST).is_file()
     with pytest.raises(RuntimeError, match="no bf16"), cleaned_up_on_failure(parts):
         raise RuntimeError("no bf16 here")
     assert not parts.folder.exists()
 
-    parts = start_parts(read_catalog(catalog), save_loc, (2,), settings, {"model": "m"})
-    parts.write(0, np.arange(8), np.ones((8, 2)), np.zeros(0, np.int64), [])
+    parts = start_parts(open_catalog_rows(catalog), save_loc, (2,), settings, {"model": "m"})
+    parts.write(0, np.arange(8), list("abcdefgh"), np.ones((8, 2)))
     with pytest.raises(RuntimeError), cleaned_up_on_failure(parts):
         raise RuntimeError("later")
     assert parts.path(0).is_file(), "a finished part is kept for the next run to resume"
-    resumed = start_parts(read_catalog(catalog), save_loc, (2,), settings, {"model": "m"})
+    resumed = start_parts(open_catalog_rows(catalog), save_loc, (2,), settings, {"model": "m"})
     assert not resumed.created
     with pytest.raises(RuntimeError), cleaned_up_on_failure(resumed):
         raise RuntimeError("again")
@@ -297,7 +301,7 @@ def test_a_run_failing_before_its_first_part_leaves_no_parts_folder(catalog, tmp
 def test_a_parts_folder_the_run_did_not_make_is_never_removed(catalog, tmp_path):
     folder = tmp_path / "p.parquet.parts"
     folder.mkdir()
-    parts = start_parts(read_catalog(catalog), tmp_path / "p.parquet", (2,), RunSettings(), {})
+    parts = start_parts(open_catalog_rows(catalog), tmp_path / "p.parquet", (2,), RunSettings(), {})
     assert not parts.created
     with pytest.raises(RuntimeError), cleaned_up_on_failure(parts):
         raise RuntimeError("failed")
@@ -308,13 +312,12 @@ def test_the_progress_bar_shows_the_finished_run_once(catalog, tmp_path, capsys,
     """tqdm's close() draws the finished bar again after the last update drew it: in a log or a
     pipe, where a carriage return does not overwrite, it read as the bar printed twice."""
     monkeypatch.setattr(streaming, "tqdm", functools.partial(streaming.tqdm, mininterval=0))
-    rows = read_catalog(catalog.head(20))
+    rows = open_catalog_rows(catalog.head(20))
     parts = start_parts(rows, tmp_path / "p.parquet", (2,), RunSettings(), {})
-    spans = parts.spans(parts.todo(), 5)
-    with ChunkWriter(parts, spans, progress=True) as writer:
-        for start, stop in spans:
+    with ChunkWriter(parts, parts.todo(), progress=True) as writer:
+        for start, stop in parts.spans(parts.todo(), 5):
             positions = np.arange(start, stop)
-            writer.add(start, stop, positions, np.ones((len(positions), 2)))
+            writer.add(start, stop, positions, ["x"] * len(positions), np.ones((len(positions), 2)))
     bar = capsys.readouterr().err
     assert bar.count("20/20") == 1 and bar.count("100%") == 1
     assert "15/20" in bar, "the bar moves as batches finish"

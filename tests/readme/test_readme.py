@@ -52,6 +52,9 @@ SURVEY = {"n": 100, "image_size": 64, "seed": 0}
 PYTHON_LANGS = {"python", "py"}
 SHELL_LANGS = {"", "bash", "sh", "shell", "console"}
 CONTINUES = re.compile(r"<!--\s*continues\s*-->")
+# Cluster recipes (sbatch scripts, torchrun) run in tests/contract/test_recipes.py, with the
+# environment SLURM and torchrun set, in both frameworks' sessions; not here.
+RECIPE = re.compile(r"<!--\s*cluster recipe:\s*([\w-]+)\s*-->")
 PROGRAMS = ("zoobot-data", "zoobot-torch", "zoobot-tf")
 NETWORK = re.compile(r"needs the network", re.IGNORECASE)
 TIMEOUT = 1200  # seconds per chain: generous for a loaded 2-core machine
@@ -68,6 +71,7 @@ class Block:
     line: int  # README line of the opening fence
     heading: str
     continues: bool
+    recipe: str | None = None
 
 
 @dataclass
@@ -83,7 +87,7 @@ class Chain:
 
 def parse_blocks(text: str) -> list[Block]:
     """The fenced code blocks of a Markdown text, with their heading and continuation marker."""
-    blocks, heading, pending_continue = [], "", False
+    blocks, heading, pending_continue, recipe = [], "", False, None
     lines = text.splitlines()
     i = 0
     while i < len(lines):
@@ -93,6 +97,8 @@ def parse_blocks(text: str) -> list[Block]:
             pending_continue = False
         elif CONTINUES.search(line):
             pending_continue = True
+        elif RECIPE.search(line):
+            recipe = RECIPE.search(line).group(1)
         elif line.startswith("```"):
             lang = line[3:].strip().split()[0].lower() if line[3:].strip() else ""
             start = i + 1
@@ -102,10 +108,10 @@ def parse_blocks(text: str) -> list[Block]:
             if i == len(lines):
                 raise ValueError(f"README line {start}: unclosed code fence")
             code = "\n".join(lines[start:i]) + "\n"
-            blocks.append(Block(lang, code, start, heading, pending_continue))
-            pending_continue = False
+            blocks.append(Block(lang, code, start, heading, pending_continue, recipe))
+            pending_continue, recipe = False, None
         elif line.strip():
-            pending_continue = False  # the marker must stand right above its block
+            pending_continue, recipe = False, None  # a marker stands right above its block
         i += 1
     return blocks
 
@@ -121,7 +127,7 @@ def chains(blocks: list[Block]) -> list[Chain]:
 
 
 BLOCKS = parse_blocks(README.read_text(encoding="utf-8"))
-CHAINS = chains(BLOCKS)
+CHAINS = chains([b for b in BLOCKS if b.recipe is None])
 
 
 # ---------------------------------------------------------------- what the repository offers
@@ -371,6 +377,9 @@ def test_readme_has_runnable_blocks_and_the_required_sections():
     for heading in ("## Install", "## Benchmarks", "## Recipes", "## Scaling out"):
         assert re.search(rf"^{re.escape(heading)}\b", text, re.MULTILINE), heading
     assert 'sys.modules["triton"] = None' in text
+    recipes = {b.recipe for b in BLOCKS if b.recipe}
+    tested = (ROOT / "tests" / "contract" / "test_recipes.py").read_text(encoding="utf-8")
+    assert recipes and all(f'"{name}"' in tested for name in recipes), recipes
 
 
 def test_parser_chains_marked_blocks():

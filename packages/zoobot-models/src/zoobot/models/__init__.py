@@ -5,6 +5,7 @@
 - `zoobot.models.pretrained`: save, reload and publish models (`PretrainedMixin`);
 - `zoobot.models.tasks`: the task protocol and registry; `zoobot.models.settings`: training settings;
 - `zoobot.models.runner`, `zoobot.models.inference`: resumable `predict` / `get_representations`;
+  `zoobot.models.distributed`: the same in several processes or slices, and `merge`;
 - `zoobot.models.cli`: the `zoobot-torch` / `zoobot-tf` command line;
 - `zoobot.models.training`: `train` on votes; `zoobot.models.backend`: the contract each
   framework implements; `zoobot.models.exports`: lazy public names;
@@ -18,6 +19,7 @@ _EXPORTS = {
     "PRETRAINING": "zoobot.models.settings",
     "HubUnavailableError": "zoobot.models.hub",
     "ModelSource": "zoobot.models.hub",
+    "PendingRun": "zoobot.models.distributed",
     "PredictionFiles": "zoobot.models.runner",
     "PushResult": "zoobot.models.hub",
     "RepresentationFiles": "zoobot.models.runner",
@@ -25,6 +27,7 @@ _EXPORTS = {
     "TrainingSettings": "zoobot.models.settings",
     "WeightsMismatchError": "zoobot.models.layout",
     "list_pretrained": "zoobot.models.catalogue",
+    "merge": "zoobot.models.distributed",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, {})

@@ -2,10 +2,11 @@
 
 `zoobot.torch.backend.BACKEND` and `zoobot.tf.backend.BACKEND` are `Backend`s. What they provide is
 only what needs tensors: building an encoder from timm's tensors and writing it back, the head's
-tensors, running the model over batches of a catalog, and training on a catalog. Saving and loading
-in the Hub layout (`zoobot.models.pretrained`), `predict` and `get_representations`
-(`zoobot.models.inference`) and the `zoobot-torch` / `zoobot-tf` command line
-(`zoobot.models.cli`) are written once, in terms of these methods. Models follow the task protocol
+tensors, running the model over batches of a catalog (and starting the processes of a launch), and
+training on a catalog. Saving and loading in the Hub layout (`zoobot.models.pretrained`), `predict`
+and `get_representations` (`zoobot.models.inference`, `zoobot.models.distributed`) and the
+`zoobot-torch` / `zoobot-tf` command line (`zoobot.models.cli`) are written once, in terms of these
+methods. Models follow the task protocol
 of `zoobot.models.tasks` (`encoder`, `head`, `task`, `task_config`, `from_task_config`).
 """
 
@@ -21,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from zoobot.data.streaming import CatalogRows
+from zoobot.models.distributed import Launch, Rank
 from zoobot.models.runner import Parts, RunSettings
 from zoobot.models.tasks import TaskRegistry
 
@@ -74,38 +76,53 @@ class Backend(abc.ABC):
     # -- running a model over a catalog ----------------------------------------------------------
 
     @abc.abstractmethod
-    def open_rows(self, data: Any) -> tuple[Any, pd.DataFrame]:
-        """(rows the engine reads, their `id_str` / `file_loc` table in order) of a catalog
-        (DataFrame or file) or of another source the framework reads (e.g. TFRecord shards)."""
+    def open_rows(self, data: Any) -> tuple[Any, CatalogRows]:
+        """(rows the engine reads, the catalog's `CatalogRows`) of a catalog (DataFrame, table,
+        file, folder or dataset, `zoobot.data.streaming.open_catalog_rows`) or of another source
+        the framework reads (e.g. TFRecord shards). Both pickle (spawned processes get them)."""
+
+    @abc.abstractmethod
+    def prepare_run(self, model: Any, settings: RunSettings) -> tuple[RunSettings, dict]:
+        """(the settings a run of `model` takes here, e.g. the precision its device computes in;
+        what identifies the numbers `model` gives, for the run's manifest: framework, weights
+        digest, input channels)."""
 
     @abc.abstractmethod
     def run_predictions(
         self,
         rows: Any,
-        table: pd.DataFrame,
+        parts: Parts,
+        chunks: Sequence[int],
         model: Any,
         n_samples: int,
         mc_dropout: bool,
-        shape: tuple[int, ...],
-        save_loc: str | os.PathLike,
         settings: RunSettings,
-        run: Mapping,
         seed: int,
-    ) -> Parts:
-        """Run `model.predict_samples` over every chunk not yet on disk; (output, pass) per row."""
+    ) -> None:
+        """Write the part of each of `chunks` (sorted): `model.predict_samples` over its rows,
+        (output, pass) per row, the randomness of each chunk seeded with `chunk_seed(seed, chunk)`.
+        Rows come from `parts.batches(table, chunks, settings.batch_size)` (or the engine's own
+        reader of `rows`, in the same batches); results go to a `ChunkWriter`."""
 
     @abc.abstractmethod
     def run_features(
         self,
         rows: Any,
-        table: pd.DataFrame,
+        parts: Parts,
+        chunks: Sequence[int],
         encoder: Any,
-        shape: tuple[int, ...],
-        save_loc: str | os.PathLike,
         settings: RunSettings,
-        run: Mapping,
-    ) -> Parts:
-        """Run the encoder over every chunk not yet on disk; pooled features per row."""
+    ) -> None:
+        """Write the part of each of `chunks`: the encoder's pooled features per row."""
+
+    def launch(self, job: Callable[[Rank], Any], launch: Launch) -> Any:
+        """Run `job(rank)` in every process of `launch` and return what it gives in this process:
+        here, or in the processes the framework's launcher starts (returning the merged run), or as
+        one rank of a launch that started this process (`torchrun`, SLURM, `TF_CONFIG`). This
+        default runs one process only."""
+        if not launch.single:
+            raise ValueError(f"{self.name} runs predict in one process (devices=1, nodes=1)")
+        return job(Rank())
 
     @abc.abstractmethod
     def predict_batch(self, model: Any, images: np.ndarray) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The `zoobot-torch` and `zoobot-tf` commands, written once: train, finetune, predict, represent, push,
-models.
+"""The `zoobot-torch` and `zoobot-tf` commands, written once: train, finetune, predict, represent,
+merge, push, models.
 
 Both commands take the same arguments and run the same code; each framework package supplies only a
 `ModelCommand`: its name, the module of its `Backend`, and the few help texts that differ. The
@@ -36,8 +36,8 @@ from zoobot.data.commands.common import (
     splits_of,
 )
 
-COMMANDS = ("train", "finetune", "predict", "represent", "push", "models")
-FRAMEWORK_FREE = ("models",)
+COMMANDS = ("train", "finetune", "predict", "represent", "merge", "push", "models")
+FRAMEWORK_FREE = ("merge", "models")
 """Subcommands that run without importing the framework."""
 RUN_OPTIONS = ("batch_size", "num_workers", "image_size", "precision", "channels_last")
 """Options of predict and represent passed to the library under the same names."""
@@ -75,6 +75,8 @@ HELP_KEYS = (
     "channels_last",  # --channels-last of predict and represent
     "run_workers",  # --num-workers of predict and represent
     "device",  # --device of predict and represent
+    "run_devices",  # --devices of predict and represent
+    "run_strategy",  # --strategy of predict and represent
 )
 
 
@@ -198,6 +200,17 @@ def report_predictions(files) -> None:
     print(f"{files.n_failed} unreadable image(s) listed in {files.failed}")
 
 
+def report_run(result, report: Callable) -> None:
+    """`report(result)` for a merged run; what is left to do for a `PendingRun` (a process that
+    finished its share of a run but did not merge it)."""
+    from zoobot.models.distributed import PendingRun
+
+    if isinstance(result, PendingRun):
+        print(result)
+    else:
+        report(result)
+
+
 def report_representations(files) -> None:
     """What `get_representations` wrote."""
     print(f"{files.n_represented} galaxies embedded: {files.representations}")
@@ -237,6 +250,10 @@ def _run_options(args: argparse.Namespace, backend) -> dict:
         "device": backend.device(args.device),
         "overwrite": args.overwrite,
         "hash_images": args.hash_images,
+        "devices": args.devices,
+        "nodes": args.nodes,
+        "strategy": args.strategy,
+        "catalog_slice": args.slice,
     }
 
 
@@ -268,9 +285,14 @@ def run_finetune(args: argparse.Namespace, backend) -> int:
 
 def _catalog_or_rows(args: argparse.Namespace, backend):
     """What predict and represent read: a source the backend opens itself (e.g. a TFRecord shard
-    folder for zoobot-tf), else the loaded catalog."""
+    folder for zoobot-tf), a catalog file or folder streamed a batch at a time, or else the
+    registered data set loaded."""
     if backend.reads_natively(args.catalog):
         return Path(args.catalog)
+    if Path(args.catalog).expanduser().exists():
+        from zoobot.data.streaming import open_catalog_rows
+
+        return open_catalog_rows(args.catalog, args.root)
     return load_input_catalog(args)
 
 
@@ -290,7 +312,7 @@ def run_predict(args: argparse.Namespace, backend) -> int:
         seed=args.seed,
         **options,
     )
-    report_predictions(files)
+    report_run(files, report_predictions)
     return 0
 
 
@@ -308,7 +330,22 @@ def run_represent(args: argparse.Namespace, backend) -> int:
         pca_fit_rows=args.pca_fit_rows,
         **options,
     )
-    report_representations(files)
+    report_run(files, report_representations)
+    return 0
+
+
+def run_merge(args: argparse.Namespace, backend) -> int:
+    """Merge the parts of a run whose slices have all finished into its final files."""
+    from zoobot.models.distributed import merge
+    from zoobot.models.runner import RepresentationFiles
+
+    files = merge(args.save_loc)
+    if files is None:
+        print(f"{args.save_loc} is already complete: nothing to merge")
+    elif isinstance(files, RepresentationFiles):
+        report_representations(files)
+    else:
+        report_predictions(files)
     return 0
 
 
@@ -345,6 +382,7 @@ RUNNERS = {
     "finetune": run_finetune,
     "predict": run_predict,
     "represent": run_represent,
+    "merge": run_merge,
     "push": run_push,
     "models": run_models,
 }
@@ -419,6 +457,25 @@ def _add_run_options(parser: argparse.ArgumentParser, command: ModelCommand) -> 
     parser.add_argument("--device", help=command.help["device"])
     parser.add_argument(
         "--threads", type=positive_int, help=f"compute threads ({command.framework})"
+    )
+    parser.add_argument(
+        "--devices",
+        type=devices_type,
+        default=1,
+        help=command.help["run_devices"] + " (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--nodes", type=positive_int, default=1, help="machines the run is spread over"
+    )
+    parser.add_argument(
+        "--strategy", default="auto", help=command.help["run_strategy"] + " (default: auto)"
+    )
+    parser.add_argument(
+        "--slice",
+        metavar="I/N",
+        help="compute only slice I (0-based) of N of the catalog's chunks, as one of N "
+        "independent tasks (e.g. a SLURM array: `slurm` reads the task from SLURM's variables); "
+        "the last to finish merges the run, else run `merge SAVE_LOC`",
     )
     add_no_progress(parser)
 
@@ -537,6 +594,20 @@ def _register_represent(commands, command: ModelCommand) -> None:
     _add_run_options(parser, command)
 
 
+def _register_merge(commands, command: ModelCommand) -> None:
+    parser = add_subcommand(
+        commands,
+        "merge",
+        "merge the parts of a run computed in slices into its final files",
+        "Assemble SAVE_LOC (and its friendly table, failure list or PCA projection, as the run\n"
+        "was asked to write) from SAVE_LOC.parts/ once every chunk is done: after the tasks of a\n"
+        "SLURM array (predict/represent --slice) have all finished. The last task to finish\n"
+        "usually merges already; then this says so and exits 0. Needs no model, catalog or GPU.",
+        f"  {command.prog} merge preds/votes.parquet",
+    )
+    parser.add_argument("save_loc", metavar="SAVE_LOC", type=Path, help="the run's output file")
+
+
 def _register_push(commands, command: ModelCommand) -> None:
     parser = add_subcommand(
         commands,
@@ -578,6 +649,7 @@ _REGISTER = {
     "finetune": _register_finetune,
     "predict": _register_predict,
     "represent": _register_represent,
+    "merge": _register_merge,
     "push": _register_push,
     "models": _register_models,
 }

@@ -2,19 +2,24 @@
 `get_representations` in every framework, so they write the same files and resume the same way.
 
 A run cuts the catalog's rows into chunks of `chunk_rows` and batches that never cross a chunk. The
-framework's engine (`Backend.run_predictions` / `run_features`) decodes each batch with
+catalog is read a batch at a time (`zoobot.data.streaming.CatalogRows`, `Parts.batches`), never
+whole. The framework's engine (`Backend.run_predictions` / `run_features`) decodes each batch with
 `zoobot.data.images.read_image` (an unreadable image is a failed row, not an error), runs the model,
 and hands the results to a `ChunkWriter`, which writes each finished chunk atomically as
-`<save_loc>.parts/part-000012.parquet` (`Parts`). A run stopped at any moment, even by SIGKILL,
-loses at most the chunk in flight and resumes from the parts on disk. `manifest.json` in the parts
-folder fingerprints the catalog, each image's identity (size and modification time, or contents),
-the model weights and every setting that changes the numbers (`start_parts`), so parts of another
-run are never mixed in; the Monte Carlo randomness of each
-chunk is seeded from the run's seed and the chunk number (`chunk_seed`), so a resumed run gives the
-numbers of an uninterrupted one.
+`<save_loc>.parts/part-000012.parquet` (`Parts`), with the ids of its rows. A run stopped at any
+moment, even by SIGKILL, loses at most the chunk in flight and resumes from the parts on disk.
+`manifest.json` in the parts folder fingerprints the catalog, the model weights and every setting
+that changes the numbers (`start_parts`), so parts of another run are never mixed in; each part
+records the identity of its images (size and modification time, or contents), checked when the run
+resumes, so a part is never kept for images changed since. The
+Monte Carlo randomness of each chunk is seeded from the run's seed and the chunk number
+(`chunk_seed`), so a resumed run gives the numbers of an uninterrupted one. Several processes may
+fill one parts folder at once, each with its own chunks (`zoobot.models.distributed`): the manifest
+is created once, and each part is written by one process.
 
 When every chunk is done, `finish_predictions` / `finish_representations` assemble the final files
-from the parts (the tables are documented in `zoobot.models.inference`), write the unreadable
+from the parts alone, streaming one part at a time (the tables are documented in
+`zoobot.models.inference`; the manifest's `output` says which to write), write the unreadable
 images to `<save_loc>.failed.csv`, and delete the parts.
 """
 
@@ -27,8 +32,8 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +43,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from zoobot.data.catalog import load_catalog, validate_catalog
 from zoobot.data.images import ImageDecodeError, read_image
-from zoobot.shared.io import atomic_path, atomic_write_text, file_digest
+from zoobot.data.streaming import CatalogRows, RowSlice
+from zoobot.models.outputs import OutputSet, claim, remove_stale
+from zoobot.shared.io import atomic_path, atomic_write_text, create_text, file_digest
 from zoobot.shared.schema import Schema
 from zoobot.shared.tables import PCAProjection, PredictionWriter
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-FORMAT = "zoobot-parts/1"
+FORMAT = "zoobot-parts/3"
 FAILED_COLUMNS = ["id_str", "file_loc", "error"]
 TABLE_FORMAT = "zoobot-predictions-table/1"
 REPRESENTATIONS_FORMAT = "zoobot-representations/1"
 PRECISIONS = ("32", "bf16")
 SUFFIXES = {"classifier": "probability", "regressor": "prediction"}
+IMAGES_KEY = b"zoobot.images"  # a part's record of its images' identity (`images_digest`)
 
 
 @dataclass(frozen=True)
@@ -94,42 +101,28 @@ class RunSettings:
         return default_workers() if self.num_workers is None else self.num_workers
 
 
-def read_catalog(catalog: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
-    """`id_str` and `file_loc` of a catalog (DataFrame or file), validated, positions 0..n-1."""
-    if not isinstance(catalog, pd.DataFrame):
-        catalog = load_catalog(catalog)
-    columns = [c for c in ("id_str", "file_loc") if c in catalog.columns]
-    return validate_catalog(catalog.loc[:, columns]).reset_index(drop=True)
-
-
 def default_workers() -> int:
     """Half the CPUs this process may use, 1 to 8: decoding is a small share of the work on CPU."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(8, (cpus or 2) // 2))
 
 
-def catalog_digest(catalog: pd.DataFrame) -> str:
-    """A digest of the `id_str` and `file_loc` columns in order."""
-    hashed = pd.util.hash_pandas_object(catalog[["id_str", "file_loc"]], index=False)
-    return hashlib.blake2b(hashed.to_numpy().tobytes(), digest_size=16).hexdigest()
-
-
-def images_digest(file_locs: Sequence[str], content: bool = False) -> str:
+def images_digest(batches: Iterable[RowSlice], content: bool = False) -> str:
     """A digest of each image's identity in order: its size and modification time, or with
-    `content` its bytes, so a resumed run never mixes in parts computed from other images. A
-    location that is not a file counts by its name only (a shard record: the shards' own
-    checksums cover it)."""
+    `content` its bytes. An image held in the catalog itself (bytes) or a location that is not a
+    file (a shard record, whose shard's checksum covers it) counts by its place only."""
     digest = hashlib.blake2b(digest_size=16)
-    for location in file_locs:
-        try:
-            if content:
-                identity = file_digest(location, "blake2b")
-            else:
-                stat = os.stat(location)
-                identity = f"{stat.st_size}|{stat.st_mtime_ns}"
-        except OSError:
+    for batch in batches:
+        for index, source in enumerate(batch.sources):
             identity = "-"
-        digest.update(f"{location}|{identity}\n".encode())
+            if isinstance(source, str):
+                with contextlib.suppress(OSError):
+                    if content:
+                        identity = file_digest(source, "blake2b")
+                    else:
+                        stat = os.stat(source)
+                        identity = f"{stat.st_size}|{stat.st_mtime_ns}"
+            digest.update(f"{batch.location(index)}|{identity}\n".encode())
     return digest.hexdigest()
 
 
@@ -170,11 +163,21 @@ def decode_rows(
     return images[: len(ok)], np.array(ok, np.int64), errors
 
 
+Failure = tuple[int, str, str, str]
+"""An unreadable image: (catalog position, id_str, where the image was read from, message)."""
+
+
+def batch_failures(batch: RowSlice, errors: Sequence[tuple[int, str]]) -> list[Failure]:
+    """The `Failure`s of a batch from (index in the batch, message) pairs of `decode_rows`."""
+    return [(batch.start + i, batch.ids[i], batch.location(i), message) for i, message in errors]
+
+
 @dataclass(frozen=True)
 class Part:
-    """The galaxies of one chunk that were predicted: catalog positions and their values."""
+    """The galaxies of one chunk that were predicted: catalog positions, ids and their values."""
 
     positions: np.ndarray
+    ids: list[str]
     values: np.ndarray
 
 
@@ -187,6 +190,7 @@ class Parts:
     chunk_rows: int
     shape: tuple[int, ...]
     created: bool = False  # whether this run made the folder (`discard_if_unstarted`)
+    images: dict[int, str] = field(default_factory=dict, compare=False)  # `check_images`
 
     @property
     def n_chunks(self) -> int:
@@ -201,27 +205,70 @@ class Parts:
         start = chunk * self.chunk_rows
         return start, min(start + self.chunk_rows, self.n_rows)
 
-    def todo(self) -> list[int]:
-        """The chunks with no part file yet, in order."""
-        return [c for c in range(self.n_chunks) if not self.path(c).is_file()]
+    def check_images(self, rows: CatalogRows, chunks: Iterable[int], content: bool) -> None:
+        """Note the identity of the images of each of `chunks` not yet done, for its part to record
+        (`write`), and check that of each done one: `ValueError` naming the chunks whose images
+        changed since their part was made."""
+        changed = []
+        for chunk in chunks:
+            digest = images_digest(rows.read([self.rows(chunk)]), content)
+            if not self.path(chunk).is_file():
+                self.images[chunk] = digest
+            elif self.recorded_images(chunk) != digest:
+                changed.append(chunk)
+        if changed:
+            spans = ", ".join("rows {}:{}".format(*self.rows(c)) for c in changed[:3])
+            raise ValueError(
+                f"{self.folder} holds parts of a different run (differs in: images); pass "
+                f"resume=False to start again, or the same images ({len(changed)} part(s) were "
+                f"made from images changed since: {spans})"
+            )
 
-    def spans(self, chunks: Sequence[int], batch_size: int) -> list[tuple[int, int]]:
+    def recorded_images(self, chunk: int) -> str | None:
+        """The identity of its images that the part of `chunk` recorded."""
+        metadata = pq.read_schema(self.path(chunk)).metadata or {}
+        value = metadata.get(IMAGES_KEY)
+        return None if value is None else value.decode()
+
+    def todo(self, chunks: Iterable[int] | None = None) -> list[int]:
+        """The chunks (of `chunks`, default all) with no part file yet, in order."""
+        chunks = range(self.n_chunks) if chunks is None else chunks
+        return [c for c in chunks if not self.path(c).is_file()]
+
+    def spans(self, chunks: Iterable[int], batch_size: int) -> Iterator[tuple[int, int]]:
         """(start, stop) of every batch of `chunks`: `batch_size` rows, never crossing a chunk."""
-        return [
-            (start, min(start + batch_size, stop))
-            for chunk in chunks
-            for first, stop in [self.rows(chunk)]
-            for start in range(first, stop, batch_size)
-        ]
+        for chunk in chunks:
+            first, stop = self.rows(chunk)
+            for start in range(first, stop, batch_size):
+                yield start, min(start + batch_size, stop)
+
+    def batches(self, rows: CatalogRows, chunks: Iterable[int], batch_size: int):
+        """The rows (ids and image sources) of every batch of `chunks` in order, read from `rows`
+        as they are needed (`Parts.spans`)."""
+        if len(rows) != self.n_rows:
+            raise ValueError(f"{rows} has {len(rows)} rows, these parts {self.n_rows}")
+        return rows.read(self.spans(sorted(chunks), batch_size), rows=batch_size)
 
     def read(self) -> Iterator[Part]:
         """Each chunk's predicted galaxies in catalog order, values shaped (rows, *shape) float32."""
         for chunk in range(self.n_chunks):
-            table = pq.read_table(self.path(chunk))
-            ok = table.column("error").is_null().to_numpy(zero_copy_only=False)
+            table = pq.read_table(
+                self.path(chunk), columns=["position", "id_str", "error", "values"]
+            )
+            table = table.filter(table.column("error").is_null())
             flat = table.column("values").combine_chunks().flatten().to_numpy()
-            values = flat.reshape(len(table), *self.shape)[ok]
-            yield Part(table.column("position").to_numpy()[ok], values)
+            values = flat.reshape(len(table), *self.shape)
+            yield Part(
+                table.column("position").to_numpy(), table.column("id_str").to_pylist(), values
+            )
+
+    def failures(self) -> Iterator[pd.DataFrame]:
+        """The unreadable images of each chunk (`FAILED_COLUMNS`), in catalog order."""
+        for chunk in range(self.n_chunks):
+            table = pq.read_table(self.path(chunk), columns=FAILED_COLUMNS)
+            table = table.filter(table.column("error").is_valid())
+            if len(table):
+                yield table.to_pandas()
 
     def n_predicted(self) -> int:
         """How many galaxies the finished parts hold values for (rows without an error)."""
@@ -230,22 +277,35 @@ class Parts:
             for c in range(self.n_chunks)
         )
 
-    def write(self, chunk: int, positions, values, failed, errors) -> None:
+    def write(
+        self,
+        chunk: int,
+        positions: np.ndarray,
+        ids: Sequence[str],
+        values: np.ndarray,
+        failures: Sequence[Failure] = (),
+    ) -> None:
         """Write one chunk atomically: predicted rows, then failed rows (with zero values)."""
         width = math.prod(self.shape)
         values = np.concatenate(
             [
                 np.asarray(values, np.float32).reshape(-1, width),
-                np.zeros((len(failed), width), np.float32),
+                np.zeros((len(failures), width), np.float32),
             ]
         )
+        failed = list(zip(*failures, strict=True)) if failures else [(), (), (), ()]
+        ok = [None] * len(positions)
         table = pa.table(
             {
-                "position": pa.array(np.concatenate([positions, failed]), pa.int64()),
-                "error": pa.array([None] * len(positions) + list(errors), pa.string()),
+                "position": pa.array(np.concatenate([positions, failed[0]]), pa.int64()),
+                "id_str": pa.array([*ids, *failed[1]], pa.string()),
+                "file_loc": pa.array([*ok, *failed[2]], pa.string()),
+                "error": pa.array([*ok, *failed[3]], pa.string()),
                 "values": pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), width),
             }
         )
+        if chunk in self.images:
+            table = table.replace_schema_metadata({IMAGES_KEY: self.images[chunk]})
         with atomic_path(self.path(chunk)) as tmp:
             pq.write_table(table, tmp, compression="none")
 
@@ -275,61 +335,102 @@ def cleaned_up_on_failure(parts: Parts) -> Iterator[Parts]:
         raise
 
 
-def open_parts(folder: Path, fingerprint: Mapping, resume: bool) -> bool:
-    """Start or continue a parts folder: check its manifest matches, or clear it if not resuming.
-    Returns whether this call made the folder."""
-    manifest = folder / MANIFEST
-    if folder.exists() and not manifest.is_file() and any(folder.iterdir()):
+def read_manifest(folder: Path) -> dict:
+    """The manifest of a parts folder, or `FileNotFoundError` naming it."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} holds no {MANIFEST}: not the parts of a zoobot run")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _check_ours(folder: Path) -> None:
+    if folder.exists() and not (folder / MANIFEST).is_file() and any(folder.iterdir()):
         raise FileExistsError(f"{folder} exists but holds no {MANIFEST}; move it out of the way")
+
+
+def clear_parts(folder: Path) -> None:
+    """Delete a parts folder of an earlier run (`FileExistsError` if it is not one)."""
+    _check_ours(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def open_parts(
+    folder: Path,
+    fingerprint: Mapping,
+    resume: bool,
+    output: Mapping | None = None,
+    exclusive: bool = True,
+) -> bool:
+    """Start or continue a parts folder: check its manifest matches, or clear it if not resuming.
+    Returns whether this call made the folder.
+
+    `output` (what the finished run writes, `finish_run`) is stored beside the fingerprint, and
+    replaced when resuming. With `exclusive=False` other processes may be filling the folder at the
+    same time: their temporary files are left alone, the manifest is created by whichever process
+    comes first (the others check theirs against it), and the output stored is the first one.
+    """
+    manifest = folder / MANIFEST
+    _check_ours(folder)
     if not resume:
-        shutil.rmtree(folder, ignore_errors=True)
-    if manifest.is_file():
-        stored = json.loads(manifest.read_text(encoding="utf-8"))
-        if stored.get("format") != FORMAT or stored.get("run") != dict(fingerprint):
-            old = stored.get("run") or {}
-            changed = sorted(k for k in {*old, *fingerprint} if old.get(k) != fingerprint.get(k))
-            raise ValueError(
-                f"{folder} holds parts of a different run (differs in: {', '.join(changed)}); "
-                "pass resume=False to start again, or the same model, catalog, images and settings"
-            )
-        for stale in folder.glob(".*.part"):
-            stale.unlink()
-        return False
+        if not exclusive:
+            raise ValueError("resume=False would delete the parts other processes are writing")
+        clear_parts(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"format": FORMAT, "run": dict(fingerprint)}, indent=2)
-    atomic_write_text(manifest, text)
-    return created
+    text = json.dumps({"format": FORMAT, "run": dict(fingerprint), "output": output}, indent=2)
+    if create_text(manifest, text):
+        return created
+    stored = read_manifest(folder)
+    if stored.get("format") != FORMAT or stored.get("run") != json.loads(text)["run"]:
+        old = stored.get("run") or {}
+        changed = sorted(k for k in {*old, *fingerprint} if old.get(k) != fingerprint.get(k))
+        raise ValueError(
+            f"{folder} holds parts of a different run (differs in: {', '.join(changed)}); "
+            "pass resume=False to start again, or the same model, catalog, images and settings"
+        )
+    if exclusive:
+        for stale in folder.glob(".*.part"):
+            stale.unlink()
+        if output is not None and stored.get("output") != json.loads(text)["output"]:
+            atomic_write_text(manifest, text)
+    return False
 
 
 def start_parts(
-    catalog: pd.DataFrame,
+    rows: CatalogRows,
     save_loc: str | os.PathLike,
     shape: tuple[int, ...],
     settings: RunSettings,
     run: Mapping,
     seed: int = 0,
+    output: Mapping | None = None,
+    exclusive: bool = True,
+    chunks: Iterable[int] | None = None,
 ) -> Parts:
     """The `Parts` of a run at `<save_loc>.parts`, opened for this run (or resumed).
 
     `run` names what else changes the numbers (framework, task, weights digest, input channels,
-    passes...); with the catalog, the shape of each output and the settings it is the fingerprint
-    the parts folder must match to be resumed.
+    passes...); with the catalog's identity, the shape of each output and the settings it is the
+    fingerprint the parts folder must match to be resumed. The images of `chunks` (this process's
+    share; default all) are recorded or checked (`Parts.check_images`). `output` and `exclusive`:
+    `open_parts`.
     """
     fingerprint = {
         **run,
-        "catalog": catalog_digest(catalog),
-        "images": images_digest(catalog["file_loc"], settings.hash_images),
-        "rows": len(catalog),
+        "catalog": rows.identity,
+        "rows": len(rows),
         "shape": [int(s) for s in shape],
         "chunk_rows": settings.chunk_rows,
         "image_size": settings.image_size,
         "precision": str(settings.precision),
         "seed": seed,
+        "images": "contents" if settings.hash_images else "size+mtime",
     }
     folder = Path(f"{os.fspath(save_loc)}.parts")
-    created = open_parts(folder, fingerprint, settings.resume)
-    parts = Parts(folder, len(catalog), settings.chunk_rows, tuple(int(s) for s in shape), created)
+    created = open_parts(folder, fingerprint, settings.resume, output, exclusive)
+    parts = Parts(folder, len(rows), settings.chunk_rows, tuple(int(s) for s in shape), created)
+    share = range(parts.n_chunks) if chunks is None else chunks
+    parts.check_images(rows, share, settings.hash_images)
     done = parts.n_chunks - len(parts.todo())
     if done:
         logger.info("resuming: %d of %d chunks already done", done, parts.n_chunks)
@@ -341,17 +442,17 @@ class ChunkWriter:
 
     Batches must come in order and never cross a chunk (`Parts.spans`). `new_chunk(start)` tells
     whether a batch opens a chunk (and which), for the engine to reseed its randomness there. Use as
-    a context manager: it shows the progress bar (rows done out of the catalog).
+    a context manager: it shows the progress bar (rows done out of those of `chunks`).
     """
 
-    def __init__(self, parts: Parts, spans: Sequence[tuple[int, int]], progress: bool = True):
+    def __init__(self, parts: Parts, chunks: Sequence[int], progress: bool = True):
         self.parts = parts
-        done_rows = parts.n_rows - sum(stop - start for start, stop in spans)
-        self.bar = tqdm(total=parts.n_rows, initial=done_rows, unit="galaxy", disable=not progress)
+        total = sum(stop - start for start, stop in map(parts.rows, chunks))
+        self.bar = tqdm(total=total, unit="galaxy", disable=not progress)
         self._clear()
 
     def _clear(self) -> None:
-        self.outputs, self.positions, self.failed, self.errors = [], [], [], []
+        self.outputs, self.positions, self.ids, self.failures = [], [], [], []
 
     def new_chunk(self, start: int) -> int | None:
         """The chunk a batch starting at catalog position `start` opens, or None if it opens none."""
@@ -362,11 +463,12 @@ class ChunkWriter:
         start: int,
         stop: int,
         positions: np.ndarray,
+        ids: Sequence[str],
         values: np.ndarray | None,
-        errors: Sequence[tuple[int, str]] = (),
+        failures: Sequence[Failure] = (),
     ) -> None:
         """Results of the batch of rows `start:stop`: values of the rows at catalog `positions`
-        (`values` shaped (len(positions), *parts.shape)) and (position, message) of failed rows."""
+        with ids `ids` (`values` shaped (len(positions), *parts.shape)) and the failed rows."""
         if len(positions):
             values = np.asarray(values)
             if values.shape[1:] != self.parts.shape:
@@ -375,19 +477,19 @@ class ChunkWriter:
                 )
             self.outputs.append(values.astype(np.float32, copy=False))
             self.positions.append(np.asarray(positions, np.int64))
-        self.failed += [position for position, _ in errors]
-        self.errors += [message for _, message in errors]
+            self.ids += list(ids)
+        self.failures += list(failures)
         chunk = start // self.parts.chunk_rows
         if stop == self.parts.rows(chunk)[1]:
             shape = (0, *self.parts.shape)
             values = np.concatenate(self.outputs) if self.outputs else np.zeros(shape, np.float32)
             ok = np.concatenate(self.positions) if self.positions else np.zeros(0, np.int64)
-            self.parts.write(chunk, ok, values, np.array(self.failed, np.int64), self.errors)
+            self.parts.write(chunk, ok, self.ids, values, self.failures)
             self._clear()
-        if self.bar.n + stop - start < self.parts.n_rows:
+        if self.bar.n + stop - start < self.bar.total:
             self.bar.update(stop - start)
         else:  # the finished bar is drawn by close(); update() would draw it once before
-            self.bar.n = self.parts.n_rows
+            self.bar.n = self.bar.total
 
     def __enter__(self) -> ChunkWriter:
         return self
@@ -403,21 +505,18 @@ def parquet_stream(path: str | os.PathLike, schema: pa.Schema) -> Iterator[pq.Pa
         yield writer
 
 
-def write_failures(path: str | os.PathLike, catalog: pd.DataFrame, parts: Parts) -> int:
-    """Write the unreadable images (id_str, file_loc, error) as CSV atomically; return how many."""
-    frames = []
-    for chunk in range(parts.n_chunks):
-        table = pq.read_table(parts.path(chunk), columns=["position", "error"])
-        table = table.filter(table.column("error").is_valid())
-        if len(table):
-            rows = catalog.iloc[table.column("position").to_numpy()]
-            frames.append(rows.assign(error=table.column("error").to_pylist())[FAILED_COLUMNS])
-    failed = pd.concat(frames) if frames else pd.DataFrame(columns=FAILED_COLUMNS)
+def write_failures(path: str | os.PathLike, parts: Parts) -> int:
+    """Write the unreadable images (id_str, file_loc, error) as CSV atomically, a part at a time;
+    return how many."""
+    n_failed = 0
     with atomic_path(path) as tmp:
-        failed.to_csv(tmp, index=False)
-    if len(failed):
-        logger.warning("%d image(s) could not be read; listed in %s", len(failed), path)
-    return len(failed)
+        pd.DataFrame(columns=FAILED_COLUMNS).to_csv(tmp, index=False)
+        for failed in parts.failures():
+            failed.to_csv(tmp, mode="a", header=False, index=False)
+            n_failed += len(failed)
+    if n_failed:
+        logger.warning("%d image(s) could not be read; listed in %s", n_failed, path)
+    return n_failed
 
 
 # --- prediction tables -------------------------------------------------------------------------
@@ -469,12 +568,12 @@ def table_schema(
     return pa.schema(fields, metadata={**(metadata or {}), **own})
 
 
-def write_table(path, parts: Parts, ids: np.ndarray, schema: pa.Schema, n_samples: int) -> None:
+def write_table(path, parts: Parts, schema: pa.Schema, n_samples: int) -> None:
     """Stream every part into a classifier/regressor table at `path`."""
     with parquet_stream(path, schema) as writer:
         for part in parts.read():
             values = part.values
-            columns = [pa.array(ids[part.positions], pa.string())]
+            columns = [pa.array(part.ids, pa.string())]
             columns += [pa.array(v) for v in values.mean(axis=2, dtype=np.float32).T]
             if n_samples > 1:
                 columns += [
@@ -488,21 +587,19 @@ def write_tree(
     path,
     friendly: Path,
     parts: Parts,
-    ids: np.ndarray,
     schema: Schema,
-    n_samples,
-    name,
+    n_samples: int,
+    name: str,
     metadata: Mapping[str, str] | None = None,
 ):
     """Stream every part into the full and friendly tables of `zoobot.shared.tables`."""
     options = {"friendly_path": friendly, "metadata": metadata}
     with PredictionWriter(path, schema, name, n_samples, **options) as writer:
         for part in parts.read():
-            writer.write(ids[part.positions], part.values)
+            writer.write(np.array(part.ids, dtype=object), part.values)
 
 
 def finish_predictions(
-    catalog: pd.DataFrame,
     parts: Parts,
     save_loc: str | os.PathLike,
     table: str,
@@ -520,19 +617,18 @@ def finish_predictions(
     classifier or regressor the `<name>_probability` / `<name>_prediction` table. The failures
     go first and the table at `save_loc` last, with `metadata` in its parquet metadata.
     """
-    ids = catalog["id_str"].to_numpy()
     save_loc = Path(save_loc)
     failed = failures_path(save_loc)
-    n_failed = write_failures(failed, catalog, parts)
+    n_failed = write_failures(failed, parts)
     friendly = None
     if table == "tree":
         friendly = Path(friendly_loc or friendly_path(save_loc))
-        write_tree(save_loc, friendly, parts, ids, schema, n_samples, model_name, metadata)
+        write_tree(save_loc, friendly, parts, schema, n_samples, model_name, metadata)
     else:
         arrow = table_schema(names, SUFFIXES[table], n_samples, model_name, metadata)
-        write_table(save_loc, parts, ids, arrow, n_samples)
+        write_table(save_loc, parts, arrow, n_samples)
     parts.remove()
-    return PredictionFiles(save_loc, friendly, failed, len(catalog) - n_failed, n_failed)
+    return PredictionFiles(save_loc, friendly, failed, parts.n_rows - n_failed, n_failed)
 
 
 # --- representations ---------------------------------------------------------------------------
@@ -563,7 +659,6 @@ def pca_sample(parts: Parts, max_rows: int) -> np.ndarray:
 def write_representations(
     path,
     parts: Parts,
-    ids: np.ndarray,
     prefix: str,
     projection: PCAProjection | None,
     metadata: Mapping[str, str] | None = None,
@@ -581,13 +676,12 @@ def write_representations(
             values = part.values
             if projection is not None:
                 values = projection.transform(values).astype(np.float32)
-            columns = [pa.array(ids[part.positions], pa.string())]
+            columns = [pa.array(part.ids, pa.string())]
             columns += [pa.array(column) for column in np.ascontiguousarray(values.T)]
             writer.write_table(pa.Table.from_arrays(columns, schema=schema))
 
 
 def finish_representations(
-    catalog: pd.DataFrame,
     parts: Parts,
     save_loc: str | os.PathLike,
     n_components: int | float | None = None,
@@ -597,16 +691,92 @@ def finish_representations(
     """Write the representations table (PCA-compressed if `n_components`) from a finished run's
     parts, the projection as `<save_loc>.pca.npz`, the failures; then delete the parts. The table
     goes last, with `metadata` in its parquet metadata."""
-    ids = catalog["id_str"].to_numpy()
     save_loc, pca_loc, projection = Path(save_loc), None, None
     failed = failures_path(save_loc)
-    n_failed = write_failures(failed, catalog, parts)
+    n_failed = write_failures(failed, parts)
     if n_components is not None:
         projection = PCAProjection.fit(pca_sample(parts, pca_fit_rows), n_components)
         pca_loc = pca_path(save_loc)
         with atomic_path(pca_loc) as tmp, open(tmp, "wb") as f:
             np.savez(f, **vars(projection))
     prefix = "feat_" if projection is None else "feat_pca_"
-    write_representations(save_loc, parts, ids, prefix, projection, metadata)
+    write_representations(save_loc, parts, prefix, projection, metadata)
     parts.remove()
-    return RepresentationFiles(save_loc, pca_loc, failed, len(catalog) - n_failed, n_failed)
+    return RepresentationFiles(save_loc, pca_loc, failed, parts.n_rows - n_failed, n_failed)
+
+
+# --- finishing a run from its parts folder alone ---------------------------------------------
+
+
+def prediction_output(
+    table: str,
+    names: Sequence[str],
+    n_samples: int,
+    model_name: str,
+    schema: Schema | None,
+    outputs: OutputSet,
+) -> dict:
+    """The manifest's `output` of a `predict` run: the arguments of `finish_predictions` and the
+    members of its `outputs` (`files`)."""
+    return {
+        "kind": "predictions",
+        "table": table,
+        "names": list(names),
+        "n_samples": int(n_samples),
+        "model_name": model_name,
+        "schema": None if schema is None else schema.to_dict(),
+        "files": outputs.run_record(),
+    }
+
+
+def representation_output(
+    n_components: int | float | None, pca_fit_rows: int, outputs: OutputSet
+) -> dict:
+    """The manifest's `output` of a `get_representations` run."""
+    return {
+        "kind": "representations",
+        "n_components": n_components,
+        "pca_fit_rows": pca_fit_rows,
+        "files": outputs.run_record(),
+    }
+
+
+def stored_parts(save_loc: str | os.PathLike) -> tuple[Parts, dict]:
+    """The `Parts` of the run at `<save_loc>.parts` and the `output` its manifest holds."""
+    folder = Path(f"{os.fspath(save_loc)}.parts")
+    manifest = read_manifest(folder)
+    if manifest.get("format") != FORMAT or not manifest.get("output"):
+        raise ValueError(f"{folder} was written by another version of zoobot; run it again")
+    run = manifest["run"]
+    parts = Parts(folder, int(run["rows"]), int(run["chunk_rows"]), tuple(run["shape"]))
+    return parts, manifest["output"]
+
+
+def finish_run(
+    parts: Parts, save_loc: str | os.PathLike, output: Mapping
+) -> PredictionFiles | RepresentationFiles:
+    """The final files of a finished run, as its `output` (`prediction_output`,
+    `representation_output`) says; then the files of the earlier run at `save_loc` that this one
+    did not rewrite are removed (`zoobot.models.outputs`), so the set on disk is one run's."""
+    outputs = OutputSet.of(save_loc, **output["files"])
+    stale = claim(outputs, overwrite=True)  # the run's start refused a save_loc not ours to replace
+    metadata = outputs.metadata()
+    if output["kind"] == "representations":
+        files = finish_representations(
+            parts, save_loc, output["n_components"], output["pca_fit_rows"], metadata
+        )
+    else:
+        schema = None if output["schema"] is None else Schema.from_dict(output["schema"])
+        files = finish_predictions(
+            parts,
+            save_loc,
+            output["table"],
+            output["names"],
+            output["n_samples"],
+            output["model_name"],
+            schema,
+            output["files"].get("friendly"),
+            metadata,
+        )
+    remove_stale(stale)
+    return files

@@ -48,6 +48,30 @@ def atomic_write_text(destination: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def create_text(destination: str | os.PathLike, text: str) -> bool:
+    """Write UTF-8 `text` to `destination` unless it exists; return whether this call wrote it.
+
+    The finished file is linked into place, which fails if another process got there first, so of
+    several processes creating the same file at once exactly one succeeds, and readers never see
+    a partial file.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{destination.name}.", suffix=".part", dir=destination.parent
+    )
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.link(tmp, destination)
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return True
+
+
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     """Hex digest of a file, read in 1 MiB blocks so multi-GB archives and shards fit in memory."""
     # hashlib.file_digest does this from Python 3.11; written out while 3.10 is supported.

@@ -23,6 +23,7 @@ _EXPORTS = {
     "FinetuneableZoobotClassifier": "zoobot.tf.finetune",
     "FinetuneableZoobotRegressor": "zoobot.tf.finetune",
     "FinetuneableZoobotTree": "zoobot.tf.finetune",
+    "PendingRun": "zoobot.models.distributed",
     "PushResult": "zoobot.models.hub",
     "list_pretrained": "zoobot.models.catalogue",
     "from_pretrained": "zoobot.tf.pretrained",
@@ -35,6 +36,7 @@ _EXPORTS = {
     "eval_dataset": "zoobot.tf.data",
     "train_dataset": "zoobot.tf.data",
     "predict": "zoobot.tf.predictions",
+    "merge": "zoobot.models.distributed",
     "get_representations": "zoobot.tf.representations",
     "similar_galaxies": "zoobot.tf.representations",
 }

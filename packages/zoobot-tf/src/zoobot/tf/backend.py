@@ -4,7 +4,8 @@ Everything framework-free (the Hub layout, `predict`, `get_representations`, the
 written once in `zoobot.models`; this module supplies what needs Keras: the Keras twins of timm's
 encoders converted from the Hub layout and back, head tensors in PyTorch names and layouts (the
 dense layer of a head is `1.weight`, shape (out, in), and `1.bias`), the inference engine
-(`zoobot.tf.runner`, which also reads TFRecord shard folders) and Keras training.
+(`zoobot.tf.runner`, which also reads TFRecord shard folders), its worker processes
+(`zoobot.tf.distributed`) and Keras training.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
-import pandas as pd
 
+from zoobot.data.streaming import CatalogRows
 from zoobot.models.backend import Backend
+from zoobot.models.distributed import Launch, Rank
 from zoobot.models.layout import check_weights_fit
 from zoobot.models.runner import Parts, RunSettings
 from zoobot.models.tasks import TaskRegistry
@@ -87,47 +88,51 @@ class KerasBackend(Backend):
 
         return is_shard_folder(path)
 
-    def open_rows(self, data: Any) -> tuple[Any, pd.DataFrame]:
+    def open_rows(self, data: Any) -> tuple[Any, CatalogRows]:
         from zoobot.tf.runner import open_rows
 
         return open_rows(data)
 
+    def prepare_run(self, model: keras.Model, settings: RunSettings) -> tuple[RunSettings, dict]:
+        from zoobot.tf.runner import prepare_run
+
+        return prepare_run(model, settings)
+
     def run_predictions(
         self,
         rows: Any,
-        table: pd.DataFrame,
+        parts: Parts,
+        chunks: Sequence[int],
         model: keras.Model,
         n_samples: int,
         mc_dropout: bool,
-        shape: tuple[int, ...],
-        save_loc: str | os.PathLike,
         settings: RunSettings,
-        run: Mapping,
         seed: int,
-    ) -> Parts:
-        from zoobot.tf.runner import run_chunks, run_precision, sampler
+    ) -> None:
+        from zoobot.tf.runner import run_chunks, sampler
 
-        settings = replace(settings, precision=run_precision(settings.precision, settings.device))
         forward = sampler(model, n_samples, mc_dropout, str(settings.precision))
         key = ("predict", n_samples, mc_dropout, str(settings.precision))
-        return run_chunks(rows, table, model, forward, shape, save_loc, settings, run, seed, key)
+        run_chunks(rows, parts, chunks, model, forward, settings, seed, key)
 
     def run_features(
         self,
         rows: Any,
-        table: pd.DataFrame,
+        parts: Parts,
+        chunks: Sequence[int],
         encoder: keras.Model,
-        shape: tuple[int, ...],
-        save_loc: str | os.PathLike,
         settings: RunSettings,
-        run: Mapping,
-    ) -> Parts:
-        from zoobot.tf.runner import featurizer, run_chunks, run_precision
+    ) -> None:
+        from zoobot.tf.runner import featurizer, run_chunks
 
-        settings = replace(settings, precision=run_precision(settings.precision, settings.device))
         forward = featurizer(encoder, str(settings.precision))
         key = ("features", str(settings.precision))
-        return run_chunks(rows, table, encoder, forward, shape, save_loc, settings, run, 0, key)
+        run_chunks(rows, parts, chunks, encoder, forward, settings, 0, key)
+
+    def launch(self, job: Callable[[Rank], Any], launch: Launch) -> Any:
+        from zoobot.tf.distributed import launch as run_launch
+
+        return run_launch(job, launch)
 
     def predict_batch(self, model: keras.Model, images: np.ndarray) -> np.ndarray:
         from zoobot.tf.data.transforms import eval_transform

@@ -106,6 +106,11 @@ COMMAND = ModelCommand(
         "channels_last": "accepted for zoobot-torch compatibility: Keras is always channels-last",
         "run_workers": "images decoded at once (default: half the CPUs, 1-8)",
         "device": "cpu, cuda, cuda:1... or /GPU:1 (default: TensorFlow's choice)",
+        "run_devices": "worker processes on this machine, one per GPU (auto: every GPU; on a "
+        "CPU they share its cores)",
+        "run_strategy": "auto: join the workers of TF_CONFIG or of srun with several tasks if "
+        "this process is one, else start --devices workers here; multi_worker: require "
+        "TF_CONFIG or srun; workers: always start them here",
     },
 )
 

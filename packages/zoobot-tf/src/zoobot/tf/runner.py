@@ -5,17 +5,19 @@ and `get_representations` (`KerasBackend.run_predictions` / `run_features`), the
 The framework-free bookkeeping is `zoobot.models.runner`, shared with `zoobot.torch`: chunks of
 `chunk_rows` galaxies, part files `<save_loc>.parts/part-000012.parquet` written atomically as each
 chunk finishes (so a run killed at any moment, even by SIGKILL, resumes from them), the manifest
-that fingerprints a run, the unreadable images, and the final tables. Here: images come from
-`zoobot.tf.data.eval_dataset` (decode + resize by `zoobot.data.images.read_image` in parallel
-`tf.data` threads, then the evaluation transform in TF ops; unreadable images are flagged per row by
-its `ok` / `error` fields, never stopping the run), in batches that never cross a chunk; the model
-runs in one compiled `tf.function`; at the start of every chunk each Keras `SeedGenerator` state
+that fingerprints a run, the unreadable images, the final tables and each process's share. Here:
+a catalog's rows are streamed a batch at a time (`Parts.batches`) into a `tf.data` pipeline whose
+parallel map decodes and resizes each batch with `zoobot.data.images.read_image` (as torch's
+DataLoader workers do, catching an unreadable image per row) and applies the evaluation transform in
+TF ops; shard folders are read by `zoobot.tf.data.eval_dataset`. Batches never cross a chunk; the
+model runs in one compiled `tf.function`; at the start of every chunk each Keras `SeedGenerator` state
 of the model (the dropout layers' randomness) is reset from the run's seed and the chunk number,
 so Monte Carlo passes of a resumed run equal those of an uninterrupted one.
 
-Sources: an image catalog (DataFrame or file with `id_str`, `file_loc`) or a folder of
-`zoobot-data` TFRecord shards (all its splits, in sidecar order); for shards, `file_loc` in the
-failure report is `<shard file>#<record number in that file>`.
+Sources: a catalog (`zoobot.data.streaming.open_catalog_rows`: a DataFrame, file, folder or
+dataset) or a folder of `zoobot-data` TFRecord shards (all its splits, in sidecar order; its ids are
+read whole when opened); for shards, `file_loc` in the failure report is
+`<shard file>#<record number in that file>`.
 """
 
 from __future__ import annotations
@@ -23,21 +25,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import replace
 
 import keras
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import tensorflow as tf
 
+from zoobot.data.images import read_image
 from zoobot.data.inputs import (
-    CatalogSource,
     ShardSource,
     is_shard_folder,
     open_source,
     shard_table,
     source_digest,
 )
+from zoobot.data.streaming import CatalogRows, open_catalog_rows
 from zoobot.models import fast_paths
 from zoobot.models.runner import (
     ChunkWriter,
@@ -45,11 +50,10 @@ from zoobot.models.runner import (
     RunSettings,
     arrays_digest,
     chunk_seed,
-    cleaned_up_on_failure,
-    read_catalog,
-    start_parts,
+    decode_rows,
 )
 from zoobot.tf.data import eval_dataset
+from zoobot.tf.data.transforms import eval_transform
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ __all__ = [
     "featurizer",
     "input_channels",
     "open_rows",
+    "prepare_run",
     "reseed",
     "run_chunks",
     "run_precision",
@@ -70,13 +75,16 @@ __all__ = [
 
 def open_rows(
     source: pd.DataFrame | str | os.PathLike | ShardSource,
-) -> tuple[CatalogSource | ShardSource, pd.DataFrame]:
-    """(pipeline source, `id_str` + `file_loc` table in row order) of a catalog or shard folder."""
+) -> tuple[CatalogRows | ShardSource, CatalogRows]:
+    """(what the engine reads, the rows' `CatalogRows`) of a catalog or a shard folder."""
     if isinstance(source, ShardSource) or is_shard_folder(source):
         opened = open_source(source)
-        return opened, shard_table(opened)
-    table = read_catalog(source)
-    return open_source(table), table
+        table = pa.Table.from_pandas(shard_table(opened), preserve_index=False)
+        rows = open_catalog_rows(table)
+        identity = {**rows.identity, "shards": source_digest(opened)}
+        return opened, CatalogRows(rows.name, rows.pieces, identity)
+    rows = open_catalog_rows(source)
+    return rows, rows
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -221,13 +229,25 @@ def featurizer(encoder: keras.Model, precision: str):
     return forward
 
 
-def _runs(parts: Parts, todo: list[int], batch_size: int) -> list[tuple[int, int]]:
-    """(start, stop) rows of each dataset to read: contiguous todo chunks in one go when batches
+def prepare_run(model: keras.Model, settings: RunSettings) -> tuple[RunSettings, dict]:
+    """The precision the run computes in (`run_precision`) and what identifies the model's
+    numbers for the manifest."""
+    precision = run_precision(settings.precision, settings.device)
+    identity = {
+        "framework": "tf",
+        "weights": weights_digest(model),
+        "channels": input_channels(model),
+    }
+    return replace(settings, precision=precision), identity
+
+
+def _runs(parts: Parts, chunks: Sequence[int], batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) rows of each shard dataset to read: contiguous chunks in one go when batches
     of `batch_size` from a chunk start stay inside chunks, else one per chunk."""
     if parts.chunk_rows % batch_size:
-        return [parts.rows(chunk) for chunk in todo]
+        return [parts.rows(chunk) for chunk in chunks]
     runs: list[list[int]] = []
-    for chunk in todo:
+    for chunk in chunks:
         if runs and runs[-1][1] == chunk:
             runs[-1][1] = chunk + 1
         else:
@@ -235,75 +255,143 @@ def _runs(parts: Parts, todo: list[int], batch_size: int) -> list[tuple[int, int
     return [(parts.rows(first)[0], parts.rows(last - 1)[1]) for first, last in runs]
 
 
+def catalog_batches(
+    rows: CatalogRows, parts: Parts, chunks: Sequence[int], settings: RunSettings, channels: int
+) -> tf.data.Dataset:
+    """The batches of `chunks` (`Parts.batches`), decoded by `read_image` in a parallel map and
+    transformed: dicts of `start`, `ids`, `locations` (where each row's image is read from), `ok`
+    (indices of the readable rows), `errors` (b"" where readable) and `image` (readable rows)."""
+    size = settings.image_size
+
+    def batches():
+        for batch in parts.batches(rows, chunks, settings.batch_size):
+            is_path = [isinstance(s, str) for s in batch.sources]
+            data = [
+                s.encode("utf-8", "surrogateescape") if p else s
+                for s, p in zip(batch.sources, is_path, strict=True)
+            ]
+            locations = [batch.location(i) for i in range(len(batch))]
+            yield batch.start, batch.ids, locations, data, is_path
+
+    def decode(data: np.ndarray, is_path: np.ndarray):
+        sources = [
+            d.decode("utf-8", "surrogateescape") if p else d
+            for d, p in zip(data, is_path, strict=True)
+        ]
+        # read_image is looked up at call time, so it can be replaced (tests: a slow disk).
+        images, ok, errors = decode_rows(sources, size, read_image)
+        messages = np.full(len(sources), b"", dtype=object)
+        for index, message in errors:
+            messages[index] = message.encode("utf-8", "replace")
+        return images, ok, messages
+
+    def read(start, ids, locations, data, is_path):
+        images, ok, errors = tf.numpy_function(
+            decode, [data, is_path], [tf.uint8, tf.int64, tf.string], stateful=False
+        )
+        images.set_shape([None, size, size, 3])
+        image = eval_transform(images, channels)
+        return {
+            "start": start,
+            "ids": ids,
+            "locations": locations,
+            "ok": ok,
+            "errors": errors,
+            "image": image,
+        }
+
+    text = tf.TensorSpec((None,), tf.string)
+    signature = (tf.TensorSpec((), tf.int64), text, text, text, tf.TensorSpec((None,), tf.bool))
+    return (
+        tf.data.Dataset.from_generator(batches, output_signature=signature)
+        .map(read, num_parallel_calls=max(1, settings.workers), deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
 def run_chunks(
-    source: CatalogSource | ShardSource,
-    table: pd.DataFrame,
+    source: CatalogRows | ShardSource,
+    parts: Parts,
+    chunks: Sequence[int],
     model: keras.Model,
     forward: Callable[[tf.Tensor], tf.Tensor],
-    shape: tuple[int, ...],
-    save_loc: str | os.PathLike,
     settings: RunSettings,
-    run: Mapping,
     seed: int = 0,
     key: Hashable | None = None,
-) -> Parts:
-    """Compute `forward(images) -> (batch, *shape)` for every chunk of the source not yet on disk.
+) -> None:
+    """Compute `forward(images) -> (batch, *parts.shape)` for each of `chunks` and write its part.
 
-    `source` and `table` come from `open_rows`; `model` holds the weights and random layers
-    `forward` uses. `run` describes what `forward` computes beyond the weights (task, passes...)
-    for the manifest. `key` names what `forward` computes with `model`, to reuse its compiled
-    graph in later calls (see `compiled`). Returns the finished `Parts`.
+    `source` comes from `open_rows`, `settings` from `prepare_run`; `model` holds the weights and
+    random layers `forward` uses. `key` names what `forward` computes with `model`, to reuse its
+    compiled graph in later calls (see `compiled`).
     """
     channels = input_channels(model)
-    fingerprint = {
-        **run,
-        "framework": "tf",
-        "weights": weights_digest(model),
-        "channels": channels,
-    }
-    shards = source_digest(source)
-    if shards is not None:
-        fingerprint["shards"] = shards
-    parts = start_parts(table, save_loc, shape, settings, fingerprint, seed)
-    todo = parts.todo()
-    spans = parts.spans(todo, settings.batch_size)
     key = None if key is None else (key, settings.device)
     step = compiled(model, forward, key, settings.image_size, channels)
     states = seed_states(model)
     device = tf.device(tf_device(settings.device)) if settings.device else contextlib.nullcontext()
-    with (
-        cleaned_up_on_failure(parts),
-        device,
-        ChunkWriter(parts, spans, settings.progress) as writer,
-    ):
-        for start, stop in _runs(parts, todo, settings.batch_size):
-            batches = eval_dataset(
-                source,
-                settings.image_size,
-                channels,
-                settings.batch_size,
-                start=start,
-                stop=stop,
-                num_parallel_calls=max(1, settings.workers),
-            )
-            _stream(batches, step, writer, states, seed, start)
-    return parts
+    with device, ChunkWriter(parts, chunks, settings.progress) as writer:
+        if isinstance(source, ShardSource):
+            for start, stop in _runs(parts, chunks, settings.batch_size):
+                batches = eval_dataset(
+                    source,
+                    settings.image_size,
+                    channels,
+                    settings.batch_size,
+                    start=start,
+                    stop=stop,
+                    num_parallel_calls=max(1, settings.workers),
+                )
+                _stream_shards(batches, step, writer, states, seed, start, source)
+        else:
+            batches = catalog_batches(source, parts, chunks, settings, channels)
+            _stream(batches, step, writer, states, seed)
 
 
-def _stream(batches, step, writer: ChunkWriter, states, seed: int, start: int) -> None:
+def _stream(batches, step, writer: ChunkWriter, states, seed: int) -> None:
     """The hot loop: one forward pass per batch, one part file per finished chunk."""
+    for batch in batches:
+        start = int(batch["start"])
+        chunk = writer.new_chunk(start)
+        if chunk is not None:
+            reseed(states, chunk_seed(seed, chunk))
+        ok = batch["ok"].numpy()
+        ids = [i.decode("utf-8", "surrogateescape") for i in batch["ids"].numpy()]
+        values = np.asarray(step(batch["image"])) if len(ok) else None
+        failures = [
+            (start + i, ids[i], location.decode("utf-8", "surrogateescape"), error.decode())
+            for i, (location, error) in enumerate(
+                zip(batch["locations"].numpy(), batch["errors"].numpy(), strict=True)
+            )
+            if error
+        ]
+        writer.add(start, start + len(ids), start + ok, [ids[i] for i in ok], values, failures)
+
+
+def _stream_shards(batches, step, writer: ChunkWriter, states, seed, start, source) -> None:
+    """The hot loop over shard records (`eval_dataset` batches)."""
+    offsets = np.concatenate([[0], np.cumsum(source.counts)])
     for batch in batches:
         chunk = writer.new_chunk(start)
         if chunk is not None:
             reseed(states, chunk_seed(seed, chunk))
         ok = batch["ok"].numpy()
         index = batch["index"].numpy()
+        ids = [i.decode("utf-8") for i in batch["id_str"].numpy()]
         stop = start + len(ok)
         values = np.asarray(step(batch["image"])) if ok.any() else None
-        errors = [
-            (int(position), message.decode("utf-8", "replace"))
-            for position, message, good in zip(index, batch["error"].numpy(), ok, strict=True)
-            if not good
-        ]
-        writer.add(start, stop, index[ok], None if values is None else values[ok], errors)
+        failures = []
+        for row, (position, message, good) in enumerate(
+            zip(index, batch["error"].numpy(), ok, strict=True)
+        ):
+            if not good:
+                shard = int(np.searchsorted(offsets, position, side="right") - 1)
+                location = f"{source.files[shard]}#{position - offsets[shard]}"
+                failures.append(
+                    (int(position), ids[row], location, message.decode("utf-8", "replace"))
+                )
+        good_ids = [ids[row] for row in np.flatnonzero(ok)]
+        writer.add(
+            start, stop, index[ok], good_ids, None if values is None else values[ok], failures
+        )
         start = stop

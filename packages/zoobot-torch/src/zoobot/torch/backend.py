@@ -2,7 +2,8 @@
 
 Everything framework-free (the Hub layout, `predict`, `get_representations`, the command line) is
 written once in `zoobot.models`; this module supplies what needs torch: timm encoders from the Hub
-layout and back, head tensors, the inference engine (`zoobot.torch.runner`) and Lightning training.
+layout and back, head tensors, the inference engine (`zoobot.torch.runner`), its launches on several
+processes (`zoobot.torch.distributed`, Lightning Fabric) and Lightning training.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import timm
 import torch
 from torch import nn
 
+from zoobot.data.streaming import CatalogRows, open_catalog_rows
 from zoobot.models.backend import Backend
-from zoobot.models.runner import Parts, RunSettings, read_catalog
+from zoobot.models.distributed import Launch, Rank
+from zoobot.models.runner import Parts, RunSettings
 from zoobot.models.tasks import TaskRegistry
 from zoobot.torch import encoders
 
@@ -59,43 +61,49 @@ class TorchBackend(Backend):
         tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
         encoders.load_strict(head, tensors, what)
 
-    def open_rows(self, data: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-        table = read_catalog(data)
-        return table, table
+    def open_rows(self, data: Any) -> tuple[CatalogRows, CatalogRows]:
+        rows = open_catalog_rows(data)
+        return rows, rows
+
+    def prepare_run(self, model: nn.Module, settings: RunSettings) -> tuple[RunSettings, dict]:
+        from zoobot.torch.runner import prepare_run
+
+        return prepare_run(model, settings)
 
     def run_predictions(
         self,
-        rows: pd.DataFrame,
-        table: pd.DataFrame,
+        rows: CatalogRows,
+        parts: Parts,
+        chunks: Sequence[int],
         model: nn.Module,
         n_samples: int,
         mc_dropout: bool,
-        shape: tuple[int, ...],
-        save_loc: str | os.PathLike,
         settings: RunSettings,
-        run: Mapping,
         seed: int,
-    ) -> Parts:
+    ) -> None:
         from zoobot.torch.runner import run_chunks
 
         def forward(images: torch.Tensor) -> torch.Tensor:
             return model.predict_samples(images, n_samples, mc_dropout)
 
-        return run_chunks(table, model, forward, shape, save_loc, settings, run, seed)
+        run_chunks(rows, parts, chunks, model, forward, settings, seed)
 
     def run_features(
         self,
-        rows: pd.DataFrame,
-        table: pd.DataFrame,
+        rows: CatalogRows,
+        parts: Parts,
+        chunks: Sequence[int],
         encoder: nn.Module,
-        shape: tuple[int, ...],
-        save_loc: str | os.PathLike,
         settings: RunSettings,
-        run: Mapping,
-    ) -> Parts:
+    ) -> None:
         from zoobot.torch.runner import run_chunks
 
-        return run_chunks(table, encoder, encoder, shape, save_loc, settings, run)
+        run_chunks(rows, parts, chunks, encoder, encoder, settings)
+
+    def launch(self, job: Callable[[Rank], Any], launch: Launch) -> Any:
+        from zoobot.torch.distributed import launch as run_launch
+
+        return run_launch(job, launch)
 
     def predict_batch(self, model: nn.Module, images: np.ndarray) -> np.ndarray:
         from zoobot.torch.cpu import input_channels

@@ -51,6 +51,10 @@ COMMAND = ModelCommand(
         "channels_last": "channels-last memory layout (default: on for convolutional models)",
         "run_workers": "image decoding processes (default: half the CPUs, 1-8)",
         "device": "cpu, cuda, cuda:1... (default: cpu)",
+        "run_devices": "processes on this machine, one per GPU (auto: every GPU); under torchrun "
+        "or srun with several tasks, the processes they start",
+        "run_strategy": "Lightning's launcher for several devices: ddp_spawn (auto) starts the "
+        "processes here, ddp as copies of this command",
     },
 )
 

@@ -2,8 +2,9 @@
 `get_representations` (`TorchBackend.run_predictions` / `run_features`).
 
 The framework-free bookkeeping (chunks, part files that survive SIGKILL, the manifest that
-fingerprints a run, failures, the final tables) is `zoobot.models.runner`, shared with `zoobot.tf`.
-Here: DataLoader workers decode each batch (which never crosses a chunk) to uint8 with
+fingerprints a run, failures, the final tables, the share of each process) is `zoobot.models`,
+shared with `zoobot.tf`. Here: the DataLoader's sampler streams the catalog's rows a batch at a
+time (batches never cross a chunk); its workers decode each batch to uint8 with
 `zoobot.data.images.read_image`, catching an unreadable image per row; the main process converts
 the batch to float, applies the evaluation transform, and runs the model under
 `torch.inference_mode` (optionally channels-last and bf16 autocast, on CPU with convolution + GELU
@@ -17,27 +18,26 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from zoobot.data.images import read_image
+from zoobot.data.streaming import CatalogRows, RowSlice
+from zoobot.models import fast_paths
 from zoobot.models.runner import (
     ChunkWriter,
+    Failure,
     Parts,
     RunSettings,
+    batch_failures,
     chunk_seed,
-    cleaned_up_on_failure,
     decode_rows,
-    start_parts,
 )
 from zoobot.torch.cpu import (
     PRECISIONS,
@@ -49,44 +49,60 @@ from zoobot.torch.cpu import (
 )
 from zoobot.torch.data.transforms import eval_transform
 from zoobot.torch.fusion import fused_conv_gelu
+from zoobot.torch.gpu_jpeg import decoder, fill_on_device, gpu_decoding, split_rows
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class RowBatch:
-    """Rows `start:stop` of a catalog: the decoded images in row order and the rows that failed."""
+    """Rows `start:stop` of a catalog: the decoded images of the readable rows (in row order),
+    their positions and ids, and the rows that failed."""
 
     start: int
     stop: int
     positions: np.ndarray
+    ids: list[str]
     images: torch.Tensor
-    errors: list[tuple[int, str]]
+    failures: list[Failure]
+    jpegs: list[tuple[int, torch.Tensor, str]] = dataclasses.field(default_factory=list)
+    """JPEGs left for the GPU (`zoobot.torch.gpu_jpeg`): (row among `images`, bytes, location)."""
 
     def pin_memory(self) -> RowBatch:
-        """Page-locked images for fast copies to a GPU (called by the DataLoader)."""
+        """Page-locked images (and JPEG bytes) for fast copies to a GPU (called by the
+        DataLoader)."""
         self.images = self.images.pin_memory()
+        self.jpegs = [(row, data.pin_memory(), where) for row, data, where in self.jpegs]
         return self
 
 
 class CatalogImages(Dataset):
-    """Spans of catalog rows decoded in one call: uint8 (n, size, size, 3), failures caught per row."""
+    """Decodes a batch of catalog rows (a `RowSlice`, the sampler's item) in the worker that gets
+    it: uint8 (n, size, size, 3), an unreadable image caught per row. With `gpu_jpeg`, JPEGs are
+    only read, for the main process to decode on the GPU (`zoobot.torch.gpu_jpeg`)."""
 
-    def __init__(self, file_locs: pd.Series, image_size: int):
-        # An arrow array holds the paths without Python objects, so forked workers share its pages.
-        self.file_locs = pa.array(file_locs.to_numpy(dtype=object), pa.string())
-        self.image_size = image_size
+    def __init__(self, image_size: int, gpu_jpeg: bool = False):
+        self.image_size, self.gpu_jpeg = image_size, gpu_jpeg
 
-    def __len__(self) -> int:
-        return len(self.file_locs)
-
-    def __getitem__(self, span: tuple[int, int]) -> RowBatch:
-        start, stop = span
-        paths = self.file_locs[start:stop].to_pylist()
-        # read_image is looked up here, at call time, so it can be replaced (tests: a slow disk).
-        images, ok, errors = decode_rows(paths, self.image_size, read_image)
-        errors = [(start + index, message) for index, message in errors]
-        return RowBatch(start, stop, ok + start, torch.from_numpy(images), errors)
+    def __getitem__(self, batch: RowSlice) -> RowBatch:
+        jpegs = []
+        if self.gpu_jpeg:
+            images, ok, errors, encoded = split_rows(batch.sources, self.image_size)
+            jpegs = [(row, data, batch.location(int(ok[row]))) for row, data in encoded]
+        else:
+            # read_image is looked up here, at call time, so it can be replaced (tests: a slow
+            # disk).
+            images, ok, errors = decode_rows(batch.sources, self.image_size, read_image)
+        ids = [batch.ids[i] for i in ok]
+        return RowBatch(
+            batch.start,
+            batch.start + len(batch),
+            ok + batch.start,
+            ids,
+            torch.from_numpy(images),
+            batch_failures(batch, errors),
+            jpegs,
+        )
 
 
 def _as_is(batch: RowBatch) -> RowBatch:
@@ -110,67 +126,69 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def prepare_run(model: nn.Module, settings: RunSettings) -> tuple[RunSettings, dict]:
+    """The run's device (`settings.device`, else where the model is) and the precision it computes
+    in there (`run_precision`: "bf16" runs float32 on a CPU without native bf16), and what
+    identifies the model's numbers for the manifest."""
+    if settings.device is not None:
+        device = torch.device(settings.device)
+    else:
+        parameter = next(model.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+    precision = run_precision(settings.precision, device)
+    identity = {
+        "framework": "torch",
+        "weights": weights_digest(model),
+        "channels": input_channels(model),
+        "decoder": decoder(device),
+    }
+    return dataclasses.replace(settings, device=device, precision=precision), identity
+
+
 def run_chunks(
-    catalog: pd.DataFrame,
+    rows: CatalogRows,
+    parts: Parts,
+    chunks: Sequence[int],
     model: nn.Module,
     forward: Callable[[torch.Tensor], torch.Tensor],
-    shape: tuple[int, ...],
-    save_loc: str | os.PathLike,
     settings: RunSettings,
-    run: Mapping,
     seed: int = 0,
-) -> Parts:
-    """Compute `forward(images) -> (batch, *shape)` for every chunk of `catalog` not yet on disk.
+) -> None:
+    """Compute `forward(images) -> (batch, *parts.shape)` for each of `chunks` and write its part.
 
-    `catalog` comes from `read_catalog`; `model` is the module `forward` uses (put in eval mode,
-    moved to `settings.device` and made channels-last here). `run` describes what `forward` computes
-    beyond the weights (task, passes...) for the manifest. Returns the finished `Parts`.
-    `settings.precision` "bf16" runs in float32 on a CPU without native bf16 (`run_precision`); the
-    manifest records the precision run.
+    `settings` come from `prepare_run` (a device and the precision to run). `model` is the module
+    `forward` uses (put in eval mode, moved to the device and made channels-last here). The
+    DataLoader's sampler reads the catalog a batch at a time (`Parts.batches`), so no more than the
+    batches in flight are in memory.
     """
-    if settings.device is not None:
-        model.to(settings.device)
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    settings = dataclasses.replace(settings, precision=run_precision(settings.precision, device))
-    channels = input_channels(model)
+    device = torch.device(settings.device)
+    model.to(device)
     channels_last = settings.channels_last
     if channels_last is None:
         channels_last = prefers_channels_last(model, settings.precision)
-    fingerprint = {
-        **run,
-        "framework": "torch",
-        "weights": weights_digest(model),
-        "channels": channels,
-    }
-    parts = start_parts(catalog, save_loc, shape, settings, fingerprint, seed)
-    spans = parts.spans(parts.todo(), settings.batch_size)
     loader = DataLoader(
-        CatalogImages(catalog["file_loc"], settings.image_size),
+        CatalogImages(settings.image_size, gpu_decoding(device)),
         batch_size=None,
-        sampler=spans,
+        sampler=parts.batches(rows, chunks, settings.batch_size),
         num_workers=settings.workers,
         collate_fn=_as_is,
         pin_memory=device.type == "cuda",
         worker_init_fn=_init_worker,
     )
-    step = _Step(forward, eval_transform(channels), device, channels_last)
+    step = _Step(forward, eval_transform(input_channels(model)), device, channels_last)
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     dtype = PRECISIONS[str(settings.precision)]
     fused = dtype == torch.bfloat16 and device.type == "cpu"
     with (
-        cleaned_up_on_failure(parts),
         prepared(model, channels_last),
         fused_conv_gelu(model) if fused else contextlib.nullcontext(),
         reused_memory(),
         torch.inference_mode(),
         torch.autocast(device.type, dtype, enabled=dtype is not None),
         torch.random.fork_rng(devices=rng_devices),
-        ChunkWriter(parts, spans, settings.progress) as writer,
+        ChunkWriter(parts, chunks, settings.progress) as writer,
     ):
-        if spans:
-            _stream(loader, step, writer, seed)
-    return parts
+        _stream(_on_device(loader, device), step, writer, seed, settings.image_size)
 
 
 class _Step:
@@ -186,11 +204,51 @@ class _Step:
         return self.forward(x).float().cpu().numpy()
 
 
-def _stream(loader, step: _Step, writer: ChunkWriter, seed: int) -> None:
+def _on_device(batches, device: torch.device):
+    """The batches, each one's images copied to a CUDA device on a side stream while the previous
+    batch computes (pinned memory makes the copy asynchronous); as they are elsewhere."""
+    if device.type != "cuda" or not fast_paths.choose(
+        "cuda_prefetch", True, "copies overlap computing"
+    ):
+        yield from batches
+        return
+    stream, ready = torch.cuda.Stream(device), None
+    for batch in batches:
+        with torch.cuda.stream(stream):
+            batch.images = batch.images.to(device, non_blocking=True)
+        if ready is not None:
+            yield ready
+        torch.cuda.current_stream(device).wait_stream(stream)
+        batch.images.record_stream(torch.cuda.current_stream(device))
+        ready = batch
+    if ready is not None:
+        yield ready
+
+
+def _gpu_decoded(batch: RowBatch, device: torch.device, size: int):
+    """(images, positions, ids, failures) of a batch once its JPEGs are decoded on `device`."""
+    images = batch.images.to(device, non_blocking=True)
+    failed = fill_on_device(images, [(row, data) for row, data, _ in batch.jpegs], size, device)
+    if not failed:
+        return images, batch.positions, batch.ids, batch.failures
+    where = {row: location for row, _, location in batch.jpegs}
+    dropped = {row for row, _ in failed}
+    failures = batch.failures + [
+        (int(batch.positions[row]), batch.ids[row], where[row], message) for row, message in failed
+    ]
+    keep = [row for row in range(len(batch.ids)) if row not in dropped]
+    ids = [batch.ids[row] for row in keep]
+    return images[keep], batch.positions[keep], ids, failures
+
+
+def _stream(batches, step: _Step, writer: ChunkWriter, seed: int, size: int) -> None:
     """The hot loop: one forward pass per batch, one part file per finished chunk."""
-    for batch in loader:
+    for batch in batches:
         chunk = writer.new_chunk(batch.start)
         if chunk is not None:
             torch.manual_seed(chunk_seed(seed, chunk))
-        values = step(batch.images) if len(batch.positions) else None
-        writer.add(batch.start, batch.stop, batch.positions, values, batch.errors)
+        images, positions, ids, failures = batch.images, batch.positions, batch.ids, batch.failures
+        if batch.jpegs:
+            images, positions, ids, failures = _gpu_decoded(batch, step.device, size)
+        values = step(images) if len(positions) else None
+        writer.add(batch.start, batch.stop, positions, ids, values, failures)
