@@ -209,9 +209,10 @@ class Parts:
         """Note the identity of the images of each of `chunks` not yet done, for its part to record
         (`write`), and check that of each done one: `ValueError` naming the chunks whose images
         changed since their part was made."""
-        changed = []
-        for chunk in chunks:
-            digest = images_digest(rows.read([self.rows(chunk)]), content)
+        changed, chunks = [], sorted(chunks)
+        slices = rows.read(map(self.rows, chunks), rows=self.chunk_rows)  # one slice per chunk
+        for chunk, batch in zip(chunks, slices, strict=True):
+            digest = images_digest([batch], content)
             if not self.path(chunk).is_file():
                 self.images[chunk] = digest
             elif self.recorded_images(chunk) != digest:
