@@ -160,6 +160,15 @@ def test_ids_are_text_and_bad_rows_are_named_with_their_file(tmp_path):
     with pytest.raises(CatalogError, match=r"twice.csv.*repeats.*row 2 \(id_str 'a'\)"):
         open_catalog_rows(twice).check([(0, 3)])
 
+    padded = tmp_path / "padded.csv"
+    padded.write_text("id_str,file_loc\na,/a.jpg\nb ,/b.jpg\n")
+    with pytest.raises(CatalogError, match=r"padded.csv.*leading or trailing spaces.*row 1"):
+        open_catalog_rows(padded).check([(0, 2)])
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("id_str,file_loc\n")
+    with pytest.raises(CatalogError, match=r"header.csv: the catalog has no rows"):
+        open_catalog_rows(header_only)
+
     with pytest.raises(CatalogError, match="does not exist"):
         open_catalog_rows(tmp_path / "nowhere.parquet")
     (tmp_path / "empty").mkdir()

@@ -205,7 +205,9 @@ def test_write_replaces_a_model_but_not_other_folders(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not a saved model"):
+    with pytest.raises(
+        FileExistsError, match=r"holds files a saved model does not \(todo.txt\); refusing"
+    ):
         save_pretrained(encoder, tmp_path / "notes")
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
 

@@ -235,12 +235,14 @@ def _as_text(column: pa.Array | pa.ChunkedArray, where: str) -> pa.Array:
 
 def _check_slice(part: RowSlice, name: str) -> None:
     missing_id = [i for i, v in enumerate(part.ids) if v is None or not str(v).strip()]
+    padded = [i for i, v in enumerate(part.ids) if v is not None and str(v) != str(v).strip()]
     missing_image = [i for i, v in enumerate(part.sources) if v is None or len(v) == 0]
     seen: set[str] = set()
     repeated = [i for i, v in enumerate(part.ids) if v in seen or seen.add(v)]
     problems = []
     for what, found in (
         ("id_str is empty", missing_id),
+        ("id_str has leading or trailing spaces", padded),
         ("no image (file_loc)", missing_image),
         ("id_str repeats an earlier row's", repeated),
     ):
@@ -258,9 +260,16 @@ def _check_slice(part: RowSlice, name: str) -> None:
 def open_catalog_rows(source: CatalogInput, root: str | os.PathLike | None = None) -> CatalogRows:
     """The `CatalogRows` of a catalog DataFrame or table, file, folder, pyarrow dataset or Hugging
     Face dataset (see the module docstring). `root` resolves relative `file_loc` paths instead of
-    each file's folder."""
+    each file's folder. A catalog without rows is refused (`CatalogError`)."""
     if isinstance(source, CatalogRows):
         return source
+    rows = _open(source, root)
+    if not len(rows):
+        raise CatalogError(f"{rows.name}: the catalog has no rows")
+    return rows
+
+
+def _open(source: CatalogInput, root: str | os.PathLike | None) -> CatalogRows:
     if isinstance(source, pd.DataFrame):
         return _dataframe_rows(source)
     if isinstance(source, pa.Table):
