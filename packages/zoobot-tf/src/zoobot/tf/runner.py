@@ -128,7 +128,9 @@ def tf_device(name: str | None) -> str | None:
     kind, _, index = name.lower().partition(":")
     kinds = {"cpu": "CPU", "cuda": "GPU", "gpu": "GPU"}
     if kind not in kinds or (index and not index.isdigit()):
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or a TensorFlow name")
+        raise ValueError(
+            f"unknown device={name!r}; use cpu, cuda, cuda:N or a TensorFlow device name"
+        )
     return f"/{kinds[kind]}:{index or 0}"
 
 

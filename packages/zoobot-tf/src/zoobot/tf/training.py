@@ -209,9 +209,13 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 
 def unusable_image(err: tf.errors.InvalidArgumentError) -> ImageDecodeError | None:
-    """The `ImageDecodeError` a training pipeline's image check stopped with, or None."""
+    """The `ImageDecodeError` a training pipeline stopped with, or None: from the in-graph image
+    checks (`UNUSABLE_IMAGE`) or from `read_image` run in the graph (`read_image_op`)."""
     found = re.search(rf"\[{UNUSABLE_IMAGE}\] \[(.*?)\] \[(.*?)\]", str(err))
-    return None if found is None else ImageDecodeError(f"{found[1]}: {found[2]}")
+    if found is not None:
+        return ImageDecodeError(f"{found[1]}: {found[2]}")
+    found = re.search(r"ImageDecodeError: (.+)", str(err))
+    return None if found is None else ImageDecodeError(found[1])
 
 
 class LearningRateLogger(keras.callbacks.Callback):
