@@ -15,7 +15,7 @@ from PIL import Image
 
 from zoobot.data.images import DECALS_SCALES, lupton_rgb
 from zoobot.data.synthetic import layers
-from zoobot.data.synthetic.morphology import Morphology, magnitude_to_flux
+from zoobot.data.synthetic.morphology import BAR_SHARE, DISK_SCALE, Morphology, magnitude_to_flux
 
 try:
     import galsim
@@ -122,7 +122,7 @@ def _bulge(m: Morphology, cos_i: float, pa: float) -> galsim.GSObject:
 def _light_shares(m: Morphology) -> dict[str, float]:
     """Shares of the disk light in its bar, arms, ring and clumps (at most 3/4 in all)."""
     shares = {
-        "bar": 0.35 * m.bar_strength,
+        "bar": BAR_SHARE * m.bar_strength,
         "arms": m.spiral_strength,
         "ring": 0.35 if m.ring else 0.0,
         "clumps": 0.15 if m.clumps else 0.0,
@@ -134,9 +134,9 @@ def _light_shares(m: Morphology) -> dict[str, float]:
 def _disk(canvas: Canvas, m: Morphology, rng: np.random.Generator, center, pa: float) -> None:
     """A disk galaxy: inclined exponential disk, bulge and bar, then its arms, ring and clumps."""
     cos_i = float(np.cos(np.radians(m.inclination)))
-    h = m.size / 1.678  # exponential scale length of a disk with this half-light radius
+    h = m.size / DISK_SCALE  # exponential scale length of a disk with this half-light radius
     disk_flux = m.flux * (1 - m.bulge_fraction)
-    bar_angle, bar_length = rng.uniform(0, np.pi), h * rng.uniform(1.0, 1.8)
+    bar_angle, bar_length = rng.uniform(0, np.pi), m.bar_length  # the bar's angle in the disk
     shares = _light_shares(m)
     disk = galsim.InclinedExponential(
         m.inclination * galsim.degrees, scale_radius=h, scale_h_over_r=0.1, gsparams=GSPARAMS
