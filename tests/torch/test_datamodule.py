@@ -17,6 +17,7 @@ from zoobot.torch.transforms import (
     PSFBlur,
     SkyNoise,
     StretchJitter,
+    dihedral_transform,
     eval_transform,
     train_transform,
 )
@@ -68,6 +69,21 @@ def test_train_transform_is_random_in_range_and_sized():
     assert first.shape == (3, 32, 32) and first.min() >= 0 and first.max() <= 1
     assert not torch.equal(first, transform(pixels))
     assert train_transform(32, channels=1)(pixels).shape == (1, 32, 32)
+
+
+def test_dihedral_transform_gives_the_8_symmetries_of_the_square_exactly():
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    plain = eval_transform()(pixels)
+    symmetries = {
+        torch.rot90(flipped, k, dims=(-2, -1)).numpy().tobytes()
+        for flipped in (plain, plain.flip(-1))
+        for k in range(4)
+    }
+    torch.manual_seed(0)
+    seen = {dihedral_transform()(pixels).numpy().tobytes() for _ in range(200)}
+    assert seen == symmetries  # all 8 appear in 200 draws (each missed with chance < 1e-11)
+    grey = dihedral_transform(channels=1, mean=(0.5,), std=(0.25,))(pixels)
+    assert grey.shape == (1, 16, 16)
 
 
 def test_astronomy_augmentations():

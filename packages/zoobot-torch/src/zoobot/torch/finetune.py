@@ -225,6 +225,7 @@ class FinetuneableZoobotTree(ZoobotTree):
         warmup_epochs: float = 0.0,
         warmup_steps: int = 0,
         cosine: bool = True,
+        concentration: tuple[float, float] | None = None,
     ):
         super().__init__(
             schema,
@@ -237,6 +238,7 @@ class FinetuneableZoobotTree(ZoobotTree):
             cosine=cosine,
             n_blocks=n_blocks,
             lr_decay=lr_decay,
+            concentration=concentration,
         )
         # The encoder came from name= or encoder=, not from ZoobotTree's default architecture.
         del self.hparams["architecture"]

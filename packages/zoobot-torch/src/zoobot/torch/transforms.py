@@ -165,6 +165,16 @@ class MaskedRegions(v2.Transform):
         return inpt
 
 
+class RandomQuarterTurn(v2.Transform):
+    """Rotate by a random multiple of 90 degrees: every pixel is kept exactly, none interpolated."""
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"k": int(torch.randint(0, 4, ()))}
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        return torch.rot90(inpt, params["k"], dims=(-2, -1))
+
+
 def astro_augmentations(p: float = 0.25) -> list[v2.Transform]:
     """The astronomy augmentations, each applied with probability `p`."""
     return [
@@ -213,4 +223,19 @@ def train_transform(
         steps.append(v2.RandomGrayscale(greyscale_p))
     if astro_p > 0:
         steps.extend(astro_augmentations(astro_p))
+    return v2.Compose([*steps, Normalise(mean, std, channels)])
+
+
+def dihedral_transform(
+    channels: int = 3, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD
+) -> v2.Compose:
+    """A random one of the square's 8 symmetries (quarter turns, flip), then `eval_transform`'s steps.
+
+    For training on votes: volunteers answer the same whichever way a galaxy is turned, but not
+    when it is blurred, noisier, re-stretched or zoomed, so only these exact symmetries keep the
+    labels (the image arrives resized, as for evaluation).
+    """
+    steps: list[v2.Transform] = [ToFloatImage(), RandomQuarterTurn(), v2.RandomHorizontalFlip()]
+    if channels == 1:
+        steps.append(MeanGreyscale())
     return v2.Compose([*steps, Normalise(mean, std, channels)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 
@@ -31,9 +32,36 @@ class ScaledSigmoid(nn.Module):
         return 1 + 100 * torch.sigmoid(x)
 
 
-def dirichlet_head(in_features: int, n_answers: int, dropout: float) -> nn.Sequential:
-    """Dropout, a linear layer, and concentrations in (1, 101): one per answer column."""
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, n_answers), ScaledSigmoid())
+class LogScaledSigmoid(nn.Module):
+    """Concentrations in (low, high), spread evenly in log: low (high / low)^sigmoid(x).
+
+    A range reaching below 1 lets a rare answer's concentration be small while its question's total
+    stays low, as split votes need (a Dirichlet whose every concentration is >= 1 cannot say "a few
+    volunteers, unsure, might pick this").
+    """
+
+    def __init__(self, low: float, high: float):
+        super().__init__()
+        if not 0 < low < high:
+            raise ValueError(
+                f"concentration range must satisfy 0 < low < high, got ({low}, {high})"
+            )
+        self.log_low, self.log_span = math.log(low), math.log(high / low)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.log_low + self.log_span * torch.sigmoid(x))
+
+
+def dirichlet_head(
+    in_features: int,
+    n_answers: int,
+    dropout: float,
+    concentration: tuple[float, float] | None = None,
+) -> nn.Sequential:
+    """Dropout, a linear layer, and one concentration per answer column: in the log-spaced
+    `concentration` range (low, high), or 1 + 100 sigmoid without one."""
+    scale = ScaledSigmoid() if concentration is None else LogScaledSigmoid(*concentration)
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, n_answers), scale)
 
 
 def _per_question_sum(values: torch.Tensor, index: torch.Tensor, n_questions: int) -> torch.Tensor:
@@ -149,8 +177,9 @@ class ZoobotTree(TreeSteps, ZoobotModule):
     The loss is the Dirichlet-multinomial negative log-likelihood of the votes (`zoobot.torch.loss`),
     summed over questions and averaged over the batch; it is logged per question and per campaign,
     with the vote-fraction error of each question. `architecture` is any name `load_encoder` takes;
-    `encoder=` uses a module instead. Other arguments: `ZoobotModule` (by default the whole encoder
-    trains at `learning_rate`). Predictions are concentrations, `(batch, answer, n_samples)`.
+    `encoder=` uses a module instead. `concentration` is the head's (low, high) range (log-spaced;
+    None: 1 + 100 sigmoid). Other arguments: `ZoobotModule` (by default the whole encoder trains at
+    `learning_rate`). Predictions are concentrations, `(batch, answer, n_samples)`.
     """
 
     task = "tree"
@@ -169,12 +198,13 @@ class ZoobotTree(TreeSteps, ZoobotModule):
         cosine: bool = True,
         n_blocks: int = -1,
         lr_decay: float = 1.0,
+        concentration: tuple[float, float] | None = None,
     ):
         schema = as_schema(schema)
         encoder = encoder if encoder is not None else load_encoder(architecture, channels)
         super().__init__(
             encoder,
-            dirichlet_head(encoder_dim(encoder), len(schema.label_cols), dropout),
+            dirichlet_head(encoder_dim(encoder), len(schema.label_cols), dropout, concentration),
             n_blocks=n_blocks,
             lr_decay=lr_decay,
             learning_rate=learning_rate,
