@@ -105,6 +105,30 @@ def test_verdicts_grade_the_share_of_the_gain(table):
     assert table.iloc[1]["verdict"].startswith("beats the constant by 0.250")
 
 
+def test_bootstrap_interval_of_the_gain_share():
+    rng = np.random.default_rng(1)
+    counts = rng.multinomial(20, [0.3, 0.7], size=200).astype(float)
+    counts = np.hstack([counts, np.zeros((200, 2))])  # nobody asked about bars
+    truth = counts[:, :2] / 20
+    noisy = np.clip(truth + rng.normal(0, 0.05, truth.shape), 0.01, 0.99)
+    model = np.hstack([noisy / noisy.sum(1, keepdims=True) * 10, np.ones((200, 2))])
+    constant = np.array([0.3, 0.7, 0.5, 0.5])
+    reference = np.hstack([truth, np.full((200, 2), 0.5)])
+    args = (model, counts, TREE, constant, reference)
+    table = evaluate_vote_fractions(*args, bootstrap=400, seed=3)
+    shape = table.iloc[0]
+    assert shape["gain_low"] < shape["gain_captured"] < shape["gain_high"]
+    assert "90% interval" in shape["verdict"]
+    again = evaluate_vote_fractions(*args, bootstrap=400, seed=3)
+    pd.testing.assert_frame_equal(table, again)  # the resamples are seeded
+    assert np.isnan(table.iloc[1]["gain_low"])  # no galaxy was asked about bars
+    # The reference itself captures the whole gain in every resample: the interval is one point.
+    exact = np.hstack([truth * 10, np.ones((200, 2))])
+    same = evaluate_vote_fractions(exact, counts, TREE, constant, reference, bootstrap=50)
+    assert same.iloc[0]["gain_low"] == pytest.approx(1.0, abs=1e-12)
+    assert same.iloc[0]["gain_high"] == pytest.approx(1.0, abs=1e-12)
+
+
 def test_summary_weighs_questions_equally(table):
     summary = summarise_evaluation(table)
     assert summary["model_mae"] == pytest.approx((0.1 / 3 + 0.0) / 2, abs=1e-15)

@@ -8,7 +8,9 @@ For each question, over the galaxies with at least `min_votes` votes for it:
   observed fraction around the crowd's (binomial sampling, at the observed fraction);
 - `reference_mae`: the same error for reference fractions, if given (on a synthetic survey, a model
   that sees the true parameters: the most the images could teach);
-- `gain_captured`: (constant - model) / (constant - reference), the share of the learnable gain;
+- `gain_captured`: (constant - model) / (constant - reference), the share of the learnable gain,
+  with `gain_low` / `gain_high`, its central 90% interval over bootstrap resamples of the galaxies
+  when asked for (a share of a small gain, on a few hundred galaxies, is uncertain);
 - `coverage`: the share of observed counts inside the model's central `level` predictive interval
   (`zoobot.shared.stats.interval_coverage`; `level` when calibrated);
 - `verdict`: one line a reader can act on.
@@ -33,6 +35,8 @@ COLUMNS = (
     "noise_floor",
     "reference_mae",
     "gain_captured",
+    "gain_low",
+    "gain_high",
     "coverage",
     "verdict",
 )
@@ -80,6 +84,37 @@ def _masked_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.divide(total, n, out=np.full(len(n), np.nan), where=n > 0)
 
 
+def _gain(constant, model, reference) -> np.ndarray:
+    """(constant - model) / (constant - reference) where the reference gains, else NaN."""
+    constant, model, reference = (
+        np.asarray(v, dtype=np.float64) for v in (constant, model, reference)
+    )
+    learnable = constant - reference
+    return np.divide(
+        constant - model, learnable, out=np.full(learnable.shape, np.nan), where=learnable > 0
+    )
+
+
+def _bootstrap_gain(
+    rows: dict[str, np.ndarray], enough: np.ndarray, draws: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """5th and 95th percentiles of each question's gain share over resamples of its galaxies
+    (the model's, constant's and reference's errors resampled together, galaxy by galaxy)."""
+    rng = np.random.default_rng(seed)
+    low, high = np.full(enough.shape[1], np.nan), np.full(enough.shape[1], np.nan)
+    for q in range(enough.shape[1]):
+        rated = np.flatnonzero(enough[:, q])
+        if len(rated) == 0:
+            continue
+        picks = rated[rng.integers(0, len(rated), size=(draws, len(rated)))]
+        means = {k: rows[k][picks, q].mean(axis=1) for k in ("model_mae", "constant_mae")}
+        reference = rows["reference_mae"][picks, q].mean(axis=1)
+        shares = _gain(means["constant_mae"], means["model_mae"], reference)
+        if np.isfinite(shares).any():
+            low[q], high[q] = np.nanpercentile(shares, [5, 95])
+    return low, high
+
+
 def verdict(row: pd.Series, level: float) -> str:
     """One line on a question's row: does the model beat the constant, how much of the gain, and
     are its intervals calibrated."""
@@ -92,7 +127,10 @@ def verdict(row: pd.Series, level: float) -> str:
     else:
         share = row["gain_captured"]
         label = next(text for bound, text in GAIN_LEVELS if share >= bound)
-        text = f"{label} ({share:.0%} of the learnable gain)"
+        text = f"{label} ({share:.0%} of the learnable gain"
+        if np.isfinite(row["gain_low"]):
+            text += f", 90% interval {row['gain_low']:.0%} to {row['gain_high']:.0%}"
+        text += ")"
     coverage = row["coverage"]
     if coverage < level - COVERAGE_TOLERANCE:
         text += f"; intervals too narrow ({coverage:.2f} covered)"
@@ -109,12 +147,15 @@ def evaluate_vote_fractions(
     reference=None,
     min_votes: int = 5,
     level: float = 0.9,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """The per-question table of the module docstring, one row per question of `schema`.
 
     `concentrations` are the model's, (galaxy, answer) or (galaxy, answer, pass); `counts` the
     observed votes of the same galaxies; `constant` the baseline's fractions, (answer,) (see
     `constant_fractions`); `reference` optional fractions of a reference model, (galaxy, answer).
+    `bootstrap` resamples (with a reference) give `gain_low` / `gain_high` (NaN without).
     """
     counts = check_counts(counts, schema)
     predicted = expected_vote_fractions(concentrations, schema)
@@ -146,10 +187,13 @@ def evaluate_vote_fractions(
         table[name] = _masked_mean(values, enough)
     if reference is None:
         table["reference_mae"] = np.nan
-    learnable = table["constant_mae"] - table["reference_mae"]
-    table["gain_captured"] = (table["constant_mae"] - table["model_mae"]) / learnable.where(
-        learnable > 0
+    table["gain_captured"] = _gain(
+        table["constant_mae"].to_numpy(), table["model_mae"], table["reference_mae"].to_numpy()
     )
+    table["gain_low"], table["gain_high"] = np.nan, np.nan
+    if reference is not None and bootstrap > 0:
+        low, high = _bootstrap_gain(rows, enough, bootstrap, seed)
+        table["gain_low"], table["gain_high"] = low, high
     coverage = interval_coverage(concentrations, counts, schema, level, min_votes=min_votes)
     table["coverage"] = coverage["coverage"].to_numpy()
     table["verdict"] = [verdict(row, level) for _, row in table.iterrows()]
