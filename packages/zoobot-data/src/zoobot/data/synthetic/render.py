@@ -106,7 +106,11 @@ def _disk_projection(profile: galsim.GSObject, angle: float, cos_i: float, pa: f
 
 
 def _bulge(m: Morphology, cos_i: float, pa: float) -> galsim.GSObject:
-    """A Sersic bulge, rounded or (seen near edge-on) boxy: two crossed, flattened components."""
+    """A Sersic bulge, rounded or (seen near edge-on) boxy: two crossed, flattened components.
+
+    Built along the x axis, flattened with the disk's tilt, then turned to the disk's position
+    angle, so a boxy bulge's X lies along the disk.
+    """
     radius = m.size * (0.1 + 0.3 * m.bulge_fraction)
     bulge = galsim.Sersic(
         m.sersic_n, half_light_radius=radius, trunc=10 * radius, gsparams=GSPARAMS
@@ -116,7 +120,7 @@ def _bulge(m: Morphology, cos_i: float, pa: float) -> galsim.GSObject:
         lobe = lobe.shear(q=0.45, beta=0 * galsim.radians)
         bulge = galsim.Add([lobe.rotate(0.5 * galsim.radians), lobe.rotate(-0.5 * galsim.radians)])
     flattening = 1 - 0.3 * (1 - cos_i)
-    return bulge.shear(q=flattening, beta=pa * galsim.radians)
+    return bulge.shear(q=flattening, beta=0 * galsim.radians).rotate(pa * galsim.radians)
 
 
 def _light_shares(m: Morphology) -> dict[str, float]:
