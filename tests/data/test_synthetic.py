@@ -295,3 +295,22 @@ def test_bad_requests_are_refused(tmp_path):
         make_survey(3, tmp_path, image_size=8, progress=False)
     with pytest.raises(KeyError, match="unknown schema"):
         make_survey(3, tmp_path, schema="gz_nonexistent", progress=False)
+
+
+@pytest.mark.parametrize("pa", [0.0, 0.7, 2.0])
+def test_a_boxy_bulge_lies_along_its_disk(pa):
+    import galsim
+
+    from zoobot.data.synthetic.render import _bulge
+
+    edge_on = a_disk(inclination=87.0, axis_ratio=0.13, bulge_fraction=0.4)
+    cos_i = float(np.cos(np.radians(edge_on.inclination)))
+    for shape in ("boxy", "rounded"):
+        bulge = _bulge(dataclasses.replace(edge_on, bulge_shape=shape), cos_i, pa)
+        image = bulge.drawImage(nx=96, ny=96, scale=0.1)
+        moments = galsim.hsm.FindAdaptiveMom(image).observed_shape
+        angle = moments.beta.rad % np.pi
+        # Position angles are defined modulo pi; HSM's angle is good to well under 0.01 rad here.
+        assert min(abs(angle - pa % np.pi), np.pi - abs(angle - pa % np.pi)) < 0.05, shape
+        elongation = (1 - moments.g) / (1 + moments.g)
+        assert elongation < (0.6 if shape == "boxy" else 0.8), shape
