@@ -6,7 +6,7 @@ per framework (same Python, `OMP_NUM_THREADS` and --threads compute threads for 
 a synthetic survey rendered once at 424 px JPEG (cached between runs), its catalog, the same
 images as TFRecord shards (`zoobot.data.shards.write_shards`), and per architecture a randomly
 initialised `zoobot.torch.ZoobotTree` (decals_dr5 head) saved once with `zoobot.torch.save_pretrained`
-that both sides load with their `load_from_name`. Within each round the measurements of a group
+that both sides load with their `from_pretrained`. Within each round the measurements of a group
 run one after the other, the order reversing every round, and only one side computes at a time;
 figures are medians over rounds, each ratio is ours (TF) / baseline. These shared 2-core machines
 are often busy, so each measurement records the cores other processes used meanwhile (machine busy

@@ -10,7 +10,7 @@ Tasks (every figure is timed here, around exactly the call being compared):
 - `hello`: versions and thread settings.
 - `save_model` (torch only): a randomly initialised `zoobot.torch.ZoobotTree` of an architecture
   (seeded), written with `zoobot.torch.save_pretrained` as a Hub-layout folder that both sides load.
-- `predict`: the side's `predict(source, load_from_name(folder), save_loc, n_samples=1, ...)` with
+- `predict`: the side's `predict(source, from_pretrained(folder), save_loc, n_samples=1, ...)` with
   its default data pipeline and fp32; `source` is a catalog of image files, or (TF) a folder of
   TFRecord shards. Images/s of the whole call, after one warm-up call per (model, kind of source) on
   a small source of the same kind (graph tracing, oneDNN kernels, loader start-up). The
@@ -51,7 +51,7 @@ def _version(distribution: str) -> str | None:
 
 
 class Torch:
-    """`zoobot.torch`: save_pretrained / load_from_name, predict, ZoobotTree + Lightning."""
+    """`zoobot.torch`: save_pretrained / from_pretrained, predict, ZoobotTree + Lightning."""
 
     name = "torch"
 
@@ -77,9 +77,9 @@ class Torch:
         save_pretrained(ZoobotTree(SCHEMA, architecture=architecture).eval(), folder)
 
     def load(self, folder: str):
-        from zoobot.torch import load_from_name
+        from zoobot.torch import from_pretrained
 
-        return load_from_name(folder).eval()
+        return from_pretrained(folder).eval()
 
     def predict(self, source, model, save_loc: Path, task: dict) -> None:
         from zoobot.torch.predictions import predict
@@ -105,7 +105,7 @@ class Torch:
 
 
 class TF:
-    """`zoobot.tf`: load_from_name, predict (files or shards), ZoobotTree + Keras fit."""
+    """`zoobot.tf`: from_pretrained, predict (files or shards), ZoobotTree + Keras fit."""
 
     name = "tf"
 
@@ -137,9 +137,9 @@ class TF:
         raise ValueError("models are saved by the torch side, so both load the same folder")
 
     def load(self, folder: str):
-        from zoobot.tf.hub import load_from_name
+        from zoobot.tf.pretrained import from_pretrained
 
-        return load_from_name(folder)
+        return from_pretrained(folder)
 
     def predict(self, source, model, save_loc: Path, task: dict) -> None:
         from zoobot.tf.predictions import predict

@@ -8,7 +8,7 @@ framework never meets this: load the same folder in `zoobot.torch` or in `zoobot
 Compared on held-out test galaxies:
 - the evaluation preprocessing (torch transform of `read_image` vs the `zoobot.tf.data` pipeline);
 - the encoder's pooled features (the published encoder folder, loaded by each `load_encoder`);
-- the whole tree model (saved by zoobot.torch, reloaded by `zoobot.tf.hub.load_from_name`):
+- the whole tree model (saved by zoobot.torch, reloaded by `zoobot.tf.pretrained.from_pretrained`):
   its Dirichlet concentrations with dropout off.
 """
 
@@ -50,10 +50,10 @@ def compare(run: Run) -> dict:
     from zoobot.tf import finetune as _tf_finetune  # noqa: F401 - registers the TF task classes
     from zoobot.tf.data import eval_dataset
     from zoobot.tf.encoders import load_encoder as tf_load_encoder
-    from zoobot.tf.hub import load_from_name as tf_load_from_name
+    from zoobot.tf.pretrained import from_pretrained as tf_from_pretrained
+    from zoobot.torch import from_pretrained as torch_from_pretrained
     from zoobot.torch import load_encoder as torch_load_encoder
-    from zoobot.torch import load_from_name as torch_load_from_name
-    from zoobot.torch.transforms import eval_transform
+    from zoobot.torch.data.transforms import eval_transform
 
     s = run.settings
     torch.backends.cudnn.allow_tf32 = False
@@ -81,8 +81,8 @@ def compare(run: Run) -> dict:
     np.savez_compressed(run.path("comparison/features.npz"), torch=torch_features, tf=tf_features)
 
     tree_folder = run.path(TORCH_TREE) / "best"
-    torch_tree = torch_load_from_name(tree_folder).eval()
-    tf_tree = tf_load_from_name(tree_folder)
+    torch_tree = torch_from_pretrained(tree_folder).eval()
+    tf_tree = tf_from_pretrained(tree_folder)
     with torch.no_grad():
         torch_alpha = torch_tree(torch_images).numpy()
     tf_alpha = tf_tree(tf_images, training=False).numpy()

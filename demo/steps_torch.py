@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import warnings
 
 import numpy as np
@@ -33,19 +32,8 @@ from common import (
 CLASS_NAMES = ("absent", "present")
 
 
-def torch_only() -> None:
-    """Keep TensorFlow out of this process, as in an environment with PyTorch alone.
-
-    The demo's environment holds both frameworks; Lightning's TensorBoard logger would otherwise
-    import TensorFlow (via tensorboard), which costs seconds and is not needed: tensorboard falls
-    back to its own stub when TensorFlow cannot be imported.
-    """
-    sys.modules.setdefault("tensorflow", None)
-
-
 def quiet() -> None:
     """Keep Lightning's banners and known harmless warnings out of the demo's output."""
-    torch_only()
     import torch
 
     # One compute thread, and one DataLoader worker decoding and augmenting: two cores busy.
@@ -206,6 +194,7 @@ def finetune(run: Run) -> dict:
                 num_workers=0,
                 progress=False,
                 resume=False,
+                overwrite=True,
             )
             predictions = pd.read_parquet(files.predictions)
             truth = tables["test"].set_index("id_str").loc[predictions["id_str"], "label"]
@@ -244,6 +233,7 @@ def predict_votes(run: Run) -> dict:
             num_workers=0,
             progress=False,
             resume=False,
+            overwrite=True,
             seed=s.seed,
         )
         results[name] = {

@@ -357,6 +357,47 @@ def randomise_keras(model, seed: int = 0):
     return model
 
 
+def calibrate_batchnorm_torch(module, images) -> None:
+    """Set every BatchNorm's running statistics to those of `images` (N, C, H, W), as a trained
+    network has them: one train-mode pass with a cumulative average, then eval mode.
+
+    A deep network with random statistics (mean and variance unrelated to what reaches them) grows
+    its activations block after block (to ~1e5 in MaxViT-Base, with the float32 rounding growing
+    alike), so a 1e-4 check would measure that blow-up instead of the port. Calibrated statistics
+    are still far from 0 and 1, so a swapped or transposed mapping still shows.
+    """
+    import torch
+
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative: after one pass, exactly the batch's statistics
+    module.train()
+    with torch.no_grad():
+        module(torch.as_tensor(np.asarray(images, np.float32)))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    module.eval()
+
+
+def calibrate_batchnorm_keras(model, images) -> None:
+    """The same for a Keras model and channels-last `images`: one training pass with momentum 0
+    (zoobot.tf's TorchBatchNorm keeps torch's unbiased running variance)."""
+    import keras
+
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    frozen = [norm.name for norm in norms if not norm.trainable]
+    if frozen:  # Keras runs a frozen BatchNorm in inference mode: nothing would be calibrated
+        raise ValueError(f"calibrate before freezing: {frozen[:5]} are not trainable")
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    model(np.asarray(images, np.float32), training=True)
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+
+
 # The session's recorder: conftest.py fills `environment`, tests record through the `parity`
 # fixture, and pytest_sessionfinish writes the report.
 RECORDER = Recorder()

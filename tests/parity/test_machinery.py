@@ -141,7 +141,7 @@ def _jpeg(tmp_path):
 
 def _torch_eval(path, size, channels=3):
     from zoobot.data.images import read_image
-    from zoobot.torch.transforms import eval_transform
+    from zoobot.torch.data.transforms import eval_transform
 
     return eval_transform(channels)(read_image(path, size)).numpy().transpose(1, 2, 0)
 

@@ -57,7 +57,7 @@ def model_folders(tmp_path_factory):
     import torch
 
     import zoobot.torch
-    from zoobot.torch.hub import save_pretrained
+    from zoobot.torch.pretrained import save_pretrained
 
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """Check 2: the deterministic evaluation transform of the same image files in both frameworks.
 
-torch reads each file as its training/prediction datasets do (`zoobot.torch.datamodule.
-CatalogDataset` with `zoobot.torch.transforms.eval_transform`, channels-first); TF reads the same
+torch reads each file as its training/prediction datasets do (`zoobot.torch.data.datamodule.
+CatalogDataset` with `zoobot.torch.data.transforms.eval_transform`, channels-first); TF reads the same
 catalog with `zoobot.tf.data.eval_dataset`, from the files and from TFRecord shards written by
 `zoobot.data.shards.write_shards` (channels-last). The tensors must be identical after
 transposing CHW -> HWC: JPEGs of several sizes (so libjpeg-turbo's DCT-domain scaling is used),
@@ -77,8 +77,8 @@ def shard_folder(catalog, tmp_path_factory):
 
 def torch_images(catalog, channels, mean, std) -> dict[str, np.ndarray]:
     """id_str -> HWC float32 from the torch dataset (CHW transposed)."""
-    from zoobot.torch.datamodule import CatalogDataset
-    from zoobot.torch.transforms import eval_transform
+    from zoobot.torch.data.datamodule import CatalogDataset
+    from zoobot.torch.data.transforms import eval_transform
 
     dataset = CatalogDataset(catalog, [], IMAGE_SIZE, eval_transform(channels, mean, std))
     return {

@@ -2,11 +2,11 @@
 
 One step: a `zoobot.torch.ZoobotTree` (dropout 0, the last 2 encoder blocks trained with
 `lr_decay=0.5`, the rest frozen; AdamW lr 1e-3, weight decay 0.05, no warmup) with randomised
-weights is saved in the Hub layout; `zoobot.tf.hub.load_from_name` rebuilds the same model (its
+weights is saved in the Hub layout; `zoobot.tf.pretrained.from_pretrained` rebuilds the same model (its
 task config carries every optimiser setting). torch takes one step with `torch.optim.AdamW` over
 `param_groups()` (what `configure_optimizers` builds, at the schedule's first factor, 1); TF takes
 one step with `fit` on the same batch, with the optimizer its `compile()` builds. Compared after
-the step (timm / torch names via `zoobot.tf.architectures.timm_state` and `zoobot.tf.hub.
+the step (timm / torch names via `zoobot.tf.architectures.timm_state` and `zoobot.tf.pretrained.
 head_state`): the trained weights (1e-4 absolute, issue 8; gradient elements at float32 noise
 level, whose first Adam update is +-lr of random sign in either backend, are left out and counted),
 the frozen ones (exactly unchanged in both), the BatchNorm running statistics of trained blocks (1e-4 relative to scale), and the loss
@@ -52,7 +52,7 @@ FINETUNE_MARGIN = 0.05  # above the majority-class rate
 
 
 def _tf_modules():
-    tf_hub = importlib.import_module("zoobot.tf.hub")
+    tf_hub = importlib.import_module("zoobot.tf.pretrained")
     importlib.import_module("zoobot.tf.tree")
     importlib.import_module("zoobot.tf.finetune")
     architectures = importlib.import_module("zoobot.tf.architectures")
@@ -72,7 +72,7 @@ def test_one_optimiser_step_leaves_the_same_weights(recorder, rng, tmp_path, arc
     import torch
 
     import zoobot.torch
-    from zoobot.torch.hub import save_pretrained
+    from zoobot.torch.pretrained import save_pretrained
 
     tf_hub, architectures = _tf_modules()
     encoder = randomise_torch(zoobot.torch.load_encoder(architecture), seed=7)
@@ -81,7 +81,7 @@ def test_one_optimiser_step_leaves_the_same_weights(recorder, rng, tmp_path, arc
         SCHEMA, encoder=encoder, dropout=0.0, warmup_epochs=0.0, cosine=False, **settings
     )
     folder = save_pretrained(model, tmp_path / "start")
-    tf_model = tf_hub.load_from_name(folder)
+    tf_model = tf_hub.from_pretrained(folder)
 
     images = rng.uniform(0, 1, (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
     counts = rng.integers(0, 40, (BATCH, len(model.schema.label_cols))).astype(np.float32)
@@ -104,7 +104,7 @@ def test_one_optimiser_step_leaves_the_same_weights(recorder, rng, tmp_path, arc
     tf_model.compile()
     history = tf_model.fit(images, counts, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     tf_after = {f"encoder.{k}": v for k, v in architectures.timm_state(tf_model.encoder).items()}
-    tf_after |= {f"head.{k}": v for k, v in tf_hub.head_state(tf_model.head).items()}
+    tf_after |= {f"head.{k}": v for k, v in tf_model.backend.head_state(tf_model.head).items()}
 
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     trained = sorted(n for n in after if n in trainable)
@@ -140,9 +140,9 @@ def test_short_finetune_reaches_comparable_accuracy(recorder, survey, tmp_path):
     import torch
 
     import zoobot.torch
-    from zoobot.torch.datamodule import GalaxyDataModule
-    from zoobot.torch.hub import save_pretrained
-    from zoobot.torch.transforms import eval_transform
+    from zoobot.torch.data.datamodule import GalaxyDataModule
+    from zoobot.torch.data.transforms import eval_transform
+    from zoobot.torch.pretrained import save_pretrained
 
     _tf_modules()
     tf_data = importlib.import_module("zoobot.tf.data")

@@ -10,14 +10,13 @@ from PIL import Image
 
 from zoobot.data.images import read_image
 from zoobot.data.shards import read_shards, write_shards
-from zoobot.data.splits import assign_splits
+from zoobot.data.splits import assign_splits, split_tables
 from zoobot.shared import get_schema
 from zoobot.tf.data import (
     LabelColumnError,
     eval_dataset,
     eval_transform,
     open_source,
-    split_tables,
 )
 
 SIZE = 32

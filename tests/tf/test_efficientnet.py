@@ -1,9 +1,15 @@
 """zoobot.tf.architectures.efficientnet against timm's numbers, without torch.
 
-The fixtures (tests/tf/fixtures/make_timm_fixtures.py, `efficientnet`) hold timm's weights and the
-features timm gave for fixed inputs: `test_efficientnet` as the Hub folder timm writes, and
-`efficientnet_b0_mini`, EfficientNet-B0's own structure from timm's `_gen_efficientnet` at a test
-size. Full-size architectures are compared live against timm in the parity session.
+The fixtures (tests/tf/fixtures/make_timm_fixtures.py, `efficientnet` and `efficientnetv2`) hold
+timm's weights and the features timm gave for fixed inputs: `test_efficientnet` as the Hub folder
+timm writes, `efficientnet_b0_mini`, EfficientNet-B0's own structure from timm's
+`_gen_efficientnet` at a test size, and `tf_efficientnetv2_s_small`, the published EfficientNetV2-S
+at a tenth of its width. Full-size architectures are compared live against timm in the parity
+session.
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
 """
 
 from __future__ import annotations
@@ -77,7 +83,7 @@ def _load_case(case: str):
     return build, state, native, arrays
 
 
-CASES = ["test_efficientnet", "efficientnet_b0_mini"]
+CASES = ["test_efficientnet", "efficientnet_b0_mini", "tf_efficientnetv2_s_small"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -101,11 +107,12 @@ def test_features_match_timm_with_adapted_channels(case):
     _assert_close(_features(model, arrays["x_adapted"]), arrays["features_adapted"])
 
 
-def test_hub_folder_loads_through_load_encoder():
+@pytest.mark.parametrize("case", ["test_efficientnet", "tf_efficientnetv2_s_small"])
+def test_hub_folder_loads_through_load_encoder(case):
     from zoobot.tf import encoders
 
-    arrays = np.load(FIXTURES / "test_efficientnet.npz")
-    folder = FIXTURES / "test_efficientnet"
+    arrays = np.load(FIXTURES / f"{case}.npz")
+    folder = FIXTURES / case
     native = encoders.load_encoder(str(folder))
     _assert_close(_features(native, arrays["x_native"]), arrays["features_native"])
     adapted = encoders.load_encoder(str(folder), channels=int(arrays["adapted_channels"]))
@@ -184,6 +191,8 @@ TIMM_SIZES = {
     "tf_efficientnet_b0": (1280, 358, 4049613),
     "efficientnet_b1": (1280, 506, 6575301),
     "test_efficientnet": (256, 86, 101737),
+    "tf_efficientnetv2_s": (1280, 780, 20331470),
+    "efficientnetv2_rw_t": (1024, 758, 12743519),
 }
 
 
@@ -221,6 +230,43 @@ def test_tf_variant_uses_same_padding_and_eps():
     assert model.get_layer("conv_stem").padding == "same"
     assert "conv_stem.pad" not in [layer.name for layer in model.layers]
     assert model.get_layer("bn1").epsilon == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("architecture", "repeats", "stem", "widths", "head"),
+    [  # timm 1.0.31: blocks per stage, stem width, last block's width per stage, head width
+        ("tf_efficientnetv2_s", [2, 4, 4, 6, 9, 15], 24, [24, 48, 64, 128, 160, 256], 1280),
+        ("efficientnetv2_rw_t", [2, 4, 4, 6, 9, 14], 24, [24, 40, 48, 104, 128, 208], 1024),
+        ("tf_efficientnetv2_b3", [2, 3, 3, 5, 7, 12], 40, [16, 40, 56, 112, 136, 232], 1536),
+        ("efficientnetv2_rw_m", [3, 5, 5, 8, 15, 24], 32, [32, 56, 80, 152, 192, 328], 2152),
+        ("efficientnetv2_m", [3, 5, 5, 7, 14, 18, 5], 24, [24, 48, 80, 160, 176, 304, 512], 1280),
+    ],
+)
+def test_efficientnetv2_structure_is_timms(architecture, repeats, stem, widths, head):
+    """Depth scaling (one multiplier per stage for rw_m), channel rounding, fixed or rounded heads,
+    and the block types: ConvBnAct (or EdgeResidual for rw) first, EdgeResidual, inverted residual."""
+    args = efficientnet._resolve(architecture, None)
+    stem_width, stages, head_width = efficientnet.block_configs(
+        efficientnet.GENERATOR_OF[architecture], args
+    )
+    assert [len(stage) for stage in stages] == repeats
+    assert stem_width == stem and head_width == head
+    assert [stage[-1]["out_chs"] for stage in stages] == widths
+    first = "er" if "rw" in architecture and architecture != "efficientnetv2_rw_t" else "cn"
+    assert [stage[0]["block_type"] for stage in stages[:4]] == [first, "er", "er", "ir"]
+
+
+def test_efficientnetv2_multipliers_follow_timms_factories():
+    """tf_efficientnetv2_s passes none (callers may scale it); rw_t and b1-b3 fix theirs."""
+    model = efficientnet.build(
+        "tf_efficientnetv2_s", 3, {"channel_multiplier": 0.1, "depth_multiplier": 0.34}
+    )
+    assert model.get_layer("conv_stem").filters == 8
+    for architecture in ("efficientnetv2_rw_t", "tf_efficientnetv2_b1"):
+        with pytest.raises(ValueError, match="fixes"):
+            efficientnet.build(architecture, 3, {"depth_multiplier": 0.5})
+    with pytest.raises(ValueError, match="3 values for 6 stages"):
+        efficientnet.decode_arch_def(efficientnet.EFFICIENTNETV2_S_ARCH_DEF, (1.0, 1.0, 1.0))
 
 
 def test_model_args_are_checked():

@@ -12,7 +12,7 @@ from zoobot.tf import (
     ZoobotTree,
     eval_dataset,
     fit,
-    load_from_name,
+    from_pretrained,
     predict,
     train,
     train_dataset,
@@ -44,7 +44,7 @@ def test_pretrain_save_reload_finetune_predict(survey, tmp_path):
         verbose=0,
     )
     best = tmp_path / "pretrain" / "best"
-    reloaded = load_from_name(best)
+    reloaded = from_pretrained(best)
     assert isinstance(reloaded, ZoobotTree)
     images = next(iter(eval_dataset(catalog.head(8), SIZE, batch_size=8)))["image"]
     np.testing.assert_allclose(reloaded(images).numpy(), tree(images).numpy(), rtol=1e-6)

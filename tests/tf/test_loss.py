@@ -1,4 +1,9 @@
-"""The TF Dirichlet-multinomial loss against the NumPy float64 oracle in zoobot.shared."""
+"""The TF Dirichlet-multinomial loss against the NumPy float64 oracle in zoobot.shared.
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
+"""
 
 import keras
 import numpy as np
@@ -185,12 +190,15 @@ def test_mixed_precision_head_loss_computes_in_float32_or_better(batch, policy):
     schema, counts, _ = batch
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
+    compute = keras.mixed_precision.Policy(policy).compute_dtype
     try:
-        layer = keras.layers.Dense(len(schema.label_cols))
+        # The head's matmul in float32, its concentrations in the policy's compute dtype: what the
+        # loss receives from a reduced-precision head (a bf16 matmul would only test TensorFlow).
+        layer = keras.layers.Dense(len(schema.label_cols), dtype="float32")
         features = tf.random.stateless_normal((counts.shape[0], 4), seed=(1, 2))
         with tf.GradientTape() as tape:
-            alpha = 1 + 100 * keras.ops.sigmoid(layer(features))
-            assert alpha.dtype == keras.mixed_precision.Policy(policy).compute_dtype
+            alpha = keras.ops.cast(1 + 100 * keras.ops.sigmoid(layer(features)), compute)
+            assert alpha.dtype == compute
             criterion = DirichletMultinomialLoss(schema)
             loss = dirichlet_multinomial_loss(tf.constant(counts, tf.float32), alpha, schema)
             objective = criterion(counts, alpha)

@@ -1,6 +1,5 @@
-"""zoobot.tf.get_representations and similar_galaxies: the columns zoobot.torch writes; features put
-galaxies of the same true kind together more often than chance; PCA compression and its saved
-projection; unreadable images reported (the bf16 path: test_predict.py).
+"""zoobot.tf.get_representations and similar_galaxies: features put galaxies of the same true kind
+together more often than chance (the tables, PCA and failures: tests/contract/test_predict.py).
 
 Training even a tiny encoder costs most of a minute on 2 busy cores, so the features here are those
 of an untrained test_convnext with fixed weights: smooth and disk galaxies of the synthetic survey
@@ -16,7 +15,6 @@ import pytest
 
 from zoobot.data.synthetic import make_survey
 from zoobot.shared import get_schema
-from zoobot.shared.tables import PCAProjection
 from zoobot.tf.representations import get_representations, similar_galaxies
 from zoobot.tf.tree import ZoobotTree
 
@@ -66,27 +64,3 @@ def test_neighbours_share_the_true_kind_more_often_than_chance(survey, raw):
     counts = kinds.value_counts().to_numpy()
     chance = float((counts * (counts - 1)).sum() / (len(kinds) * (len(kinds) - 1)))
     assert same_kind_rate(neighbours, kinds) > chance + 0.2
-
-
-def test_pca_compression_saves_a_reusable_projection(survey, model, raw, tmp_path):
-    files = get_representations(
-        survey, model.encoder, tmp_path / "pca.parquet", n_components=4, **FAST
-    )
-    compressed = pd.read_parquet(files.representations)
-    assert compressed.columns.tolist() == ["id_str", *(f"feat_pca_{i}" for i in range(4))]
-    projection = PCAProjection(**np.load(files.pca))
-    features = pd.read_parquet(raw.representations).iloc[:, 1:].to_numpy()
-    np.testing.assert_allclose(
-        compressed.iloc[:, 1:].to_numpy(), projection.transform(features), rtol=1e-4, atol=1e-4
-    )
-    nearest = similar_galaxies(files.representations, [survey.id_str[3]], k=3)
-    assert nearest["rank"].tolist() == [1, 2, 3]
-
-
-def test_unreadable_image_is_reported(survey, model, tmp_path):
-    catalog = survey.iloc[:40].copy()
-    catalog.loc[7, "file_loc"] = str(tmp_path / "missing.png")
-    files = get_representations(catalog, model, tmp_path / "f.parquet", **FAST)
-    assert (files.n_represented, files.n_failed) == (39, 1)
-    assert pd.read_csv(files.failed, dtype=str)["id_str"].tolist() == [catalog.id_str[7]]
-    assert catalog.id_str[7] not in set(pd.read_parquet(files.representations)["id_str"])

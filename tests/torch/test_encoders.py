@@ -1,4 +1,9 @@
-"""load_encoder: timm names, torchvision, and the timm Hub layout from folders and an offline Hub cache."""
+"""load_encoder: timm names, torchvision, and the timm Hub layout from folders and an offline Hub cache.
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
+"""
 
 import hashlib
 import json
@@ -167,6 +172,26 @@ def test_folder_written_by_timm_gives_the_same_features(tmp_path, architecture, 
         encoder = load_encoder(name)
         assert type(encoder) is type(original)
         assert torch.equal(features(encoder, size=size), features(original, size=size))
+
+
+def test_model_args_img_size_wins_over_a_stale_input_size(tmp_path):
+    """A fixed-size encoder (MaxViT) saved by an older timm: `model_args.img_size` says the size
+    it was built for, `pretrained_cfg.input_size` still the architecture's default."""
+    torch.manual_seed(0)
+    original = timm.create_model("test_maxvit", num_classes=0, img_size=64)
+    folder = tmp_path / "model"
+    timm.models.save_for_hf(original, folder, safe_serialization=True)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_args"] = {"img_size": 64}
+    config["pretrained_cfg"]["input_size"] = [3, 160, 160]
+    (folder / "config.json").write_text(json.dumps(config))
+    encoder = load_encoder(folder)
+    assert encoder.img_size == (64, 64)
+    assert encoder.pretrained_cfg["input_size"] == (3, 64, 64)
+    assert torch.equal(features(encoder, size=64), features(original, size=64))
+    del config["model_args"]  # without it, timm builds the stated input size, and so do we
+    (folder / "config.json").write_text(json.dumps(config))
+    assert load_encoder(folder, pretrained=False).img_size == (160, 160)
 
 
 def test_bare_folder_name_in_the_working_directory(tmp_path, monkeypatch):

@@ -1,4 +1,9 @@
-"""Finetuning: blocks per architecture family, layer-wise lr decay, true freezing, the three task heads."""
+"""Finetuning: blocks per architecture family, layer-wise lr decay, true freezing, the three task heads.
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
+"""
 
 import logging
 
@@ -15,8 +20,8 @@ from zoobot.torch import (
     FinetuneableZoobotClassifier,
     FinetuneableZoobotRegressor,
     FinetuneableZoobotTree,
+    from_pretrained,
     load_encoder,
-    load_from_name,
     save_pretrained,
 )
 from zoobot.torch.blocks import block_parameters, encoder_blocks, matches
@@ -231,7 +236,7 @@ def test_save_pretrained_round_trip(tmp_path, cls, kwargs, task):
     model = cls(name="resnet10t", **kwargs)
     torch.nn.init.normal_(model.head[1].weight)
     save_pretrained(model.eval(), tmp_path / task)
-    reloaded = load_from_name(tmp_path / task).eval()
+    reloaded = from_pretrained(tmp_path / task).eval()
     assert type(reloaded) is cls and cls.task == task
     assert reloaded.task_config() == model.task_config()
     assert getattr(reloaded, "class_names", None) == kwargs.get("class_names")

@@ -1,4 +1,9 @@
-"""The torch Dirichlet-multinomial loss against the NumPy float64 oracle in zoobot.shared."""
+"""The torch Dirichlet-multinomial loss against the NumPy float64 oracle in zoobot.shared.
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
+"""
 
 import numpy as np
 import pytest

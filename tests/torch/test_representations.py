@@ -1,5 +1,5 @@
 """get_representations and similar_galaxies: features of a model briefly trained on votes put galaxies
-of the same true kind together; PCA compression and its saved projection; exact neighbour search."""
+of the same true kind together; exact neighbour search (the tables: tests/contract)."""
 
 import numpy as np
 import pandas as pd
@@ -8,7 +8,6 @@ import pytorch_lightning as pl
 
 from zoobot.data.synthetic import make_survey
 from zoobot.shared import get_schema
-from zoobot.shared.tables import PCAProjection
 from zoobot.torch import GalaxyDataModule, ZoobotTree
 from zoobot.torch.representations import get_representations, similar_galaxies
 
@@ -67,29 +66,6 @@ def test_neighbours_share_the_true_kind_more_often_than_chance(survey, trained, 
     counts = kinds.value_counts().to_numpy()
     chance = float((counts * (counts - 1)).sum() / (len(kinds) * (len(kinds) - 1)))
     assert same_kind_rate(neighbours, kinds) > chance + 0.3
-
-
-def test_pca_compression_saves_a_reusable_projection(survey, trained, tmp_path):
-    raw = get_representations(survey, trained.encoder, tmp_path / "raw.parquet", **FAST)
-    files = get_representations(survey, trained, tmp_path / "pca.parquet", n_components=4, **FAST)
-    compressed = pd.read_parquet(files.representations)
-    assert compressed.columns.tolist() == [
-        "id_str",
-        "feat_pca_0",
-        "feat_pca_1",
-        "feat_pca_2",
-        "feat_pca_3",
-    ]
-    projection = PCAProjection(**np.load(files.pca))
-    features = pd.read_parquet(raw.representations).iloc[:, 1:].to_numpy()
-    np.testing.assert_allclose(
-        compressed.iloc[:, 1:].to_numpy(), projection.transform(features), rtol=1e-4, atol=1e-4
-    )
-    assert similar_galaxies(files.representations, ["synth-11-000003"], k=3)["rank"].tolist() == [
-        1,
-        2,
-        3,
-    ]
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

@@ -1,4 +1,9 @@
-"""Training on votes end to end, the Trainer setup, mixed precision, torch.compile and DDP on CPU."""
+"""Training on votes end to end, the Trainer setup, mixed precision, torch.compile and DDP on CPU.
+
+Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
+batch shapes in one process (or processes with the same threads): the same kernels, hence the
+same numbers, on any CPU; results that change kernels or batching carry tolerances.
+"""
 
 import importlib.util
 import json
@@ -11,20 +16,23 @@ import pytest
 import timm
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger
+from tensorboardX.proto.event_pb2 import Event
 from timm.layers import BatchNormAct2d, SyncBatchNormAct
 
+from zoobot.data.shards.tfrecord import read_records
 from zoobot.data.synthetic import make_survey
+from zoobot.models import fast_paths
 from zoobot.shared import get_schema
 from zoobot.torch import (
     FinetuneableZoobotClassifier,
     GalaxyDataModule,
     ZoobotTree,
+    from_pretrained,
     get_trainer,
-    load_from_name,
     train,
 )
-from zoobot.torch.training import TimmSyncBatchNorm, resolve_precision
+from zoobot.torch.training import TensorBoardLogger, TimmSyncBatchNorm, resolve_precision
 from zoobot.torch.tree import VoteFractionError
 
 SCHEMA = get_schema("decals_dr5")
@@ -79,7 +87,7 @@ def test_pretrain_on_votes_export_reload_and_finetune(survey, tmp_path):
     }
     config = json.loads((best / "config.json").read_text())
     assert config["architecture"] == "resnet10t" and config["zoobot"]["task"] == "tree"
-    reloaded = load_from_name(best).eval()
+    reloaded = from_pretrained(best).eval()
     images = torch.rand(4, 3, 32, 32)
     torch.testing.assert_close(reloaded(images), model(images), rtol=0, atol=0)
 
@@ -114,8 +122,33 @@ def test_get_trainer_checkpoints_stops_early_and_logs(tmp_path):
     assert trainer.gradient_clip_val == 1.0 and trainer.max_epochs == 3
 
 
-def test_mixed_precision_and_batchnorm_sync_follow_the_accelerator(tmp_path):
-    assert resolve_precision("mixed", "cpu") == "bf16-mixed"
+def test_tensorboard_logger_writes_scalars_and_hyperparameters(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="tensorboard")
+    logger.log_hyperparams({"learning_rate": 0.001})
+    logger.log_metrics({"train/loss": torch.tensor(1.5)}, step=3)
+    logger.finalize("success")
+    assert logger.log_dir == str(tmp_path / "tensorboard" / "version_0")
+    assert TensorBoardLogger(tmp_path).version == 1, "a second run gets a new folder"
+    (events,) = (tmp_path / "tensorboard" / "version_0").glob("events.out.tfevents.*")
+    values = [Event.FromString(record).summary.value for record in read_records(events)]
+    scalars = {
+        (v.tag, v.simple_value) for value in values for v in value if v.HasField("simple_value")
+    }
+    assert ("train/loss", 1.5) in scalars
+    texts = [
+        v.tensor.string_val[0].decode() for value in values for v in value if v.tensor.string_val
+    ]
+    assert any("| learning_rate | 0.001 |" in text for text in texts)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_mixed_precision_and_batchnorm_sync_follow_the_accelerator(tmp_path, monkeypatch, native):
+    """On a CPU without native bf16 (fp16) a bf16 (fp16) precision trains in float32."""
+    monkeypatch.setattr(fast_paths, "native", lambda kind: (native, "test"))
+    cpu_bf16 = "bf16-mixed" if native else "32-true"
+    assert resolve_precision("mixed", "cpu") == cpu_bf16
+    assert resolve_precision("bf16-mixed", "cpu") == cpu_bf16
+    assert resolve_precision("16-mixed", "cpu") == ("16-mixed" if native else "32-true")
     assert resolve_precision("mixed", "gpu") == "16-mixed"
     assert resolve_precision("32", "gpu") == "32"
     trainer = get_trainer(tmp_path, accelerator="cpu", devices=2, strategy="ddp")
@@ -138,7 +171,9 @@ def test_wandb_without_its_package_fails_before_training(tmp_path, monkeypatch):
     [({"precision": "mixed"}, "bf16-mixed"), ({"compile": "aot_eager"}, "32-true")],
     ids=["bf16-mixed", "compiled"],
 )
-def test_bf16_mixed_and_compiled_training_run(survey, tmp_path, options, precision):
+def test_bf16_mixed_and_compiled_training_run(survey, tmp_path, monkeypatch, options, precision):
+    """bf16 as on a CPU with native bf16 (elsewhere emulated, slower, but the same code path)."""
+    monkeypatch.setattr(fast_paths, "native", lambda kind: (True, "the test asks for bf16"))
     model = train(
         survey.iloc[:40],
         SCHEMA,
@@ -239,4 +274,4 @@ def test_ddp_on_cpu_two_processes_stay_in_sync(survey, tmp_path):
     assert ranks[0]["state"].keys() == ranks[1]["state"].keys()
     for key, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][key]), key
-    assert isinstance(load_from_name(tmp_path / "run/best"), ZoobotTree)
+    assert isinstance(from_pretrained(tmp_path / "run/best"), ZoobotTree)

@@ -170,3 +170,13 @@ def assign_splits(
     fractions = _check_fractions(splits)
     _check_split_names(fractions, allowed)
     return _split_positions(catalog, fractions, seed, stratify=None)
+
+
+def split_tables(data, splits: Splits = None, seed: int = 0) -> dict:
+    """Rows of each split of a catalog (DataFrame) or a Hugging Face `datasets.Dataset`, by
+    `assign_splits`: what every framework's training data is cut by."""
+    if isinstance(data, pd.DataFrame):
+        return {name: data.iloc[rows] for name, rows in assign_splits(data, splits, seed).items()}
+    columns = [c for c in ("id_str", SPLIT_COLUMN) if c in data.column_names]
+    positions = assign_splits(data.select_columns(columns).to_pandas(), splits, seed)
+    return {name: data.select(rows) for name, rows in positions.items()}

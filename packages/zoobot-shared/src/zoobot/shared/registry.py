@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 
@@ -41,6 +42,11 @@ def get_schema(name: str) -> Schema:
     return schema
 
 
-def as_schema(schema: Schema | str) -> Schema:
-    """A `Schema` as given, or the registered schema of that name: what every `schema=` accepts."""
-    return get_schema(schema) if isinstance(schema, str) else schema
+def as_schema(schema: Schema | str | Mapping) -> Schema:
+    """What every `schema=` accepts: a `Schema`, a registered schema's name, or the `to_dict()`
+    form a saved model's config holds."""
+    if isinstance(schema, str):
+        return get_schema(schema)
+    if isinstance(schema, Mapping):
+        return Schema.from_dict(schema)
+    return schema

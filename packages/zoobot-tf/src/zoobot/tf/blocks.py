@@ -21,10 +21,10 @@ import keras
 
 logger = logging.getLogger(__name__)
 
-Blocks = list[list[keras.layers.Layer]]
+LayerBlocks = list[list[keras.layers.Layer]]
 
 
-def _family_blocks(encoder: keras.Model) -> Blocks | None:
+def _family_blocks(encoder: keras.Model) -> LayerBlocks | None:
     try:
         from zoobot.tf import architectures
     except ImportError:  # pragma: no cover - the architectures module ships with zoobot.tf
@@ -40,7 +40,7 @@ def _family_blocks(encoder: keras.Model) -> Blocks | None:
         return None
 
 
-def encoder_blocks(encoder: keras.Model) -> Blocks:
+def encoder_blocks(encoder: keras.Model) -> LayerBlocks:
     """The encoder's blocks, head side first, covering every weight of the encoder exactly once."""
     blocks = _family_blocks(encoder)
     if not blocks:
@@ -67,12 +67,12 @@ def block_variables(block: list[keras.layers.Layer]) -> list[keras.Variable]:
     return variables
 
 
-def n_trained_blocks(n_blocks: int, blocks: Blocks) -> int:
+def n_trained_blocks(n_blocks: int, blocks: LayerBlocks) -> int:
     """How many blocks train: all for `n_blocks < 0`, else at most `n_blocks`."""
     return len(blocks) if n_blocks < 0 else min(n_blocks, len(blocks))
 
 
-def freeze_blocks(blocks: Blocks, n_blocks: int) -> tuple[Blocks, Blocks]:
+def freeze_blocks(blocks: LayerBlocks, n_blocks: int) -> tuple[LayerBlocks, LayerBlocks]:
     """Freeze all but the first `n_blocks` blocks (-1: none); return (trained, frozen) blocks."""
     n_trained = n_trained_blocks(n_blocks, blocks)
     trained, frozen = blocks[:n_trained], blocks[n_trained:]
@@ -85,7 +85,7 @@ def freeze_blocks(blocks: Blocks, n_blocks: int) -> tuple[Blocks, Blocks]:
     return trained, frozen
 
 
-def lr_multipliers(trained: Blocks, lr_decay: float) -> dict[int, float]:
+def lr_multipliers(trained: LayerBlocks, lr_decay: float) -> dict[int, float]:
     """`id(variable) -> lr_decay**i` for the variables of trained block `i` (block 0: factor 1)."""
     factors = {}
     for i, block in enumerate(trained):

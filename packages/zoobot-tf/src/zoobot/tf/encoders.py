@@ -3,12 +3,12 @@
 The Hub layout (DESIGN.md contract 3) is a folder or Hub repo with `config.json` (`architecture`,
 `num_features`, `pretrained_cfg`, optionally `model_args`) and `model.safetensors`. The timm
 tensors are read with `safetensors.numpy` and converted to the Keras twins of
-`zoobot.tf.architectures` on load; `write_timm_folder` converts back, so what TensorFlow saves
+`zoobot.tf.architectures` on load; `write_timm_files` converts back, so what TensorFlow saves
 loads in timm and `zoobot.torch`. Names are those `zoobot.torch.load_encoder` takes:
 an architecture (random init), `hf_hub:owner/repo[@revision]`, or a folder (`local-dir:` optional).
 
 Without `model.safetensors`, a legacy `pytorch_model.bin` (torch's zip pickle, as the published
-Zoobot encoders are stored) is read by `zoobot.tf.legacy_weights`, a torch-free restricted reader
+Zoobot encoders are stored) is read by `zoobot.models.legacy`, a torch-free restricted reader
 that accepts only plain tensors (like `torch.load(weights_only=True)`) and refuses anything else.
 """
 
@@ -26,33 +26,32 @@ import keras
 import numpy as np
 import safetensors.numpy
 
-from zoobot.data.model_hub import (
+from zoobot.models.hub import HubUnavailableError, ModelSource
+from zoobot.models.layout import (
     CONFIG_NAME,
     SAFETENSORS_NAME,
-    HubUnavailableError,
-    ModelSource,
-    write_model_folder,
+    WeightsMismatchError,
+    building_encoder,
+    checkpoint_channels,
+    first_convs,
+    read_safetensors,
 )
+from zoobot.models.legacy import LegacyWeightsError, load_torch_state_dict
 from zoobot.tf import architectures
-from zoobot.tf.legacy_weights import LegacyWeightsError, load_torch_state_dict
-from zoobot.tf.weights import WeightsMismatchError
 
 __all__ = [
-    "CONFIG_NAME",
     "HubUnavailableError",
     "LegacyWeightsError",
-    "ModelSource",
-    "read_weights",
     "WeightsMismatchError",
     "adapt_input_conv",
     "encoder_dim",
-    "is_architecture",
     "encoder_from_config",
     "first_conv",
+    "is_architecture",
     "load_encoder",
     "load_state_dict_file",
+    "read_weights",
     "write_timm_files",
-    "write_timm_folder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,7 +61,12 @@ TORCHVISION_PREFIX = "torchvision:"
 # in the timm layout), so the names zoobot.torch accepts build the timm twins here.
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # timm's classifier module per family: dropped from checkpoints saved with a classifier
-_CLASSIFIERS = {"convnext": "head.fc", "efficientnet": "classifier", "resnet": "fc"}
+_CLASSIFIERS = {
+    "convnext": "head.fc",
+    "efficientnet": "classifier",
+    "maxvit": "head.fc",
+    "resnet": "fc",
+}
 # model_args timm leaves out of exported configs (training-time only)
 _DROP_ARGS = ("drop_rate", "drop_path_rate", "drop_block_rate")
 
@@ -76,17 +80,17 @@ def read_weights(source: ModelSource) -> dict[str, np.ndarray]:
 def load_state_dict_file(path: str | os.PathLike, name: str | None = None) -> dict[str, np.ndarray]:
     """NumPy tensors from a `.safetensors` file, or from a legacy torch zip pickle (`.bin`, `.pth`).
 
-    The pickle is read without torch by `zoobot.tf.legacy_weights.load_torch_state_dict`, which
+    The pickle is read without torch by `zoobot.models.legacy.load_torch_state_dict`, which
     accepts plain tensors only; anything else raises `LegacyWeightsError` naming it.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        return safetensors.numpy.load_file(path)
+        return read_safetensors(path, safetensors.numpy.load_file)
     name = name or str(path.parent)
     logger.warning(
         "%s: no %s, reading the legacy PyTorch pickle %s with zoobot.tf's restricted reader "
         "(plain tensors only). Prefer safetensors: convert once with "
-        "`write_timm_folder(load_encoder(%r), 'converted')` and use (or push) that folder.",
+        "`save_pretrained(load_encoder(%r), 'converted')` and use (or push) that folder.",
         name,
         SAFETENSORS_NAME,
         path.name,
@@ -123,24 +127,6 @@ def adapt_input_conv(channels: int, weight: np.ndarray, base_channels: int) -> n
     return weight.astype(dtype)
 
 
-def _first_convs(pretrained_cfg: Mapping) -> tuple[str, ...]:
-    first = pretrained_cfg.get("first_conv")
-    return (first,) if isinstance(first, str) else tuple(first or ())
-
-
-def _checkpoint_channels(
-    model_args: Mapping, pretrained_cfg: Mapping, state: Mapping | None
-) -> int:
-    """Input channels of the checkpoint: stated in `model_args`, else read off its first conv."""
-    if model_args.get("in_chans"):
-        return int(model_args["in_chans"])
-    for conv in _first_convs(pretrained_cfg):
-        weight = (state or {}).get(f"{conv}.weight")
-        if weight is not None and np.ndim(weight) == 4:
-            return int(np.shape(weight)[1])
-    return int((pretrained_cfg.get("input_size") or (3,))[0])
-
-
 def first_conv(encoder: keras.Model) -> str:
     """timm name of the encoder's first convolution (the one input channels change)."""
     for layer in encoder.layers:
@@ -150,8 +136,17 @@ def first_conv(encoder: keras.Model) -> str:
     raise TypeError(f"{encoder.name} has no convolution")
 
 
-def _pretrained_cfg_for(pretrained_cfg: Mapping, channels: int, first: str) -> dict:
-    """The checkpoint's `pretrained_cfg` for an encoder with `channels` inputs and no classifier."""
+def _fixed_size(encoder: keras.Model) -> tuple[int, int] | None:
+    """(height, width) of an encoder built for one input size (timm's `fixed_input_size`)."""
+    height, width = encoder.input_shape[1:3]
+    return (int(height), int(width)) if height and width else None
+
+
+def _pretrained_cfg_for(
+    pretrained_cfg: Mapping, channels: int, first: str, fixed_size: tuple[int, int] | None = None
+) -> dict:
+    """The checkpoint's `pretrained_cfg` for an encoder with `channels` inputs and no classifier;
+    `fixed_size` (a fixed-size encoder's height and width) is its input size."""
     # a JSON copy: plain containers, also from the tracked dict Keras keeps on the encoder
     cfg = json.loads(json.dumps(dict(pretrained_cfg)))
     for key in ("input_size", "test_input_size", "min_input_size"):
@@ -162,6 +157,9 @@ def _pretrained_cfg_for(pretrained_cfg: Mapping, channels: int, first: str) -> d
         if isinstance(values, list | tuple) and len(values) != channels:
             # as timm resolves a data config for another channel count
             cfg[key] = [float(np.mean(values))] * channels
+    if fixed_size:
+        cfg["input_size"] = [channels, *fixed_size]
+        cfg["fixed_input_size"] = True
     cfg.setdefault("input_size", [channels, 224, 224])
     cfg["num_classes"] = 0
     cfg["first_conv"] = first
@@ -187,13 +185,22 @@ def encoder_from_config(
     build_args = {
         k: v for k, v in {**args, **model_args}.items() if k not in ("num_classes", "in_chans")
     }
-    source_channels = _checkpoint_channels(args, pretrained_cfg, state)
+    input_size = pretrained_cfg.get("input_size")
+    if (
+        architectures.fixed_input_size(architecture)
+        and "img_size" not in build_args
+        and input_size
+        and pretrained_cfg.get("fixed_input_size", True)
+    ):
+        # as timm, which builds a fixed-size model at its pretrained_cfg's input size
+        build_args["img_size"] = [int(s) for s in list(input_size)[-2:]]
+    source_channels = checkpoint_channels(args, pretrained_cfg, state)
     encoder = architectures.build_encoder(architecture, channels or source_channels, build_args)
     first = first_conv(encoder)
-    if not _first_convs(pretrained_cfg):
+    if not first_convs(pretrained_cfg):
         # a hand-written config: find the first conv on the model, then its channels in the state
         pretrained_cfg["first_conv"] = first
-        detected = _checkpoint_channels(args, pretrained_cfg, state)
+        detected = checkpoint_channels(args, pretrained_cfg, state)
         if detected != source_channels:
             source_channels = detected
             if not channels:
@@ -206,7 +213,7 @@ def encoder_from_config(
             for classifier in (classifiers,) if isinstance(classifiers, str) else classifiers:
                 state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
         if target_channels != source_channels:
-            for conv in _first_convs(pretrained_cfg):
+            for conv in first_convs(pretrained_cfg):
                 key = f"{conv}.weight"
                 if key in state:
                     state[key] = adapt_input_conv(target_channels, state[key], source_channels)
@@ -218,7 +225,9 @@ def encoder_from_config(
                         target_channels,
                     )
         architectures.load_timm_state(encoder, state)
-    encoder.zoobot_pretrained_cfg = _pretrained_cfg_for(pretrained_cfg, target_channels, first)
+    encoder.zoobot_pretrained_cfg = _pretrained_cfg_for(
+        pretrained_cfg, target_channels, first, _fixed_size(encoder)
+    )
     return encoder
 
 
@@ -236,7 +245,7 @@ def _architecture_encoder(name: str, channels: int | None, model_args: dict) -> 
     first = first_conv(encoder)
     cfg = {"classifier": _CLASSIFIERS.get(architectures.family_of(architecture))}
     encoder.zoobot_pretrained_cfg = _pretrained_cfg_for(
-        {k: v for k, v in cfg.items() if v}, channels or 3, first
+        {k: v for k, v in cfg.items() if v}, channels or 3, first, _fixed_size(encoder)
     )
     return encoder
 
@@ -247,8 +256,9 @@ def load_encoder(
     """A Keras feature extractor returning pooled features of width `encoder_dim(encoder)`.
 
     `name` is a timm architecture zoobot.tf implements (random init; `torchvision:resnet50` gives
-    the same network), `hf_hub:owner/repo[@revision]`, or a folder in the timm Hub layout (write
-    `./name` for a folder named like an architecture). `channels` defaults to the checkpoint's (3
+    the same network), `hf_hub:owner/repo[@revision]`, a published Zoobot encoder's repo name
+    (e.g. `zoobot-encoder-convnext_nano`; `list_pretrained()` lists them), or a folder in the timm
+    Hub layout (write `./name` for a folder named like an architecture). `channels` defaults to the checkpoint's (3
     for architecture names); a different count adapts the first conv as timm does.
     `pretrained=False` builds a Hub/folder architecture without loading its weights. Keyword
     arguments are timm model arguments (e.g. `drop_path_rate=0.1`). Takes channels-last images.
@@ -266,7 +276,8 @@ def load_encoder(
         return _architecture_encoder(text, channels, model_args)
     config = source.read_config()
     state = read_weights(source) if pretrained else None
-    return encoder_from_config(config, state, channels, **model_args)
+    with building_encoder(config, f"{source}/{CONFIG_NAME}"):
+        return encoder_from_config(config, state, channels, **model_args)
 
 
 def encoder_dim(encoder: keras.Model) -> int:
@@ -274,8 +285,8 @@ def encoder_dim(encoder: keras.Model) -> int:
     return int(encoder.output_shape[-1])
 
 
-def timm_config(encoder: keras.Model, extra_config: Mapping | None = None) -> dict:
-    """The `config.json` timm writes for this encoder (`save_for_hf`), plus `extra_config`."""
+def timm_config(encoder: keras.Model) -> dict:
+    """The `config.json` timm writes for this encoder (`save_for_hf`)."""
     if getattr(encoder, "zoobot_architecture", None) is None:
         raise TypeError(
             f"{encoder.name!r} was not made by zoobot.tf (load_encoder / build_encoder): "
@@ -291,39 +302,24 @@ def timm_config(encoder: keras.Model, extra_config: Mapping | None = None) -> di
         "num_features": int(getattr(encoder, "num_features", encoder_dim(encoder))),
         "global_pool": "avg",
         "model_args": {"num_classes": 0, "in_chans": channels, **model_args, "global_pool": "avg"},
-        "pretrained_cfg": _pretrained_cfg_for(cfg, channels, first),
+        "pretrained_cfg": _pretrained_cfg_for(cfg, channels, first, _fixed_size(encoder)),
     }
-    return json.loads(json.dumps({**config, **dict(extra_config or {})}))
+    return json.loads(json.dumps(config))
 
 
-def write_timm_files(
-    encoder: keras.Model, folder: str | os.PathLike, extra_config: Mapping | None = None
-) -> dict:
+def write_timm_files(encoder: keras.Model, folder: str | os.PathLike) -> dict:
     """Write `config.json` and `model.safetensors` (timm names and layouts) into existing `folder`.
 
-    Not atomic: for composing a larger layout in a staging folder. Returns the config written.
+    Not atomic: for composing a Hub layout in a staging folder (`zoobot.tf.save_pretrained` writes
+    a whole model folder atomically). Returns the config written.
     """
     folder = Path(folder)
-    config = timm_config(encoder, extra_config)
+    config = timm_config(encoder)
     safetensors.numpy.save_file(
         architectures.timm_state(encoder), folder / SAFETENSORS_NAME, metadata={"format": "pt"}
     )
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return config
-
-
-def write_timm_folder(
-    encoder: keras.Model, folder: str | os.PathLike, extra_config: Mapping | None = None
-) -> Path:
-    """Save `encoder` in the timm Hub layout, as timm's `save_for_hf` would, atomically.
-
-    The folder is written beside its destination and renamed into place, so readers never see half
-    a model; an existing model folder is replaced, any other non-empty folder is refused.
-    `extra_config` adds top-level `config.json` keys (e.g. `zoobot`).
-    """
-    return write_model_folder(
-        folder, lambda staging: write_timm_files(encoder, staging, extra_config)
-    )
 
 
 def is_architecture(name: str) -> bool:

@@ -2,8 +2,9 @@
 
 Each model takes `name=` (anything `load_encoder` reads: `hf_hub:owner/repo`, a folder in the Hub
 layout, an architecture) or `encoder=`, and trains the head plus the last `n_blocks` encoder blocks
-with layer-wise learning-rate decay `lr_decay` (see `ZoobotModel`); `n_blocks=0` is a linear probe
-on frozen features. Train them with `model.fit(train_dataset, validation_data=..., epochs=...)`
+with layer-wise learning-rate decay `lr_decay`: the training settings of
+`zoobot.models.settings.TrainingSettings`, as keyword arguments (defaults `FINETUNING`: a linear
+probe, `n_blocks=0`). Train them with `model.fit(train_dataset, validation_data=..., epochs=...)`
 (or `zoobot.tf.training.fit` for the callbacks of `get_callbacks`); batches are (images, labels).
 Arguments, defaults, task names and saved task configs are those of `zoobot.torch.finetune`.
 """
@@ -16,11 +17,12 @@ from collections.abc import Mapping, Sequence
 import keras
 import tensorflow as tf
 
-from zoobot.data.model_hub import checked_class_names
+from zoobot.models.settings import FINETUNING
+from zoobot.models.tasks import classifier_args, resolve_encoder
 from zoobot.shared import Schema
+from zoobot.tf.backend import BACKEND
 from zoobot.tf.encoders import encoder_dim
-from zoobot.tf.hub import register_task
-from zoobot.tf.module import ZoobotModel, linear_head, resolve_encoder
+from zoobot.tf.module import ZoobotModel, linear_head
 from zoobot.tf.tree import ZoobotTree
 
 __all__ = [
@@ -63,7 +65,7 @@ def cross_entropy(
     return loss
 
 
-@register_task
+@BACKEND.tasks.register
 class FinetuneableZoobotClassifier(ZoobotModel):
     """Classify galaxies into `num_classes` classes; labels are class indices 0..num_classes-1.
 
@@ -75,6 +77,7 @@ class FinetuneableZoobotClassifier(ZoobotModel):
     """
 
     task = "classifier"
+    default_settings = FINETUNING
 
     def __init__(
         self,
@@ -84,53 +87,18 @@ class FinetuneableZoobotClassifier(ZoobotModel):
         channels: int = 3,
         label_smoothing: float = 0.0,
         class_weights: Sequence[float] | None = None,
-        dropout: float = 0.5,
-        n_blocks: int = 0,
-        lr_decay: float = 0.75,
-        learning_rate: float = 1e-4,
-        weight_decay: float = 0.05,
-        warmup_epochs: float = 0.0,
-        warmup_steps: int = 0,
-        cosine: bool = True,
         class_names: Sequence[str] | None = None,
-        **kwargs,
+        **settings,
     ):
-        class_names = checked_class_names(class_names, num_classes)
-        encoder = resolve_encoder(name, encoder, channels)
-        super().__init__(
-            encoder,
-            linear_head(encoder_dim(encoder), num_classes, dropout),
-            n_blocks=n_blocks,
-            lr_decay=lr_decay,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            warmup_steps=warmup_steps,
-            cosine=cosine,
-            **kwargs,
-        )
-        weights = None if class_weights is None else [float(w) for w in class_weights]
-        if weights is not None and len(weights) != num_classes:
-            raise ValueError(f"class_weights has {len(weights)} values for {num_classes} classes")
-        self.hparams = {
-            "num_classes": num_classes,
-            "name": None if name is None else os.fspath(name),
-            "channels": channels,
-            "label_smoothing": label_smoothing,
-            "dropout": dropout,
-            "n_blocks": n_blocks,
-            "lr_decay": lr_decay,
-            "learning_rate": learning_rate,
-            "weight_decay": weight_decay,
-            "warmup_epochs": warmup_epochs,
-            "warmup_steps": warmup_steps,
-            "cosine": cosine,
-            "class_weights": weights,
-        }
-        if class_names is not None:  # absent otherwise: configs without names stay as they were
-            self.hparams["class_names"] = class_names
-        self.class_names = class_names
+        settings, keras_kwargs = self.default_settings.split(settings)
+        settings = self.default_settings.replace(**settings)
+        task_args = classifier_args(num_classes, label_smoothing, class_weights, class_names)
+        encoder = resolve_encoder(BACKEND, name, encoder, channels)
+        head = linear_head(encoder_dim(encoder), num_classes, settings.dropout)
+        super().__init__(encoder, head, settings, task_args, **keras_kwargs)
+        self.class_names = task_args.get("class_names")
         self.num_classes = num_classes
+        weights = task_args["class_weights"]
         self.class_weights = None if weights is None else tuple(weights)
         self.label_smoothing = label_smoothing
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
@@ -147,7 +115,7 @@ class FinetuneableZoobotClassifier(ZoobotModel):
         return tf.nn.softmax(tf.cast(output, tf.float32), axis=1)
 
 
-@register_task
+@BACKEND.tasks.register
 class FinetuneableZoobotRegressor(ZoobotModel):
     """Predict `num_outputs` continuous values per galaxy with a mean squared or absolute error loss.
 
@@ -156,6 +124,7 @@ class FinetuneableZoobotRegressor(ZoobotModel):
     """
 
     task = "regressor"
+    default_settings = FINETUNING
 
     def __init__(
         self,
@@ -165,50 +134,19 @@ class FinetuneableZoobotRegressor(ZoobotModel):
         loss: str = "mse",
         unit_interval: bool = False,
         num_outputs: int = 1,
-        dropout: float = 0.5,
-        n_blocks: int = 0,
-        lr_decay: float = 0.75,
-        learning_rate: float = 1e-4,
-        weight_decay: float = 0.05,
-        warmup_epochs: float = 0.0,
-        warmup_steps: int = 0,
-        cosine: bool = True,
-        **kwargs,
+        **settings,
     ):
         if loss not in ("mse", "mae"):
             raise ValueError(f"loss must be 'mse' or 'mae', got {loss!r}")
-        encoder = resolve_encoder(name, encoder, channels)
+        settings, keras_kwargs = self.default_settings.split(settings)
+        settings = self.default_settings.replace(**settings)
+        encoder = resolve_encoder(BACKEND, name, encoder, channels)
         extra = [keras.layers.Activation("sigmoid", dtype="float32", name="sigmoid")]
         head = linear_head(
-            encoder_dim(encoder), num_outputs, dropout, *(extra if unit_interval else [])
+            encoder_dim(encoder), num_outputs, settings.dropout, *(extra if unit_interval else [])
         )
-        super().__init__(
-            encoder,
-            head,
-            n_blocks=n_blocks,
-            lr_decay=lr_decay,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            warmup_steps=warmup_steps,
-            cosine=cosine,
-            **kwargs,
-        )
-        self.hparams = {
-            "name": None if name is None else os.fspath(name),
-            "channels": channels,
-            "loss": loss,
-            "unit_interval": unit_interval,
-            "num_outputs": num_outputs,
-            "dropout": dropout,
-            "n_blocks": n_blocks,
-            "lr_decay": lr_decay,
-            "learning_rate": learning_rate,
-            "weight_decay": weight_decay,
-            "warmup_epochs": warmup_epochs,
-            "warmup_steps": warmup_steps,
-            "cosine": cosine,
-        }
+        task_args = {"loss": loss, "unit_interval": unit_interval, "num_outputs": num_outputs}
+        super().__init__(encoder, head, settings, task_args, **keras_kwargs)
         self.loss_name = loss
         self.num_outputs = num_outputs
         self.mae = keras.metrics.MeanAbsoluteError(name="mae")
@@ -230,7 +168,7 @@ class FinetuneableZoobotRegressor(ZoobotModel):
         self.mse.update_state(target, output)
 
 
-@register_task
+@BACKEND.tasks.register
 class FinetuneableZoobotTree(ZoobotTree):
     """Finetune on votes for a (new) decision tree `schema`, as `ZoobotTree` does for pretraining.
 
@@ -238,6 +176,7 @@ class FinetuneableZoobotTree(ZoobotTree):
     """
 
     task = "finetuneable_tree"
+    default_settings = FINETUNING
 
     def __init__(
         self,
@@ -245,30 +184,8 @@ class FinetuneableZoobotTree(ZoobotTree):
         name: str | os.PathLike | None = None,
         encoder: keras.Model | None = None,
         channels: int = 3,
-        dropout: float = 0.5,
-        n_blocks: int = 0,
-        lr_decay: float = 0.75,
-        learning_rate: float = 1e-4,
-        weight_decay: float = 0.05,
-        warmup_epochs: float = 0.0,
-        warmup_steps: int = 0,
-        cosine: bool = True,
-        **kwargs,
+        **settings,
     ):
         super().__init__(
-            schema,
-            encoder=resolve_encoder(name, encoder, channels),
-            channels=channels,
-            dropout=dropout,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            warmup_steps=warmup_steps,
-            cosine=cosine,
-            n_blocks=n_blocks,
-            lr_decay=lr_decay,
-            **kwargs,
+            schema, encoder=resolve_encoder(BACKEND, name, encoder, channels), **settings
         )
-        # The encoder came from name= or encoder=, not from ZoobotTree's default architecture.
-        del self.hparams["architecture"]
-        self.hparams["name"] = None if name is None else os.fspath(name)

@@ -13,30 +13,19 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import ClassVar
 
 import keras
 import tensorflow as tf
 
-from zoobot.tf.blocks import Blocks, encoder_blocks, freeze_blocks, lr_multipliers
-from zoobot.tf.encoders import load_encoder
-from zoobot.tf.optimizers import LayerwiseAdamW, WarmupCosine
+from zoobot.models.pretrained import PretrainedMixin
+from zoobot.models.settings import FINETUNING, TrainingSettings
+from zoobot.tf.backend import BACKEND
+from zoobot.tf.blocks import LayerBlocks, encoder_blocks, freeze_blocks, lr_multipliers
+from zoobot.tf.optimizers import WarmupCosine, layerwise_adamw
 
 logger = logging.getLogger(__name__)
-
-# Constructor arguments that choose the encoder, which the Hub layout stores in its own right.
-ENCODER_ARGUMENTS = ("architecture", "name", "channels")
-
-
-def resolve_encoder(
-    name: str | os.PathLike | None, encoder: keras.Model | None, channels: int
-) -> keras.Model:
-    """The encoder given, or the one `load_encoder(name, channels)` builds: exactly one of the two."""
-    if (name is None) == (encoder is None):
-        raise ValueError("pass exactly one of name= (architecture, hf_hub: or folder) and encoder=")
-    return encoder if encoder is not None else load_encoder(name, channels)
 
 
 def torch_linear_initializers(in_features: int) -> dict:
@@ -112,47 +101,44 @@ def _steps_per_epoch(x, batch_size, steps_per_epoch, validation_split) -> int | 
     return None
 
 
-class ZoobotModel(keras.Model):
+class ZoobotModel(PretrainedMixin, keras.Model):
     """An encoder and a head, training the head and the last `n_blocks` encoder blocks.
 
-    `n_blocks=-1` trains the whole encoder, 0 none (a linear probe on frozen features). Block `i`
+    `settings` (`zoobot.models.settings.TrainingSettings`) choose what trains and how: block `i`
     (0 nearest the head, see `zoobot.tf.blocks`) learns at `learning_rate * lr_decay**i`, the head
     at `learning_rate`. Frozen blocks are non-trainable Keras layers: no gradients, and their
     BatchNorm layers run in inference mode, so their statistics never move. Dropout or stochastic
-    depth inside frozen blocks still follows `training` (0 in the published encoders).
-    `predict` makes `n_samples` passes per batch with the head's dropout on if `mc_dropout`
-    (attributes: set them before `predict`); `predict_samples` does the same on one batch.
-    Do not set `model.trainable = True` afterwards: Keras would unfreeze every block.
+    depth inside frozen blocks still follows `training` (0 in the published encoders). `task_args`
+    are the task's own arguments, saved with the settings as the task config. `predict` makes
+    `n_samples` passes per batch with the head's dropout on if `mc_dropout` (attributes: set them
+    before `predict`); `predict_samples` does the same on one batch. Models save, reload and
+    publish themselves (`save_pretrained`, `from_pretrained`, `push_to_hub`). Do not set
+    `model.trainable = True` afterwards: Keras would unfreeze every block.
     """
 
     task: ClassVar[str]
+    backend = BACKEND
+    default_settings: ClassVar[TrainingSettings] = FINETUNING
 
     def __init__(
         self,
         encoder: keras.Model,
         head: keras.Model,
-        n_blocks: int = -1,
-        lr_decay: float = 1.0,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.05,
-        warmup_epochs: float = 0.0,
-        warmup_steps: int = 0,
-        cosine: bool = True,
+        settings: TrainingSettings,
+        task_args: dict,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.encoder, self.head = encoder, head
-        self.lr_decay, self.learning_rate, self.weight_decay = lr_decay, learning_rate, weight_decay
-        self.warmup_epochs, self.warmup_steps, self.cosine = warmup_epochs, warmup_steps, cosine
+        self.settings, self.task_args = settings, dict(task_args)
         self.n_samples, self.mc_dropout = 1, False
-        trained, frozen = freeze_blocks(encoder_blocks(encoder), n_blocks)
+        trained, frozen = freeze_blocks(encoder_blocks(encoder), settings.n_blocks)
         self.blocks = BlockSplit(tuple(tuple(b) for b in trained), tuple(tuple(b) for b in frozen))
-        self.hparams: dict = {}
 
-    # -- the hub protocol ------------------------------------------------------------------------
+    # -- the task protocol -----------------------------------------------------------------------
     def task_config(self) -> dict:
-        """The arguments that rebuild this model around an encoder (`zoobot.tf.hub` protocol)."""
-        return {k: v for k, v in dict(self.hparams).items() if k not in ENCODER_ARGUMENTS}
+        """The arguments that rebuild this model around an encoder (`zoobot.models.tasks`)."""
+        return {**self.task_args, **self.settings.as_dict()}
 
     @classmethod
     def from_task_config(cls, config: dict, encoder: keras.Model) -> ZoobotModel:
@@ -165,31 +151,35 @@ class ZoobotModel(keras.Model):
         return self.head(self.encoder(images, training=training), training=training)
 
     @property
-    def trained_blocks(self) -> Blocks:
+    def trained_blocks(self) -> LayerBlocks:
         return [list(b) for b in self.blocks.trained]
 
     @property
-    def frozen_blocks(self) -> Blocks:
+    def frozen_blocks(self) -> LayerBlocks:
         return [list(b) for b in self.blocks.frozen]
 
     # -- optimisation ----------------------------------------------------------------------------
     def lr_multipliers(self) -> dict[int, float]:
         """`id(variable) -> factor` of the learning rate: 1 for the head, `lr_decay**i` for block i."""
-        factors = lr_multipliers(self.trained_blocks, self.lr_decay)
+        factors = lr_multipliers(self.trained_blocks, self.settings.lr_decay)
         for variable in self.head.weights:
             factors[id(variable)] = 1.0
         return factors
 
     def param_groups(self) -> list[dict]:
         """Like zoobot.torch: the head at `learning_rate`, then each trained block, decaying."""
-        groups = [{"params": list(self.head.trainable_weights), "lr": self.learning_rate}]
+        rate, decay = self.settings.learning_rate, self.settings.lr_decay
+        groups = [{"params": list(self.head.trainable_weights), "lr": rate}]
         for i, block in enumerate(self.blocks.trained):
             params = [v for layer in block for v in layer.trainable_weights]
-            groups.append({"params": params, "lr": self.learning_rate * self.lr_decay**i})
+            groups.append({"params": params, "lr": rate * decay**i})
         return [g for g in groups if g["params"]]
 
-    def default_optimizer(self, gradient_clip_val: float | None = None) -> LayerwiseAdamW:
-        """AdamW over the layer-wise learning rates, with the warmup + cosine schedule."""
+    def default_optimizer(
+        self, gradient_clip_val: float | None = None
+    ) -> keras.optimizers.Optimizer:
+        """AdamW over the layer-wise learning rates, with the warmup + cosine schedule
+        (`zoobot.tf.optimizers.layerwise_adamw`: Keras's AdamW where its internals changed)."""
         factors = self.lr_multipliers()
 
         def multiplier(variable) -> float:
@@ -197,13 +187,11 @@ class ZoobotModel(keras.Model):
                 raise ValueError(f"{variable.path} is trainable but in no block nor the head")
             return factors[id(variable)]
 
-        schedule = WarmupCosine(self.learning_rate, self.warmup_steps, None, self.cosine)
-        return LayerwiseAdamW(
-            schedule,
-            weight_decay=self.weight_decay,
-            lr_multiplier=multiplier,
-            gradient_clip_norm=gradient_clip_val,
+        settings = self.settings
+        schedule = WarmupCosine(
+            settings.learning_rate, settings.warmup_steps, None, settings.cosine
         )
+        return layerwise_adamw(schedule, settings.weight_decay, multiplier, gradient_clip_val)
 
     def compile(
         self,
@@ -234,17 +222,18 @@ class ZoobotModel(keras.Model):
     def configure_schedule(self, steps_per_epoch: int | None, epochs: int) -> None:
         """Set the warmup length and the cosine's total steps (as Lightning does at fit start)."""
         optimizer = self._base_optimizer()
-        schedule = getattr(optimizer, "_learning_rate", None)
+        schedule = getattr(optimizer, "warmup_schedule", None)
         if not isinstance(schedule, WarmupCosine):
             return
+        settings = self.settings
         if steps_per_epoch is None:
-            if self.warmup_epochs:
+            if settings.warmup_epochs:
                 logger.warning("epoch length unknown: warmup_epochs ignored (pass steps_per_epoch)")
-            if self.cosine:
+            if settings.cosine:
                 logger.warning("epoch length unknown: the learning rate stays flat after warmup")
-            warmup, total = self.warmup_steps, None
+            warmup, total = settings.warmup_steps, None
         else:
-            warmup = self.warmup_steps + round(self.warmup_epochs * steps_per_epoch)
+            warmup = settings.warmup_steps + round(settings.warmup_epochs * steps_per_epoch)
             total = epochs * steps_per_epoch
         if (schedule.warmup_steps, schedule.total_steps) != (warmup, total):
             schedule.warmup_steps, schedule.total_steps = warmup, total
@@ -276,8 +265,8 @@ class ZoobotModel(keras.Model):
         if sample_weight is not None:
             raise ValueError(f"{type(self).__name__} takes no sample weights")
         loss = scale_for_replicas(self.task_loss(y, y_pred))
-        for extra in self.losses:
-            loss = loss + self._aggregate_additional_loss(extra)
+        for extra in self.losses:  # add_loss and regulariser terms, summed as Keras does
+            loss = loss + tf.reduce_sum(tf.cast(extra, loss.dtype))
         return loss
 
     def task_loss(self, labels, output) -> tf.Tensor:

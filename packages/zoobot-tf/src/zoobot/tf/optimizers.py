@@ -9,17 +9,30 @@ not Keras's (epsilon before bias correction), so one step from the same weights 
 matches `torch.optim.AdamW`. Gradient clipping by global norm (`gradient_clip_norm`, as Lightning's
 `gradient_clip_val`) runs after the gradients are summed across `tf.distribute` replicas, with
 PyTorch's `clip_grad_norm_` coefficient `max_norm / (norm + 1e-6)`.
+
+That needs Keras internals (the TensorFlow optimizer's `_backend_update_step`, its
+`_all_reduce_sum_gradients` and `_distributed_tf_update_step`, `tf.__internal__`'s
+`maybe_merge_call`, and the Adam slots and variable index every Keras optimizer keeps), so
+`layerwise_adamw` steps one on a tiny variable against the formula in NumPy (`probe`) and otherwise
+builds Keras's own `AdamW`: one learning rate for every variable (no layer-wise decay), Keras's
+epsilon, the global norm clipped per replica. Off with `ZOOBOT_DISABLE=keras_optimizer_internals`.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import math
 from collections.abc import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-__all__ = ["LayerwiseAdamW", "WarmupCosine"]
+from zoobot.models.fast_paths import choose
+from zoobot.models.settings import warmup_cosine
+
+__all__ = ["LayerwiseAdamW", "WarmupCosine", "layerwise_adamw", "probe"]
 
 
 @keras.saving.register_keras_serializable(package="zoobot")
@@ -44,13 +57,9 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         self.cosine = bool(cosine)
 
     def factor(self, step: int) -> float:
-        """The factor at `step`, in Python (the same arithmetic as `zoobot.torch.module.WarmupCosine`)."""
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if not self.cosine or self.total_steps is None:
-            return 1.0
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        """The factor at `step`, in Python: `zoobot.models.settings.warmup_cosine`."""
+        cosine = self.cosine and self.total_steps is not None
+        return warmup_cosine(step, self.warmup_steps, self.total_steps or 0, cosine)
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
@@ -115,6 +124,7 @@ class LayerwiseAdamW(keras.optimizers.AdamW):
         )
         self.lr_multiplier = lr_multiplier
         self.gradient_clip_norm = gradient_clip_norm
+        self.warmup_schedule = learning_rate if isinstance(learning_rate, WarmupCosine) else None
         self._multipliers: list[float] = []
 
     def build(self, var_list):
@@ -184,3 +194,71 @@ class LayerwiseAdamW(keras.optimizers.AdamW):
         for key in ("clipnorm", "clipvalue", "global_clipnorm"):
             config.pop(key, None)
         return {**config, "gradient_clip_norm": self.gradient_clip_norm}
+
+
+def _reference_steps(weight, gradients, multiplier, lr, weight_decay, clip, eps=1e-8):
+    """PyTorch's AdamW (betas 0.9, 0.999) after `clip_grad_norm_`, one step per gradient, in
+    float64: what `LayerwiseAdamW` must compute."""
+    m, v = np.zeros_like(weight), np.zeros_like(weight)
+    lr = lr * multiplier
+    for step, gradient in enumerate(gradients, start=1):
+        gradient = gradient * min(1.0, clip / (np.sqrt(np.sum(gradient**2)) + 1e-6))
+        weight = weight * (1 - lr * weight_decay)
+        m = 0.9 * m + 0.1 * gradient
+        v = 0.999 * v + 0.001 * gradient**2
+        denominator = np.sqrt(v / (1 - 0.999**step)) + eps
+        weight = weight - lr * m / (1 - 0.9**step) / denominator
+    return weight
+
+
+@functools.cache
+def probe() -> tuple[bool, str]:
+    """(whether `LayerwiseAdamW` steps as PyTorch's AdamW with this Keras and TensorFlow, why):
+    one eager step on a tiny variable with a multiplier, weight decay and clipping, in a thread of
+    its own so the caller's `tf.distribute` scope and dtype policy (both per thread) stay out."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(_probe).result()
+
+
+def _probe() -> tuple[bool, str]:
+    start = np.array([0.5, -1.0, 2.0], np.float32)
+    # The first step's norm (5.02) is clipped to 1, the second's (0.54) is not: Adam's second
+    # step depends on the ratio of the two, so it shows whether clipping happened.
+    gradients = [np.array(g, np.float32) for g in ([3.0, -4.0, 0.5], [0.3, 0.4, -0.2])]
+    try:
+        variable = keras.Variable(start)
+        optimizer = LayerwiseAdamW(
+            0.1, weight_decay=0.05, lr_multiplier=lambda v: 0.5, gradient_clip_norm=1.0
+        )
+        for gradient in gradients:
+            optimizer.apply_gradients([(tf.constant(gradient), variable)])
+        got = np.asarray(variable.numpy(), np.float64)
+    except Exception as err:  # any failure inside Keras means the internals changed
+        return False, f"Keras's optimizer internals changed: {type(err).__name__}: {err}"
+    expected = _reference_steps(start.astype(np.float64), gradients, 0.5, 0.1, 0.05, 1.0)
+    # float32 arithmetic of a handful of operations on values of order 1: a few 2**-24 roundings.
+    if not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
+        return False, "LayerwiseAdamW no longer steps as PyTorch's AdamW with this Keras"
+    return True, "Keras's optimizer internals are as verified"
+
+
+def layerwise_adamw(
+    learning_rate,
+    weight_decay: float,
+    lr_multiplier: Callable[[keras.Variable], float] | None,
+    gradient_clip_norm: float | None,
+) -> keras.optimizers.Optimizer:
+    """`LayerwiseAdamW` where its `probe` passes, else Keras's `AdamW` (one learning rate for every
+    variable, Keras's epsilon placement, clipping per replica), with one log line saying which."""
+    if choose("keras_optimizer_internals", *probe()):
+        return LayerwiseAdamW(
+            learning_rate,
+            weight_decay=weight_decay,
+            lr_multiplier=lr_multiplier,
+            gradient_clip_norm=gradient_clip_norm,
+        )
+    optimizer = keras.optimizers.AdamW(
+        learning_rate, weight_decay=weight_decay, epsilon=1e-8, global_clipnorm=gradient_clip_norm
+    )
+    optimizer.warmup_schedule = learning_rate if isinstance(learning_rate, WarmupCosine) else None
+    return optimizer

@@ -1,8 +1,9 @@
-"""Train on votes with Keras `fit` set up for what users need: `train`, `fit` and `get_callbacks`.
+"""Train with Keras `fit` set up for what users need: `train` (on votes), `fit`, `get_callbacks`, and
+`fit_catalog` (any Zoobot model on a catalog or shards, what `train` and the command line use).
 
 The TensorFlow twin of `zoobot.torch.training`. In `save_dir`: `checkpoints/` (`best.weights.h5`,
 `last.weights.h5`, Keras weight files), `best/` (the best weights in the Hub layout, written when
-fitting ends, loadable by `zoobot.tf.load_from_name` and `zoobot.torch.load_from_name`), `logs/`
+fitting ends, loadable by `zoobot.tf.from_pretrained` and `zoobot.torch.from_pretrained`), `logs/`
 (`metrics.csv`, one row per epoch) and `tensorboard/` (when the `tensorboard` package is
 installed). Mixed precision is a Keras dtype policy chosen before the model is built;
 several GPUs train with `tf.distribute.MirroredStrategy` (BatchNorm statistics stay per replica,
@@ -16,17 +17,24 @@ import importlib.util
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from zoobot.shared import Schema
-from zoobot.tf.hub import save_pretrained
+from zoobot.data.images import ImageDecodeError
+from zoobot.data.splits import Splits
+from zoobot.models import fast_paths, training
+from zoobot.models.backend import bind
+from zoobot.models.layout import check_replaceable
+from zoobot.models.tasks import label_rule
+from zoobot.models.training import NonFiniteLossError, nonfinite_loss_message
+from zoobot.tf.data.pipelines import UNUSABLE_IMAGE, BatchIds
 from zoobot.tf.module import ZoobotModel
-from zoobot.tf.tree import ZoobotTree, as_schema
+from zoobot.tf.runner import input_channels
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +58,20 @@ def uses_gpu() -> bool:
 def resolve_precision(precision: str) -> str:
     """The Keras dtype policy for a precision name (Lightning's or Keras's).
 
-    `mixed` is `mixed_float16` on GPU and `mixed_bfloat16` on CPU, as in zoobot.torch.
+    `mixed` is `mixed_float16` on GPU and `mixed_bfloat16` on CPU, as in zoobot.torch. On a CPU
+    without native bf16 (or fp16: `zoobot.models.fast_paths.cpu_runs`) that policy becomes
+    `float32`, faster there (with oneDNN held to AVX2 TensorFlow refuses such convolutions).
     """
     precision = str(precision)
     if precision == "mixed":
-        return "mixed_float16" if uses_gpu() else "mixed_bfloat16"
+        precision = "mixed_float16" if uses_gpu() else "mixed_bfloat16"
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {['mixed', *PRECISIONS]}")
-    return PRECISIONS[precision]
+    policy = PRECISIONS[precision]
+    reduced = {"mixed_bfloat16": "bf16", "mixed_float16": "fp16"}.get(policy)
+    if reduced and not uses_gpu() and not fast_paths.cpu_runs(reduced):
+        return "float32"
+    return policy
 
 
 @contextlib.contextmanager
@@ -75,6 +89,32 @@ def dtype_policy(precision: str) -> Iterator[str]:
         yield policy
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def strategy_for(accelerator: str = "auto", devices: int | str = "auto") -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy for Lightning-style `accelerator` and `devices`: several GPUs or
+    (`accelerator="cpu"`) logical CPUs are mirrored, one device uses the default strategy."""
+    accelerator = accelerator.lower()
+    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+        raise ValueError(f"unknown accelerator {accelerator!r}; use cpu, gpu or auto")
+    if accelerator == "cpu":
+        tf.config.set_visible_devices([], "GPU")
+    gpus = tf.config.list_physical_devices("GPU")
+    if accelerator in ("gpu", "cuda") and not gpus:
+        raise ValueError("accelerator gpu, but TensorFlow sees no GPU")
+    if devices == "auto":
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if devices == 1:
+        return tf.distribute.get_strategy()
+    if gpus:
+        if devices > len(gpus):
+            raise ValueError(f"devices={devices}, but TensorFlow sees {len(gpus)} GPU(s)")
+        return tf.distribute.MirroredStrategy([f"/GPU:{i}" for i in range(devices)])
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * devices
+    )
+    return tf.distribute.MirroredStrategy([f"/CPU:{i}" for i in range(devices)])
 
 
 def get_strategy(
@@ -138,10 +178,40 @@ class ExportBest(keras.callbacks.Callback):
         else:
             logger.warning("%s was never logged: exporting the final weights", self.monitor)
         try:
-            save_pretrained(self.model, self.folder, card=card)
+            self.model.save_pretrained(self.folder, card=card)
         finally:
             if current is not None:
                 self.model.set_weights(current)
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop fitting at the first batch whose loss is NaN or infinite (`NonFiniteLossError`), naming
+    the step and, with the `BatchIds` its training dataset records, the batch's galaxies. Keras
+    has applied that step's update, so the model's weights are no longer usable; raising keeps
+    `ExportBest` and the checkpoints from saving them."""
+
+    def __init__(self, batch_ids: BatchIds | None = None):
+        super().__init__()
+        self.batch_ids, self.epoch = batch_ids, 0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is None or math.isfinite(float(loss)):
+            return
+        ids = self.batch_ids.get(batch) if self.batch_ids is not None else None
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) - 1
+        weights = "Keras applied that step, so the model's weights are not usable"
+        message = nonfinite_loss_message(float(loss), step, self.epoch, batch, ids, weights)
+        raise NonFiniteLossError(message)
+
+
+def unusable_image(err: tf.errors.InvalidArgumentError) -> ImageDecodeError | None:
+    """The `ImageDecodeError` a training pipeline's image check stopped with, or None."""
+    found = re.search(rf"\[{UNUSABLE_IMAGE}\] \[(.*?)\] \[(.*?)\]", str(err))
+    return None if found is None else ImageDecodeError(f"{found[1]}: {found[2]}")
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -166,7 +236,8 @@ def get_callbacks(
 
     In `save_dir`: `checkpoints/best.weights.h5` and `last.weights.h5`, `best/` (Hub layout, when
     fitting ends, if `export_best`), `logs/metrics.csv` and `tensorboard/`. `tensorboard=None` logs
-    to TensorBoard when its package is installed; True requires it. `callbacks` come first.
+    to TensorBoard when its package is installed; True requires it. `callbacks` come first; a
+    `StopOnNonFiniteLoss` is among them.
     """
     save_dir = Path(save_dir)
     (save_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -174,8 +245,11 @@ def get_callbacks(
     have_tensorboard = importlib.util.find_spec("tensorboard") is not None
     if tensorboard and not have_tensorboard:
         raise ImportError("tensorboard=True needs the tensorboard package: pip install tensorboard")
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks):
+        callbacks.append(StopOnNonFiniteLoss())
     result = [
-        *(callbacks or []),
+        *callbacks,
         LearningRateLogger(),
         keras.callbacks.ModelCheckpoint(
             str(save_dir / "checkpoints" / "best.weights.h5"),
@@ -239,41 +313,44 @@ def fit(
 
 def _datasets(
     data,
-    schema: Schema,
+    label_cols: Sequence[str],
     image_size: int,
     channels: int,
     batch_size: int,
     seed: int,
+    splits: Splits = None,
+    num_workers: int | None = None,
+    rule=None,
+    batch_ids: BatchIds | None = None,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
-    """(train, validation) datasets of (images, vote counts) from what `train` accepts."""
+    """(train, validation) datasets of (images, labels) from what `fit_catalog` accepts; sources
+    it opens have their labels checked by `rule` and their training batches recorded in
+    `batch_ids`."""
     if isinstance(data, tf.data.Dataset):
         return data, None
     if isinstance(data, tuple) and len(data) == 2:
         return data
     from zoobot.tf import data as pipelines  # imported only when sources are given
 
+    common = {
+        "image_size": image_size,
+        "channels": channels,
+        "batch_size": batch_size,
+        "splits": splits,
+        "split_seed": seed,
+        "label_rule": rule,
+    }
+    if num_workers is not None:
+        common["num_parallel_calls"] = max(1, num_workers)
+
     def train_split(source, split):
         return pipelines.train_dataset(
-            source,
-            schema.label_cols,
-            image_size=image_size,
-            channels=channels,
-            batch_size=batch_size,
-            seed=seed,
-            split=split,
-            split_seed=seed,
+            source, label_cols, seed=seed, split=split, batch_ids=batch_ids, **common
         )
 
     def eval_split(source, split):
         return pipelines.eval_dataset(
-            source,
-            image_size=image_size,
-            channels=channels,
-            batch_size=batch_size,
-            label_cols=schema.label_cols,
-            split=split,
-            split_seed=seed,
-            as_tuples=True,
+            source, label_cols=label_cols, split=split, as_tuples=True, **common
         )
 
     if isinstance(data, Mapping):
@@ -289,48 +366,90 @@ def _datasets(
     return train_split(data, "train"), eval_split(data, "validation")
 
 
-def train(
+def fit_catalog(
+    build: Callable[[], ZoobotModel],
     data,
-    schema: Schema | str | Mapping,
+    label_cols: Sequence[str],
     save_dir: str | os.PathLike,
-    architecture: str = "convnext_nano",
+    *,
     epochs: int = 100,
     batch_size: int = 128,
     image_size: int = 224,
-    channels: int = 3,
     precision: str = "32",
-    strategy: str | tf.distribute.Strategy = "auto",
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    strategy: str | tf.distribute.Strategy | None = None,
+    num_workers: int | None = None,
     patience: int = 8,
     seed: int = 42,
+    progress: bool = True,
+    splits: Splits = None,
     gradient_clip_val: float | None = 1.0,
-    model_kwargs: Mapping | None = None,
     **fit_kwargs,
-) -> ZoobotTree:
-    """Pretrain a `ZoobotTree` on vote counts and return it holding the best validation weights.
+) -> ZoobotModel:
+    """Seed everything, build the model with `build()` under the precision policy and distribution
+    strategy, fit it on `data` and return it holding the best validation weights (also in
+    `save_dir/best/`, Hub layout).
 
     `data` is a catalog (DataFrame or file) or a shard folder, split into train / validation by
-    `zoobot.data`'s rule with `seed` (`zoobot.tf.data`); a mapping with `train` and `validation`
-    entries (catalogs, shard folders or `tf.data.Dataset`s of (images, counts)); a `(train,
-    validation)` pair of datasets; or one dataset (no validation: the training loss is monitored).
-    `model_kwargs` go to `ZoobotTree` (learning rate, dropout, ...). `precision` is `32`,
-    `mixed` (bf16 on CPU, fp16 on GPU), `bf16-mixed`/`mixed_bfloat16` or `16-mixed`/`mixed_float16`;
-    `strategy` as `get_strategy` (`mirrored` for several devices). Other keyword arguments go to
-    `fit` (e.g. `tensorboard`, `callbacks`, `verbose`, `steps_per_epoch`).
+    `zoobot.data`'s rule (`splits`, `seed`); a mapping with `train` and `validation` entries
+    (catalogs, shard folders or `tf.data.Dataset`s of (images, labels)); a `(train, validation)`
+    pair of datasets; or one dataset (no validation: the training loss is monitored). `precision`
+    is `32`, `mixed` (bf16 on CPU, fp16 on GPU), `bf16-mixed`/`mixed_bfloat16` or
+    `16-mixed`/`mixed_float16`; `strategy` as `get_strategy`, else from `accelerator` and `devices`
+    (`strategy_for`). `num_workers` images are decoded at once (default: tf.data's choice). Other
+    keyword arguments go to `fit` (e.g. `tensorboard`, `callbacks`, `steps_per_epoch`).
+    Labels are checked first by the rule of the model's task (`zoobot.models.tasks.label_rule`:
+    vote counts, class indices or targets), naming the column and rows; an unusable training image
+    stops the fit with `ImageDecodeError` naming it, a non-finite loss with `NonFiniteLossError`
+    naming the step and its galaxies.
     """
-    schema = as_schema(schema)
-    keras.utils.set_random_seed(seed)
-    train_data, validation_data = _datasets(data, schema, image_size, channels, batch_size, seed)
-    distribution = get_strategy(strategy)
-    with dtype_policy(precision), distribution.scope():
-        model = ZoobotTree(schema, architecture, channels=channels, **dict(model_kwargs or {}))
-        model.compile(gradient_clip_val=gradient_clip_val)
-    fit(
-        model,
-        train_data,
-        validation_data,
-        save_dir=save_dir,
-        epochs=epochs,
-        patience=patience,
-        **fit_kwargs,
+    check_replaceable(Path(save_dir) / BEST_FOLDER)  # ExportBest writes there: refuse now, not then
+    if num_workers is not None and num_workers < 0:
+        raise ValueError(
+            f"num_workers must be 0 or more (None: tf.data's choice), got num_workers={num_workers}"
+        )
+    distribution = (
+        strategy_for(accelerator, devices) if strategy is None else get_strategy(strategy)
     )
+    keras.utils.set_random_seed(seed)
+    with dtype_policy(precision), distribution.scope():
+        model = build()
+        model.compile(gradient_clip_val=gradient_clip_val)
+    rule = label_rule(model, label_cols)
+    channels = input_channels(model)
+    batch_ids = BatchIds()
+    train_data, validation_data = _datasets(
+        data,
+        label_cols,
+        image_size,
+        channels,
+        batch_size,
+        seed,
+        splits,
+        num_workers,
+        rule,
+        batch_ids,
+    )
+    fit_kwargs.setdefault("verbose", 1 if progress else 2)
+    callbacks = [StopOnNonFiniteLoss(batch_ids), *(fit_kwargs.pop("callbacks", None) or [])]
+    try:
+        fit(
+            model,
+            train_data,
+            validation_data,
+            save_dir=save_dir,
+            epochs=epochs,
+            patience=patience,
+            callbacks=callbacks,
+            **fit_kwargs,
+        )
+    except tf.errors.InvalidArgumentError as err:
+        image = unusable_image(err)
+        if image is None:
+            raise
+        raise image from err
     return model
+
+
+train = bind(training.train, "zoobot.tf.backend")

@@ -9,19 +9,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from zoobot.shared import Schema
-from zoobot.shared import as_schema as _registered_schema
+from zoobot.models.settings import PRETRAINING
+from zoobot.shared import Schema, as_schema
+from zoobot.tf.backend import BACKEND
 from zoobot.tf.encoders import encoder_dim, load_encoder
-from zoobot.tf.hub import register_task
 from zoobot.tf.loss import DirichletMultinomialLoss
 from zoobot.tf.module import ZoobotModel, linear_head
-
-STAGES = ("train", "validation", "test")
-
-
-def as_schema(schema: Schema | str | Mapping) -> Schema:
-    """`zoobot.shared.as_schema`, also taking the `to_dict()` form a saved task config holds."""
-    return Schema.from_dict(schema) if isinstance(schema, Mapping) else _registered_schema(schema)
 
 
 @keras.saving.register_keras_serializable(package="zoobot")
@@ -114,7 +107,6 @@ class TreeSteps:
 
     def _init_tree(self, schema: Schema) -> None:
         self.schema = schema
-        self.hparams["schema"] = schema.to_dict()
         self.dirichlet_loss = DirichletMultinomialLoss(schema)
         self.tree_metrics = TreeMetrics(schema)
 
@@ -135,20 +127,22 @@ class TreeSteps:
         self.tree_metrics.update_state(counts, output, per_question)
 
 
-@register_task
+@BACKEND.tasks.register
 class ZoobotTree(TreeSteps, ZoobotModel):
     """Pretrain an encoder on Galaxy Zoo votes: Dirichlet concentrations for every answer of `schema`.
 
     The loss is the Dirichlet-multinomial negative log-likelihood of the votes (`zoobot.tf.loss`),
     summed over questions and averaged over the batch; `fit` logs it per question and per campaign,
     with the vote-fraction error of each question (`TreeMetrics`). `architecture` is any name
-    `load_encoder` takes; `encoder=` uses a Keras model instead. Other arguments: `ZoobotModel` (by
-    default the whole encoder trains at `learning_rate`). Train with `model.fit(dataset, epochs=...)`
-    on batches of (images, vote counts); predictions are concentrations, `(batch, answer,
-    n_samples)`. The head and the loss run in float32 under any mixed-precision policy.
+    `load_encoder` takes; `encoder=` uses a Keras model instead. `settings` are
+    `zoobot.models.settings.TrainingSettings` (defaults `PRETRAINING`). Train with
+    `model.fit(dataset, epochs=...)` on batches of (images, vote counts); predictions are
+    concentrations, `(batch, answer, n_samples)`. The head and the loss run in float32 under any
+    mixed-precision policy.
     """
 
     task = "tree"
+    default_settings = PRETRAINING
 
     def __init__(
         self,
@@ -156,40 +150,12 @@ class ZoobotTree(TreeSteps, ZoobotModel):
         architecture: str | os.PathLike = "convnext_nano",
         encoder: keras.Model | None = None,
         channels: int = 3,
-        dropout: float = 0.2,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.05,
-        warmup_epochs: float = 1.0,
-        warmup_steps: int = 0,
-        cosine: bool = True,
-        n_blocks: int = -1,
-        lr_decay: float = 1.0,
-        **kwargs,
+        **settings,
     ):
         schema = as_schema(schema)
+        settings, keras_kwargs = self.default_settings.split(settings)
+        settings = self.default_settings.replace(**settings)
         encoder = encoder if encoder is not None else load_encoder(architecture, channels)
-        super().__init__(
-            encoder,
-            dirichlet_head(encoder_dim(encoder), len(schema.label_cols), dropout),
-            n_blocks=n_blocks,
-            lr_decay=lr_decay,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            warmup_steps=warmup_steps,
-            cosine=cosine,
-            **kwargs,
-        )
-        self.hparams = {
-            "architecture": os.fspath(architecture),
-            "channels": channels,
-            "dropout": dropout,
-            "learning_rate": learning_rate,
-            "weight_decay": weight_decay,
-            "warmup_epochs": warmup_epochs,
-            "warmup_steps": warmup_steps,
-            "cosine": cosine,
-            "n_blocks": n_blocks,
-            "lr_decay": lr_decay,
-        }
+        head = dirichlet_head(encoder_dim(encoder), len(schema.label_cols), settings.dropout)
+        super().__init__(encoder, head, settings, {"schema": schema.to_dict()}, **keras_kwargs)
         self._init_tree(schema)

@@ -29,8 +29,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from zoobot.data.model_hub import WeightsMismatchError as WeightsMismatchError  # re-exported
-from zoobot.data.model_hub import check_weights_fit
+from zoobot.models.layout import WeightsMismatchError as WeightsMismatchError  # re-exported
+from zoobot.models.layout import check_weights_fit
 
 
 def conv_to_keras(weight: np.ndarray) -> np.ndarray:

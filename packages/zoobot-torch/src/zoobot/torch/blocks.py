@@ -17,40 +17,40 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-Blocks = list[list[str]]
+PrefixBlocks = list[list[str]]
 
 
-def _indexed(prefix: str, container: nn.Module) -> Blocks:
+def _indexed(prefix: str, container: nn.Module) -> PrefixBlocks:
     return [[f"{prefix}.{i}"] for i in reversed(range(len(container)))]
 
 
-def convnext_blocks(encoder: nn.Module) -> Blocks:
+def convnext_blocks(encoder: nn.Module) -> PrefixBlocks:
     """ConvNeXt: its stages, then the patchify stem."""
     return [*_indexed("stages", encoder.stages), ["stem"]]
 
 
-def efficientnet_blocks(encoder: nn.Module) -> Blocks:
+def efficientnet_blocks(encoder: nn.Module) -> PrefixBlocks:
     """EfficientNet: its stages of inverted residual blocks, then the stem convolution and norm."""
     return [*_indexed("blocks", encoder.blocks), ["conv_stem", "bn1"]]
 
 
-def resnet_blocks(encoder: nn.Module) -> Blocks:
+def resnet_blocks(encoder: nn.Module) -> PrefixBlocks:
     """ResNet (timm or torchvision): layer4 to layer1, then the stem convolution and norm."""
     return [["layer4"], ["layer3"], ["layer2"], ["layer1"], ["conv1", "bn1"]]
 
 
-def maxvit_blocks(encoder: nn.Module) -> Blocks:
+def maxvit_blocks(encoder: nn.Module) -> PrefixBlocks:
     """MaxViT / MaxxViT / CoAtNet: its stages, then the convolutional stem."""
     return [*_indexed("stages", encoder.stages), ["stem"]]
 
 
-def vit_blocks(encoder: nn.Module) -> Blocks:
+def vit_blocks(encoder: nn.Module) -> PrefixBlocks:
     """ViT: each transformer block, then the patch embedding with class/register tokens and positions."""
     stem = ["patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre"]
     return [*_indexed("blocks", encoder.blocks), stem]
 
 
-FAMILIES: tuple[tuple[tuple[type, ...], Callable[[nn.Module], Blocks]], ...] = (
+FAMILIES: tuple[tuple[tuple[type, ...], Callable[[nn.Module], PrefixBlocks]], ...] = (
     ((timm.models.ConvNeXt,), convnext_blocks),
     ((timm.models.EfficientNet,), efficientnet_blocks),
     ((timm.models.ResNet, torchvision.models.ResNet), resnet_blocks),
@@ -64,7 +64,7 @@ def matches(name: str, prefixes: Iterable[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def encoder_blocks(encoder: nn.Module) -> Blocks:
+def encoder_blocks(encoder: nn.Module) -> PrefixBlocks:
     """The encoder's blocks, head side first, covering every parameter exactly once."""
     for types, family in FAMILIES:
         if isinstance(encoder, types):

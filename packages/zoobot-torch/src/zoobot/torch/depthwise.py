@@ -11,19 +11,23 @@ of a bf16 one. Its gradients are two ordinary convolutions that oneDNN runs fast
 `fast_depthwise(model)` switches a model's depthwise `nn.Conv2d` layers (stride 1, no dilation, zero
 padding) to `DepthwiseConv2d` for a block and back: same parameters, same forward, the same gradients
 up to float rounding. The fast backward only runs on CPU when a gradient is needed; anything else
-takes `nn.Conv2d`'s path.
+takes `nn.Conv2d`'s path. The swap overrides `nn.Conv2d`'s private `_conv_forward`, so it is
+tried once on a tiny layer (`probe`) and skipped if that no longer gives `nn.Conv2d`'s numbers
+through the fast backward. Off with `ZOOBOT_DISABLE=fast_depthwise`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoobot.torch.inference import cpu_autocast_dtype
+from zoobot.models.fast_paths import choose
+from zoobot.torch.cpu import cpu_autocast_dtype
 
 
 def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
@@ -87,10 +91,40 @@ def _is_depthwise(module: nn.Module) -> bool:
     )
 
 
+@functools.cache
+def probe() -> tuple[bool, str]:
+    """(whether a swapped layer runs the fast backward with `nn.Conv2d`'s numbers, why), tried once
+    in float64 on a tiny layer."""
+    generator = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(3, 3, 3, padding=1, groups=3).double()
+    fast = nn.Conv2d(3, 3, 3, padding=1, groups=3).double()
+    fast.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, generator=generator)
+    try:
+        fast.__class__ = DepthwiseConv2d
+        with torch.enable_grad(), torch.autocast("cpu", enabled=False):
+            out = fast(x)
+            ran = type(out.grad_fn).__name__.startswith(_DepthwiseConv.__name__)
+            got = torch.autograd.grad(out.square().sum(), list(fast.parameters()))
+            plain = conv(x)
+            expected = torch.autograd.grad(plain.square().sum(), list(conv.parameters()))
+    except (AttributeError, RuntimeError, TypeError) as err:
+        return False, f"the swapped layer fails: {str(err).splitlines()[0]}"
+    if not ran:
+        return False, "nn.Conv2d no longer calls _conv_forward"
+    pairs = [(out, plain), *zip(got, expected, strict=True)]
+    same = all(torch.allclose(g, e, rtol=1e-10, atol=1e-12) for g, e in pairs)
+    if not same:
+        return False, "the fast backward gives other gradients than nn.Conv2d"
+    return True, "the depthwise backward runs as two ordinary convolutions"
+
+
 @contextlib.contextmanager
 def fast_depthwise(model: nn.Module) -> Iterator[int]:
-    """Within the block the model's depthwise convolutions are `DepthwiseConv2d`; yields how many."""
-    swapped = [m for m in model.modules() if _is_depthwise(m)]
+    """Within the block the model's depthwise convolutions are `DepthwiseConv2d`; yields how many
+    (0 where the `probe` fails or the swap is turned off)."""
+    enabled = choose("fast_depthwise", *probe())
+    swapped = [m for m in model.modules() if _is_depthwise(m)] if enabled else []
     for module in swapped:
         module.__class__ = DepthwiseConv2d
     try:

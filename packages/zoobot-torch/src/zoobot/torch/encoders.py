@@ -8,6 +8,7 @@ The Hub layout (DESIGN.md contract 3) is a folder or Hub repo with `config.json`
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -20,9 +21,18 @@ import torch
 import torchvision
 from torch import nn
 
-from zoobot.data.model_hub import HubUnavailableError as HubUnavailableError  # re-exported
-from zoobot.data.model_hub import ModelSource, check_weights_fit
-from zoobot.data.model_hub import WeightsMismatchError as WeightsMismatchError  # re-exported
+from zoobot.models.hub import HubUnavailableError as HubUnavailableError  # re-exported
+from zoobot.models.hub import ModelSource
+from zoobot.models.layout import (
+    CONFIG_NAME,
+    WeightsFileError,
+    building_encoder,
+    check_weights_fit,
+    checkpoint_channels,
+    first_convs,
+    read_safetensors,
+)
+from zoobot.models.layout import WeightsMismatchError as WeightsMismatchError  # re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +40,14 @@ TORCHVISION_PREFIX = "torchvision:"
 # torchvision ResNets share timm's parameter names, so they save to and reload from the timm layout.
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 _MAX_LISTED = 10
+# torchvision ResNet layouts with their timm twins (same parameter names, same outputs).
+_RESNET_LAYOUTS = {
+    ("BasicBlock", (2, 2, 2, 2)): "resnet18",
+    ("BasicBlock", (3, 4, 6, 3)): "resnet34",
+    ("Bottleneck", (3, 4, 6, 3)): "resnet50",
+    ("Bottleneck", (3, 4, 23, 3)): "resnet101",
+    ("Bottleneck", (3, 8, 36, 3)): "resnet152",
+}
 _PRETRAINED_CFG_FIELDS = frozenset(timm.models.PretrainedCfg.__dataclass_fields__) - {"state_dict"}
 
 
@@ -42,13 +60,18 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors from a `.safetensors` file, or from a legacy `.bin`/`.pth` with `weights_only=True`."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        return safetensors.torch.load_file(path, device="cpu")
+        return read_safetensors(path, lambda p: safetensors.torch.load_file(p, device="cpu"))
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"refusing to unpickle {path}: it holds objects other than tensors. Convert it to "
             "safetensors on a machine where you trust the file."
+        ) from err
+    except (RuntimeError, OSError, EOFError) as err:  # torch's zip reader on a damaged file
+        raise WeightsFileError(
+            f"{path}: cannot read the weights ({err}); the file is damaged or was cut short: "
+            "download or save it again"
         ) from err
     if not isinstance(state_dict, Mapping):
         raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state dict of tensors")
@@ -63,24 +86,6 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what:
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     check_weights_fit(expected, {k: tuple(v.shape) for k, v in state_dict.items()}, what)
     module.load_state_dict(state_dict, strict=True)
-
-
-def _first_convs(pretrained_cfg: Mapping) -> tuple[str, ...]:
-    first = pretrained_cfg.get("first_conv")
-    return (first,) if isinstance(first, str) else tuple(first or ())
-
-
-def _checkpoint_channels(
-    model_args: Mapping, pretrained_cfg: Mapping, state_dict: Mapping | None
-) -> int:
-    """Input channels of the checkpoint: stated in `model_args`, else read off its first conv."""
-    if model_args.get("in_chans"):
-        return int(model_args["in_chans"])
-    for conv in _first_convs(pretrained_cfg):
-        weight = (state_dict or {}).get(f"{conv}.weight")
-        if weight is not None and weight.ndim == 4:
-            return int(weight.shape[1])
-    return int((pretrained_cfg.get("input_size") or (3,))[0])
 
 
 def encoder_from_config(
@@ -100,15 +105,19 @@ def encoder_from_config(
     }
     default = timm.models.get_pretrained_cfg(architecture)
     cfg = {**(default.to_dict() if default else {}), **overlay}
-    source_channels = _checkpoint_channels(model_args, cfg, state_dict)
+    source_channels = checkpoint_channels(model_args, cfg, state_dict)
     target_channels = channels or source_channels
     if state_dict is not None and target_channels != source_channels:
         state_dict = _adapt_first_conv(
             architecture, cfg, state_dict, source_channels, target_channels
         )
-    overlay["input_size"] = (target_channels, *(cfg.get("input_size") or (3, 224, 224))[1:])
-    overlay["num_classes"] = num_classes
     kwargs = {**model_args, **timm_kwargs, "num_classes": num_classes, "in_chans": target_channels}
+    spatial = tuple((cfg.get("input_size") or (3, 224, 224))[1:])
+    if kwargs.get("img_size"):  # a fixed-size model's own size (older timm left input_size stale)
+        size = kwargs["img_size"]
+        spatial = (size, size) if isinstance(size, int) else tuple(size)
+    overlay["input_size"] = (target_channels, *spatial)
+    overlay["num_classes"] = num_classes
     model = timm.create_model(
         architecture, pretrained=False, pretrained_cfg_overlay=overlay, **kwargs
     )
@@ -124,7 +133,7 @@ def _adapt_first_conv(
 ) -> dict[str, torch.Tensor]:
     """The state dict with its first conv adapted from `source` to `target` input channels."""
     state_dict = dict(state_dict)
-    for conv in _first_convs(cfg):
+    for conv in first_convs(cfg):
         key = f"{conv}.weight"
         if key in state_dict:
             state_dict[key] = timm.models.adapt_input_conv(
@@ -175,8 +184,9 @@ def load_encoder(
     """A feature extractor returning pooled features of width `encoder_dim(encoder)`.
 
     `name` is a timm architecture (random init), `torchvision:resnet50` (torchvision's implementation,
-    random init), `hf_hub:owner/repo[@revision]`, or a folder in the timm Hub layout (write `./name`
-    for a folder named like an architecture). `channels` defaults to the checkpoint's (3 for
+    random init), `hf_hub:owner/repo[@revision]`, a published Zoobot encoder's repo name (e.g.
+    `zoobot-encoder-convnext_nano`; `list_pretrained()` lists them), or a folder in the timm Hub
+    layout (write `./name` for a folder named like an architecture). `channels` defaults to the checkpoint's (3 for
     architecture names); a different count adapts the first conv as timm does. `pretrained=False`
     builds a Hub/folder architecture without loading its weights. Extra keyword arguments go to
     `timm.create_model` (e.g. `drop_path_rate`).
@@ -189,9 +199,39 @@ def load_encoder(
         return _timm_encoder(text, channels, timm_kwargs)
     config = source.read_config()
     state_dict = read_weights(source) if pretrained else None
-    return encoder_from_config(config, state_dict, channels, **timm_kwargs)
+    with building_encoder(config, f"{source}/{CONFIG_NAME}"):
+        return encoder_from_config(config, state_dict, channels, **timm_kwargs)
 
 
 def encoder_dim(encoder: nn.Module) -> int:
     """Width of the encoder's pooled features (timm's `head_hidden_size` when it differs)."""
     return int(getattr(encoder, "head_hidden_size", None) or encoder.num_features)
+
+
+def as_timm(encoder: nn.Module) -> nn.Module:
+    """The encoder as a timm model: compiled wrappers unwrapped, torchvision ResNets converted."""
+    encoder = getattr(encoder, "_orig_mod", encoder)
+    if hasattr(encoder, "pretrained_cfg"):
+        return encoder
+    if not isinstance(encoder, torchvision.models.ResNet):
+        raise TypeError(
+            f"cannot save a {type(encoder).__qualname__} encoder in the timm layout; "
+            "use load_encoder() for timm or torchvision ResNet encoders"
+        )
+    layout = (
+        type(encoder.layer1[0]).__name__,
+        tuple(len(encoder.get_submodule(f"layer{i}")) for i in range(1, 5)),
+    )
+    architecture = _RESNET_LAYOUTS.get(layout)
+    if architecture is None or encoder.groups != 1 or encoder.base_width != 64:
+        raise TypeError(f"no timm twin for this torchvision ResNet ({layout})")
+    twin = timm.create_model(architecture, num_classes=0, in_chans=encoder.conv1.in_channels)
+    load_strict(twin, encoder.state_dict(), f"torchvision {architecture}")
+    return twin
+
+
+def write_timm_files(encoder: nn.Module, folder: Path) -> dict:
+    """`config.json` and `model.safetensors` of the encoder, written by timm's own `save_for_hf`;
+    returns the config."""
+    timm.models.save_for_hf(as_timm(encoder), folder, safe_serialization=True)
+    return json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8"))

@@ -2,8 +2,11 @@
 
 Each model takes `name=` (anything `load_encoder` reads: `hf_hub:owner/repo`, a folder in the Hub
 layout, a timm architecture) or `encoder=`, and trains the head plus the last `n_blocks` encoder
-blocks with layer-wise learning-rate decay `lr_decay` (see `ZoobotModule`); `n_blocks=0` is a linear
-probe on frozen features. Train them with `get_trainer(save_dir).fit(model, datamodule)`.
+blocks with layer-wise learning-rate decay `lr_decay`: the training settings of
+`zoobot.models.settings.TrainingSettings`, as keyword arguments (defaults `FINETUNING`: a linear
+probe, `n_blocks=0`, at `learning_rate=1e-4`, head dropout 0.5). Train them with
+`get_trainer(save_dir).fit(model, datamodule)`, or start from a published encoder with
+`FinetuneableZoobotClassifier.from_pretrained("hf_hub:...", num_classes=2)`.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
-from zoobot.data.model_hub import checked_class_names
+from zoobot.models.settings import FINETUNING
+from zoobot.models.tasks import classifier_args, resolve_encoder
 from zoobot.shared import Schema
+from zoobot.torch.backend import BACKEND
 from zoobot.torch.encoders import encoder_dim
-from zoobot.torch.hub import register_task
-from zoobot.torch.module import ZoobotModule, resolve_encoder
+from zoobot.torch.module import ZoobotModule
 from zoobot.torch.training import get_trainer
 from zoobot.torch.tree import STAGES, ZoobotTree
 
@@ -74,7 +78,7 @@ class _SupervisedSteps:
         return self._step(batch, "test")
 
 
-@register_task
+@BACKEND.tasks.register
 class FinetuneableZoobotClassifier(_SupervisedSteps, ZoobotModule):
     """Classify galaxies into `num_classes` classes; labels are class indices 0..num_classes-1.
 
@@ -85,6 +89,7 @@ class FinetuneableZoobotClassifier(_SupervisedSteps, ZoobotModule):
     """
 
     task = "classifier"
+    default_settings = FINETUNING
 
     def __init__(
         self,
@@ -94,35 +99,16 @@ class FinetuneableZoobotClassifier(_SupervisedSteps, ZoobotModule):
         channels: int = 3,
         label_smoothing: float = 0.0,
         class_weights: Sequence[float] | None = None,
-        dropout: float = 0.5,
-        n_blocks: int = 0,
-        lr_decay: float = 0.75,
-        learning_rate: float = 1e-4,
-        weight_decay: float = 0.05,
-        warmup_epochs: float = 0.0,
-        warmup_steps: int = 0,
-        cosine: bool = True,
         class_names: Sequence[str] | None = None,
+        **settings,
     ):
-        class_names = checked_class_names(class_names, num_classes)
-        encoder = resolve_encoder(name, encoder, channels)
-        super().__init__(
-            encoder,
-            _linear_head(encoder_dim(encoder), num_classes, dropout),
-            n_blocks=n_blocks,
-            lr_decay=lr_decay,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            warmup_steps=warmup_steps,
-            cosine=cosine,
-        )
-        self._save_hyperparameters("class_weights", "class_names")
-        weights = None if class_weights is None else [float(w) for w in class_weights]
-        self.hparams["class_weights"] = weights
-        self.class_names = class_names
-        if class_names is not None:  # absent otherwise: configs without names stay as they were
-            self.hparams["class_names"] = class_names
+        settings = self.default_settings.replace(**settings)
+        task_args = classifier_args(num_classes, label_smoothing, class_weights, class_names)
+        encoder = resolve_encoder(BACKEND, name, encoder, channels)
+        head = _linear_head(encoder_dim(encoder), num_classes, settings.dropout)
+        super().__init__(encoder, head, settings, task_args)
+        self.class_names = task_args.get("class_names")
+        weights = task_args["class_weights"]
         self.register_buffer(
             "class_weights", None if weights is None else torch.tensor(weights), persistent=False
         )
@@ -144,7 +130,7 @@ class FinetuneableZoobotClassifier(_SupervisedSteps, ZoobotModule):
         return output.float().softmax(dim=1)
 
 
-@register_task
+@BACKEND.tasks.register
 class FinetuneableZoobotRegressor(_SupervisedSteps, ZoobotModule):
     """Predict `num_outputs` continuous values per galaxy with a mean squared or absolute error loss.
 
@@ -153,6 +139,7 @@ class FinetuneableZoobotRegressor(_SupervisedSteps, ZoobotModule):
     """
 
     task = "regressor"
+    default_settings = FINETUNING
 
     def __init__(
         self,
@@ -162,33 +149,17 @@ class FinetuneableZoobotRegressor(_SupervisedSteps, ZoobotModule):
         loss: str = "mse",
         unit_interval: bool = False,
         num_outputs: int = 1,
-        dropout: float = 0.5,
-        n_blocks: int = 0,
-        lr_decay: float = 0.75,
-        learning_rate: float = 1e-4,
-        weight_decay: float = 0.05,
-        warmup_epochs: float = 0.0,
-        warmup_steps: int = 0,
-        cosine: bool = True,
+        **settings,
     ):
         if loss not in ("mse", "mae"):
             raise ValueError(f"loss must be 'mse' or 'mae', got {loss!r}")
-        encoder = resolve_encoder(name, encoder, channels)
-        head = _linear_head(encoder_dim(encoder), num_outputs, dropout)
+        settings = self.default_settings.replace(**settings)
+        encoder = resolve_encoder(BACKEND, name, encoder, channels)
+        head = _linear_head(encoder_dim(encoder), num_outputs, settings.dropout)
         if unit_interval:
             head.append(nn.Sigmoid())
-        super().__init__(
-            encoder,
-            head,
-            n_blocks=n_blocks,
-            lr_decay=lr_decay,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            warmup_steps=warmup_steps,
-            cosine=cosine,
-        )
-        self._save_hyperparameters()
+        task_args = {"loss": loss, "unit_interval": unit_interval, "num_outputs": num_outputs}
+        super().__init__(encoder, head, settings, task_args)
         self.loss_fn = F.mse_loss if loss == "mse" else F.l1_loss
         self.metrics = _StageMetrics(
             mae=torchmetrics.MeanAbsoluteError(), mse=torchmetrics.MeanSquaredError()
@@ -202,7 +173,7 @@ class FinetuneableZoobotRegressor(_SupervisedSteps, ZoobotModule):
         return self.loss_fn(output.float(), target), target
 
 
-@register_task
+@BACKEND.tasks.register
 class FinetuneableZoobotTree(ZoobotTree):
     """Finetune on votes for a (new) decision tree `schema`, as `ZoobotTree` does for pretraining.
 
@@ -210,6 +181,7 @@ class FinetuneableZoobotTree(ZoobotTree):
     """
 
     task = "finetuneable_tree"
+    default_settings = FINETUNING
 
     def __init__(
         self,
@@ -217,28 +189,8 @@ class FinetuneableZoobotTree(ZoobotTree):
         name: str | os.PathLike | None = None,
         encoder: nn.Module | None = None,
         channels: int = 3,
-        dropout: float = 0.5,
-        n_blocks: int = 0,
-        lr_decay: float = 0.75,
-        learning_rate: float = 1e-4,
-        weight_decay: float = 0.05,
-        warmup_epochs: float = 0.0,
-        warmup_steps: int = 0,
-        cosine: bool = True,
-        concentration: tuple[float, float] | None = None,
+        **settings,
     ):
         super().__init__(
-            schema,
-            encoder=resolve_encoder(name, encoder, channels),
-            dropout=dropout,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            warmup_steps=warmup_steps,
-            cosine=cosine,
-            n_blocks=n_blocks,
-            lr_decay=lr_decay,
-            concentration=concentration,
+            schema, encoder=resolve_encoder(BACKEND, name, encoder, channels), **settings
         )
-        # The encoder came from name= or encoder=, not from ZoobotTree's default architecture.
-        del self.hparams["architecture"]

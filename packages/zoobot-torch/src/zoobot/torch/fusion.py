@@ -7,28 +7,63 @@ GELU inside the convolution's output loop instead. That fused primitive is the o
 compiler (Inductor) emits for CPU, `torch.ops.mkldnn._convolution_pointwise`; it is used here
 without compiling anything. Measured on a 2-core AVX-512-bf16 VM (batch 32, 224 px):
 convnext_nano 53 -> 59 img/s, with the same output as unfused bf16 up to bf16 rounding.
+
+The operator is private to torch, and its bf16 path needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT:
+`fused_conv_gelu` runs it once on a tiny input (`probe`) and otherwise leaves the model unfused.
+Off with `ZOOBOT_DISABLE=fused_conv_gelu`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoobot.torch.inference import cpu_autocast_dtype
+from zoobot.models.fast_paths import choose
+from zoobot.torch.cpu import cpu_autocast_dtype
 
 
-def _fused_op():
-    """oneDNN's convolution with a pointwise post-op, or None in builds without it."""
+def _fused(input, weight, bias, padding, stride, dilation, groups) -> torch.Tensor:
+    """oneDNN's convolution with GELU as its post-op, in bf16."""
+    bias = None if bias is None else bias.to(torch.bfloat16)
+    return torch.ops.mkldnn._convolution_pointwise(
+        input.to(torch.bfloat16),
+        weight.to(torch.bfloat16),
+        bias,
+        list(padding),
+        list(stride),
+        list(dilation),
+        groups,
+        "gelu",
+        [],
+        "none",
+    )
+
+
+@functools.cache
+def probe() -> tuple[bool, str]:
+    """(whether the fused bf16 primitive runs here and computes gelu(conv(x)), why), tried once on
+    a tiny input: the operator may be missing, changed, or refused by this CPU."""
     if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._convolution_pointwise
-    except (AttributeError, RuntimeError):
-        return None
+        return False, "torch is built without oneDNN"
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 3, 3, generator=generator).to(torch.bfloat16)
+    weight = torch.randn(16, 8, 1, 1, generator=generator).to(torch.bfloat16)
+    bias = torch.randn(16, generator=generator).to(torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):  # probed from any context
+        try:
+            got = _fused(x, weight, bias, (0, 0), (1, 1), (1, 1), 1).float()
+        except (AttributeError, RuntimeError, TypeError) as err:
+            return False, f"oneDNN's fused convolution is unavailable: {str(err).splitlines()[0]}"
+        expected = F.gelu(F.conv2d(x.float(), weight.float(), bias.float()))
+    # The inputs are bf16 already; the primitive rounds its output to bf16 (8 bits): 2**-8 relative.
+    if not torch.allclose(got, expected, rtol=2**-7, atol=2**-7 * float(expected.abs().max())):
+        return False, "oneDNN's fused convolution gives other numbers than conv + GELU"
+    return True, "oneDNN runs 1x1 convolution + GELU as one bf16 primitive"
 
 
 class ConvGELU(nn.Conv2d):
@@ -42,18 +77,14 @@ class ConvGELU(nn.Conv2d):
             and not torch.is_grad_enabled()
             and cpu_autocast_dtype() == torch.bfloat16
         ):
-            bias = None if self.bias is None else self.bias.to(torch.bfloat16)
-            return _fused_op()(
-                input.to(torch.bfloat16),
-                self.weight.to(torch.bfloat16),
-                bias,
-                list(self.padding),
-                list(self.stride),
-                list(self.dilation),
+            return _fused(
+                input,
+                self.weight,
+                self.bias,
+                self.padding,
+                self.stride,
+                self.dilation,
                 self.groups,
-                "gelu",
-                [],
-                "none",
             )
         return F.gelu(super().forward(input))
 
@@ -78,8 +109,11 @@ def _fusable(module: nn.Module) -> bool:
 @contextlib.contextmanager
 def fused_conv_gelu(model: nn.Module) -> Iterator[int]:
     """Within the block the model's fusable MLPs run fc1 as `ConvGELU` and act as `nn.Identity`;
-    yields how many (0 where torch has no fused primitive). Parameters are untouched."""
-    mlps = [m for m in model.modules() if _fusable(m)] if _fused_op() is not None else []
+    yields how many (0 where the primitive fails its `probe` or is turned off). Parameters are
+    untouched; the modules' classes are swapped back after the block."""
+    mlps = (
+        [m for m in model.modules() if _fusable(m)] if choose("fused_conv_gelu", *probe()) else []
+    )
     acts = [m.act for m in mlps]
     for mlp in mlps:
         mlp.fc1.__class__ = ConvGELU

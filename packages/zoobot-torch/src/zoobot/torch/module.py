@@ -3,55 +3,31 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
-import os
+from typing import ClassVar
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from zoobot.models.pretrained import PretrainedMixin
+from zoobot.models.settings import FINETUNING, TrainingSettings
+from zoobot.models.training import NonFiniteLossError, nonfinite_loss_message
+from zoobot.torch.backend import BACKEND
 from zoobot.torch.blocks import block_parameters, encoder_blocks, matches
+from zoobot.torch.cpu import reused_memory
 from zoobot.torch.depthwise import fast_depthwise
-from zoobot.torch.encoders import load_encoder
-from zoobot.torch.inference import reused_memory
+from zoobot.torch.optimizers import WarmupCosine, adamw
 
 logger = logging.getLogger(__name__)
-
-# Constructor arguments that choose the encoder, which the Hub layout stores in its own right.
-ENCODER_ARGUMENTS = ("architecture", "name", "channels")
-
-
-def resolve_encoder(
-    name: str | os.PathLike | None, encoder: nn.Module | None, channels: int
-) -> nn.Module:
-    """The encoder given, or the one `load_encoder(name, channels)` builds: exactly one of the two."""
-    if (name is None) == (encoder is None):
-        raise ValueError("pass exactly one of name= (architecture, hf_hub: or folder) and encoder=")
-    return encoder if encoder is not None else load_encoder(name, channels)
-
-
-class WarmupCosine:
-    """Learning-rate factor per step: linear warmup to 1, then a cosine to 0 (or constant)."""
-
-    def __init__(self, warmup_steps: int, total_steps: float, cosine: bool = True):
-        self.warmup_steps, self.total_steps, self.cosine = warmup_steps, total_steps, cosine
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if not self.cosine:
-            return 1.0
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 class FastCPUTraining(pl.Callback):
     """While fitting on CPU: activations reuse freed memory and depthwise convolutions
     back-propagate fast; everything is as it was when fitting ends or fails.
 
-    `zoobot.torch.inference.reused_memory`: each step's activations otherwise come from fresh
+    `zoobot.torch.cpu.reused_memory`: each step's activations otherwise come from fresh
     `mmap`s that page-fault in again. `zoobot.torch.depthwise.fast_depthwise`: torch's depthwise
     convolution backward is 5-15x slower than its forward on CPU; with the fast one a convnext_nano
     training step at batch 16 takes 7% less CPU time in fp32 and 19% less in bf16, same numbers.
@@ -86,71 +62,44 @@ def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
 
-def adamw(param_groups: list[dict], fused: bool = True, **options) -> torch.optim.AdamW:
-    """AdamW with the fused kernel where torch has one for the parameters' device (CPU from torch
-    2.4, CUDA): one pass over the weights, 6x faster than the default per-tensor loop on CPU.
-
-    `fused=False` keeps the per-tensor loop: Lightning refuses to clip the gradients of a fused
-    optimizer under mixed precision (such an optimizer unscales gradients itself), so
-    `configure_optimizers` asks for it only then.
-    """
-    if fused:
-        try:
-            return torch.optim.AdamW(param_groups, fused=True, **options)
-        except RuntimeError:  # no fused kernel for this device or torch version
-            pass
-    return torch.optim.AdamW(param_groups, **options)
-
-
-class ZoobotModule(pl.LightningModule):
+class ZoobotModule(PretrainedMixin, pl.LightningModule):
     """An encoder and a head, training the head and the last `n_blocks` encoder blocks.
 
-    `n_blocks=-1` trains the whole encoder, 0 none (a linear probe on frozen features). Block `i`
-    (0 nearest the head, see `zoobot.torch.blocks`) learns at `learning_rate * lr_decay**i`, the head
-    at `learning_rate`. Frozen blocks get no gradients and stay in eval mode, so their BatchNorm
-    statistics never move. AdamW (fused where torch has the kernel); the learning rate warms up
-    linearly for `warmup_epochs` + `warmup_steps` steps, then follows a cosine to 0 over the rest of
-    training (`cosine=False`: flat). Fitting on CPU is sped up by `FastCPUTraining`.
-    `predict_step` makes `n_samples` passes per batch, with the head's dropout on if `mc_dropout`
-    (attributes: set them before `trainer.predict`).
+    `settings` (`zoobot.models.settings.TrainingSettings`) choose what trains and how: block `i`
+    (0 nearest the head, see `zoobot.torch.blocks`) learns at `learning_rate * lr_decay**i`, the
+    head at `learning_rate`; frozen blocks get no gradients and stay in eval mode, so their
+    BatchNorm statistics never move. AdamW (fused where torch has the kernel); the learning rate
+    warms up linearly, then follows a cosine to 0 over the rest of training. `task_args` are the
+    task's own arguments, saved with the settings as the task config. Fitting on CPU is sped up by
+    `FastCPUTraining`. A training step whose loss is NaN or infinite stops the fit before its
+    gradients reach the weights (`NonFiniteLossError` names the step and, from a `GalaxyDataModule`,
+    the batch's galaxies). `predict_step` makes `n_samples` passes per batch, with the head's
+    dropout on if `mc_dropout` (attributes: set them before `trainer.predict`). Models save,
+    reload and publish themselves (`save_pretrained`, `from_pretrained`, `push_to_hub`).
     """
 
+    backend = BACKEND
+    default_settings: ClassVar[TrainingSettings] = FINETUNING
+
     def __init__(
-        self,
-        encoder: nn.Module,
-        head: nn.Module,
-        n_blocks: int = -1,
-        lr_decay: float = 1.0,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.05,
-        warmup_epochs: float = 0.0,
-        warmup_steps: int = 0,
-        cosine: bool = True,
+        self, encoder: nn.Module, head: nn.Module, settings: TrainingSettings, task_args: dict
     ):
         super().__init__()
-        self.encoder, self.head = encoder, head
-        self.lr_decay, self.learning_rate, self.weight_decay = lr_decay, learning_rate, weight_decay
-        self.warmup_epochs, self.warmup_steps, self.cosine = warmup_epochs, warmup_steps, cosine
+        self.encoder, self.head, self.settings = encoder, head, settings
+        self.task_args = dict(task_args)
+        self.hparams.update(self.task_config())  # what Lightning logs and checkpoints
         self.n_samples, self.mc_dropout = 1, False
         blocks = encoder_blocks(encoder)
-        n_trained = len(blocks) if n_blocks < 0 else min(n_blocks, len(blocks))
+        n_trained = len(blocks) if settings.n_blocks < 0 else min(settings.n_blocks, len(blocks))
         self.trained_blocks = blocks[:n_trained]
         self.frozen_prefixes = [p for block in blocks[n_trained:] for p in block]
         for name, parameter in encoder.named_parameters():
             parameter.requires_grad_(not matches(name, self.frozen_prefixes))
         self.train(self.training)
 
-    def _save_hyperparameters(self, *ignore: str) -> None:
-        """Record the calling constructor's arguments, paths as text, except the encoder and `ignore`."""
-        frame = inspect.currentframe().f_back
-        self.save_hyperparameters(ignore=["encoder", *ignore], frame=frame)
-        for key, value in self.hparams.items():
-            if isinstance(value, os.PathLike):
-                self.hparams[key] = os.fspath(value)
-
     def task_config(self) -> dict:
-        """The arguments that rebuild this model around an encoder (`zoobot.torch.hub` protocol)."""
-        return {k: v for k, v in self.hparams.items() if k not in ENCODER_ARGUMENTS}
+        """The arguments that rebuild this model around an encoder (`zoobot.models.tasks`)."""
+        return {**self.task_args, **self.settings.as_dict()}
 
     @classmethod
     def from_task_config(cls, config: dict, encoder: nn.Module) -> ZoobotModule:
@@ -177,32 +126,56 @@ class ZoobotModule(pl.LightningModule):
 
     def param_groups(self) -> list[dict]:
         """Optimiser groups: the head at `learning_rate`, then each trained block, decaying."""
-        groups = [{"params": list(self.head.parameters()), "lr": self.learning_rate}]
+        rate, decay = self.settings.learning_rate, self.settings.lr_decay
+        groups = [{"params": list(self.head.parameters()), "lr": rate}]
         for i, block in enumerate(self.trained_blocks):
-            lr = self.learning_rate * self.lr_decay**i
+            lr = rate * decay**i
             groups.append({"params": list(block_parameters(self.encoder, block)), "lr": lr})
         return [g for g in groups if g["params"]]
 
     def configure_optimizers(self) -> dict:
         """AdamW over `param_groups()` with the warmup + cosine schedule, stepped every batch."""
+        settings = self.settings
         optimizer = adamw(
             self.param_groups(),
             fused=not ("mixed" in str(self.trainer.precision) and self.trainer.gradient_clip_val),
-            lr=self.learning_rate,
-            weight_decay=self.weight_decay,
+            lr=settings.learning_rate,
+            weight_decay=settings.weight_decay,
         )
         total = self.trainer.estimated_stepping_batches
         batches = self.trainer.num_training_batches
         if math.isinf(batches):
-            if self.warmup_epochs:
+            if settings.warmup_epochs:
                 logger.warning("epoch length unknown (max_steps training): warmup_epochs ignored")
             batches = 0
         per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
-        warmup = self.warmup_steps + round(self.warmup_epochs * per_epoch)
+        warmup = settings.warmup_steps + round(settings.warmup_epochs * per_epoch)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, WarmupCosine(warmup, total, self.cosine)
+            optimizer, WarmupCosine(warmup, total, settings.cosine)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._batch_idx = batch_idx
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        """Stop before a non-finite loss's gradients reach the weights, naming the batch."""
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        from zoobot.torch.data.datamodule import batch_ids
+
+        batch = getattr(self, "_batch_idx", -1)
+        ids = batch_ids(self.trainer.train_dataloader, batch)
+        weights = "The weights are those before this step"
+        message = nonfinite_loss_message(
+            float(loss.detach().float().mean()),
+            self.global_step,
+            self.current_epoch,
+            batch,
+            ids,
+            weights,
+        )
+        raise NonFiniteLossError(message)
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """`FastCPUTraining`, whatever Trainer fits this module."""

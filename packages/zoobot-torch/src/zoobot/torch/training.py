@@ -1,26 +1,106 @@
-"""Train on votes with a Lightning Trainer set up for what users need: `train` and `get_trainer`."""
+"""Train with a Lightning Trainer set up for what users need: `train` (on votes), `get_trainer`, and
+`fit_catalog` (any Zoobot model on a catalog, what `train` and the command line use)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
 import timm.layers
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.plugins import LayerSync
+from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from zoobot.shared import Schema
-from zoobot.torch.datamodule import Data, GalaxyDataModule
-from zoobot.torch.hub import save_pretrained
-from zoobot.torch.tree import ZoobotTree, as_schema
+from zoobot.data.splits import Splits
+from zoobot.models import fast_paths, training
+from zoobot.models.backend import bind
+from zoobot.models.layout import check_replaceable
+from zoobot.models.tasks import label_rule
+from zoobot.torch.cpu import input_channels
+from zoobot.torch.data.datamodule import Data, GalaxyDataModule
+from zoobot.torch.module import ZoobotModule
 
 BEST_FOLDER = "best"
+
+
+class TensorBoardLogger(Logger):
+    """Metrics and hyper-parameters as TensorBoard event files in `<save_dir>/<name>/version_<n>/`.
+
+    Written with tensorboardX, which needs no TensorFlow. Lightning's own TensorBoardLogger writes
+    through `torch.utils.tensorboard`, whose file layer imports TensorFlow whenever it is installed
+    (seconds at the start of every training run and TensorFlow's start-up messages), so this
+    small logger on Lightning's public `Logger` interface replaces it.
+    """
+
+    def __init__(self, save_dir: str | os.PathLike, name: str = "tensorboard"):
+        super().__init__()
+        self._root = Path(save_dir) / name
+        self._name = name
+        self._version: int | None = None
+        self._writer = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> int:
+        """The first `version_<n>` folder not taken when the logger first needed one."""
+        if self._version is None:
+            taken = [
+                int(p.name.removeprefix("version_"))
+                for p in self._root.glob("version_*")
+                if p.name.removeprefix("version_").isdigit()
+            ]
+            self._version = max(taken, default=-1) + 1
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return str(self._root.parent)
+
+    @property
+    def log_dir(self) -> str:
+        return str(self._root / f"version_{self.version}")
+
+    @property
+    def experiment(self):
+        """The tensorboardX `SummaryWriter` (made on first use)."""
+        if self._writer is None:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(self.log_dir)
+        return self._writer
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        for key, value in metrics.items():
+            self.experiment.add_scalar(key, float(value), step)
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        params = vars(params) if isinstance(params, argparse.Namespace) else dict(params or {})
+        rows = "".join(f"| {key} | {value} |\n" for key, value in params.items())
+        self.experiment.add_text("hyperparameters", "| name | value |\n|---|---|\n" + rows)
+
+    @rank_zero_only
+    def save(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def load_checkpoint_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -47,7 +127,7 @@ class ExportBest(pl.Callback):
             pl_module.load_state_dict(load_checkpoint_weights(checkpoint.best_model_path))
             card["metrics"] = {checkpoint.monitor: float(checkpoint.best_model_score)}
         try:
-            save_pretrained(pl_module, self.folder, card=card)
+            pl_module.save_pretrained(self.folder, card=card)
         finally:
             pl_module.load_state_dict(current)
 
@@ -89,10 +169,20 @@ def uses_gpu(accelerator: str) -> bool:
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
-    """`mixed` becomes `bf16-mixed` on CPU and `16-mixed` on GPU; other values pass through."""
-    if precision != "mixed":
-        return precision
-    return "16-mixed" if uses_gpu(accelerator) else "bf16-mixed"
+    """`mixed` becomes `16-mixed` on GPU and `bf16-mixed` on CPU; on a CPU without native bf16
+    (or fp16: `zoobot.models.fast_paths.cpu_runs`) a bf16 (fp16) precision becomes `32-true`, faster
+    than the emulated one. Other values pass through."""
+    precision = str(precision)
+    if uses_gpu(accelerator):
+        return "16-mixed" if precision == "mixed" else precision
+    if precision == "mixed":
+        precision = "bf16-mixed"
+    reduced = (
+        "bf16" if precision.startswith("bf16") else "fp16" if precision.startswith("16") else None
+    )
+    if reduced and not fast_paths.cpu_runs(reduced):
+        return "32-true"
+    return precision
 
 
 def get_trainer(
@@ -159,67 +249,86 @@ def get_trainer(
     )
 
 
-def train(
+def fit_catalog(
+    build: Callable[[], ZoobotModule],
     data: Data | GalaxyDataModule,
-    schema: Schema | str | Mapping,
+    label_cols: Sequence[str],
     save_dir: str | os.PathLike,
-    architecture: str = "convnext_nano",
+    *,
     epochs: int = 100,
     batch_size: int = 128,
     image_size: int = 224,
-    channels: int = 3,
+    precision: str = "32",
     accelerator: str = "auto",
     devices: int | str = "auto",
     nodes: int = 1,
-    precision: str = "32",
-    compile: bool | str = False,
     strategy: str = "auto",
-    wandb: bool = False,
     num_workers: int = 4,
     patience: int = 8,
     seed: int = 42,
-    model_kwargs: Mapping | None = None,
+    progress: bool = True,
+    splits: Splits = None,
+    compile: bool | str = False,
+    wandb: bool = False,
     **trainer_kwargs,
-) -> ZoobotTree:
-    """Pretrain a `ZoobotTree` on vote counts and return it holding the best validation weights.
+) -> ZoobotModule:
+    """Seed everything, build the model with `build()`, fit it on `data` and return it holding the
+    best validation weights (also in `save_dir/best/`, Hub layout).
 
     `data` is a catalog, a Hugging Face dataset, a mapping/`DatasetDict` of splits (see
-    `GalaxyDataModule`), or a ready `GalaxyDataModule`. `model_kwargs` go to `ZoobotTree` (learning
-    rate, dropout, ...); Trainer settings and the `save_dir` layout are those of `get_trainer`, which
-    gets the remaining keyword arguments. `compile=True` compiles the model with `torch.compile`
-    (inductor); a string names another `torch.compile` backend.
+    `GalaxyDataModule`, which gets `label_cols`, `image_size`, `batch_size`, `num_workers`, `splits`
+    and `seed`, and the model's input channels), or a ready `GalaxyDataModule`. Trainer settings and
+    the `save_dir` layout are those of `get_trainer`, which gets the remaining keyword arguments.
+    `compile=True` compiles the model with `torch.compile` (inductor); a string names another
+    `torch.compile` backend. The labels are checked first, by the rule of the model's task
+    (`zoobot.models.tasks.label_rule`: vote counts, class indices or targets), naming the column
+    and rows; a step whose loss is not finite stops the fit (`NonFiniteLossError`).
     """
-    schema = as_schema(schema)
+    check_replaceable(Path(save_dir) / BEST_FOLDER)  # ExportBest writes there: refuse now, not then
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"accelerator={accelerator!r}, but torch sees no CUDA GPU; use cpu or auto"
+        )
     pl.seed_everything(seed, workers=True)
+    model = build()
+    rule = label_rule(model, label_cols)
     if isinstance(data, GalaxyDataModule):
         datamodule = data
+        datamodule.check_labels(rule)
     else:
         datamodule = GalaxyDataModule(
             data,
-            schema.label_cols,
+            label_cols,
             image_size=image_size,
-            channels=channels,
+            channels=input_channels(model.encoder),
             batch_size=batch_size,
             num_workers=num_workers,
+            splits=splits,
             seed=seed,
+            label_rule=rule,
         )
-    model = ZoobotTree(schema, architecture, channels=channels, **dict(model_kwargs or {}))
     if compile:
         model.compile(**({} if compile is True else {"backend": compile}))
-    trainer = get_trainer(
-        save_dir,
-        epochs=epochs,
-        accelerator=accelerator,
-        devices=devices,
-        nodes=nodes,
-        precision=precision,
-        strategy=strategy,
-        patience=patience,
-        wandb=wandb,
-        **trainer_kwargs,
-    )
+    try:
+        trainer = get_trainer(
+            save_dir,
+            epochs=epochs,
+            accelerator=accelerator,
+            devices=devices,
+            nodes=nodes,
+            precision=precision,
+            strategy=strategy,
+            patience=patience,
+            wandb=wandb,
+            **{"enable_progress_bar": progress, **trainer_kwargs},
+        )
+    except MisconfigurationException as err:  # Lightning's word for bad trainer settings
+        raise ValueError(f"cannot set up training: {err}") from err
     trainer.fit(model, datamodule)
     best = trainer.checkpoint_callback.best_model_path
     if best and trainer.is_global_zero:
         model.load_state_dict(load_checkpoint_weights(best))
     return model
+
+
+train = bind(training.train, "zoobot.torch.backend")

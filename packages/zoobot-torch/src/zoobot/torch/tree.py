@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torchmetrics
 from torch import nn
 
-from zoobot.shared import Schema
-from zoobot.shared import as_schema as _registered_schema
+from zoobot.models.settings import PRETRAINING
+from zoobot.models.tasks import (
+    DEFAULT_CONCENTRATION,
+    log_concentration_scale,
+    saved_tree_args,
+    tree_args,
+)
+from zoobot.shared import Schema, as_schema
+from zoobot.torch.backend import BACKEND
 from zoobot.torch.encoders import encoder_dim, load_encoder
-from zoobot.torch.hub import register_task
 from zoobot.torch.loss import DirichletMultinomialLoss
 from zoobot.torch.module import ZoobotModule
 
 STAGES = ("train", "validation", "test")
-
-
-def as_schema(schema: Schema | str | Mapping) -> Schema:
-    """`zoobot.shared.as_schema`, also taking the `to_dict()` form a saved task config holds."""
-    return Schema.from_dict(schema) if isinstance(schema, Mapping) else _registered_schema(schema)
 
 
 class ScaledSigmoid(nn.Module):
@@ -42,11 +42,7 @@ class LogScaledSigmoid(nn.Module):
 
     def __init__(self, low: float, high: float):
         super().__init__()
-        if not 0 < low < high:
-            raise ValueError(
-                f"concentration range must satisfy 0 < low < high, got ({low}, {high})"
-            )
-        self.log_low, self.log_span = math.log(low), math.log(high / low)
+        self.log_low, self.log_span = log_concentration_scale((low, high))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.exp(self.log_low + self.log_span * torch.sigmoid(x))
@@ -56,7 +52,7 @@ def dirichlet_head(
     in_features: int,
     n_answers: int,
     dropout: float,
-    concentration: tuple[float, float] | None = None,
+    concentration: Sequence[float] | None = None,
 ) -> nn.Sequential:
     """Dropout, a linear layer, and one concentration per answer column: in the log-spaced
     `concentration` range (low, high), or 1 + 100 sigmoid without one."""
@@ -108,9 +104,8 @@ class TreeSteps:
     """Loss and metrics of a model whose head predicts Dirichlet concentrations for a schema."""
 
     def _init_tree(self, schema: Schema) -> None:
-        """Set up the loss and metrics; call after `save_hyperparameters` (it records the schema)."""
+        """Set up the loss and metrics of `schema`."""
         self.schema = schema
-        self.hparams["schema"] = schema.to_dict()
         self.loss = DirichletMultinomialLoss(schema)
         campaigns = schema.campaigns
         names = [q.name for q in schema.questions]
@@ -170,19 +165,22 @@ class TreeSteps:
         self._log_vote_fraction_error("test")
 
 
-@register_task
+@BACKEND.tasks.register
 class ZoobotTree(TreeSteps, ZoobotModule):
     """Pretrain an encoder on Galaxy Zoo votes: Dirichlet concentrations for every answer of `schema`.
 
     The loss is the Dirichlet-multinomial negative log-likelihood of the votes (`zoobot.torch.loss`),
     summed over questions and averaged over the batch; it is logged per question and per campaign,
     with the vote-fraction error of each question. `architecture` is any name `load_encoder` takes;
-    `encoder=` uses a module instead. `concentration` is the head's (low, high) range (log-spaced;
-    None: 1 + 100 sigmoid). Other arguments: `ZoobotModule` (by default the whole encoder trains at
-    `learning_rate`). Predictions are concentrations, `(batch, answer, n_samples)`.
+    `encoder=` uses a module instead. `settings` are `zoobot.models.settings.TrainingSettings`
+    (defaults `PRETRAINING`: the whole encoder trains at `learning_rate=1e-3` after a one-epoch
+    warmup, head dropout 0.2). `concentration` is the head's log-spaced (low, high) range (None:
+    1 + 100 sigmoid, the head of models saved before the option). Predictions are concentrations,
+    `(batch, answer, n_samples)`.
     """
 
     task = "tree"
+    default_settings = PRETRAINING
 
     def __init__(
         self,
@@ -190,28 +188,22 @@ class ZoobotTree(TreeSteps, ZoobotModule):
         architecture: str | os.PathLike = "convnext_nano",
         encoder: nn.Module | None = None,
         channels: int = 3,
-        dropout: float = 0.2,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.05,
-        warmup_epochs: float = 1.0,
-        warmup_steps: int = 0,
-        cosine: bool = True,
-        n_blocks: int = -1,
-        lr_decay: float = 1.0,
-        concentration: tuple[float, float] | None = None,
+        concentration: Sequence[float] | None = DEFAULT_CONCENTRATION,
+        **settings,
     ):
         schema = as_schema(schema)
+        settings = self.default_settings.replace(**settings)
         encoder = encoder if encoder is not None else load_encoder(architecture, channels)
-        super().__init__(
-            encoder,
-            dirichlet_head(encoder_dim(encoder), len(schema.label_cols), dropout, concentration),
-            n_blocks=n_blocks,
-            lr_decay=lr_decay,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            warmup_steps=warmup_steps,
-            cosine=cosine,
+        task_args = tree_args(schema, concentration)
+        head = dirichlet_head(
+            encoder_dim(encoder),
+            len(schema.label_cols),
+            settings.dropout,
+            task_args["concentration"],
         )
-        self._save_hyperparameters("schema")
+        super().__init__(encoder, head, settings, task_args)
         self._init_tree(schema)
+
+    @classmethod
+    def from_task_config(cls, config: dict, encoder: nn.Module) -> ZoobotTree:
+        return super().from_task_config(saved_tree_args(config), encoder)

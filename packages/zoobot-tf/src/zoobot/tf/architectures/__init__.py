@@ -1,6 +1,7 @@
 """Keras 3 twins of the timm architectures the Zoobot encoders use, converted from timm weights.
 
-One module per timm family (`convnext`, `resnet`, `efficientnet`), each exposing the same interface:
+One module per timm family (`convnext`, `resnet`, `efficientnet`, `maxvit`), each exposing the same
+interface:
 
 - `ARCHITECTURES: dict[str, dict]`: timm architecture name -> the model arguments timm's factory
   function gives it (overridable through `model_args`, as in timm's `config.json`).
@@ -12,6 +13,8 @@ One module per timm family (`convnext`, `resnet`, `efficientnet`), each exposing
   names and layouts (see `zoobot.tf.weights`).
 - `blocks(model) -> list[list[keras.layers.Layer]]`: head side first, stem last, grouped as
   `zoobot.torch.blocks` groups the timm model, every weighted layer in exactly one block.
+- optionally `FIXED_INPUT_SIZE = True`: the model is built for one input size, the `img_size`
+  model argument (timm's `fixed_input_size`); a checkpoint's `pretrained_cfg.input_size` gives it.
 
 This package dispatches on the family. Family modules are imported on first use, so a family whose
 module is missing (or not yet written) only fails when one of its architectures is asked for.
@@ -30,6 +33,7 @@ import numpy as np
 FAMILY_MODULES = {
     "convnext": "zoobot.tf.architectures.convnext",
     "efficientnet": "zoobot.tf.architectures.efficientnet",
+    "maxvit": "zoobot.tf.architectures.maxvit",
     "resnet": "zoobot.tf.architectures.resnet",
 }
 _LOADED: dict[str, ModuleType | None] = {}
@@ -67,6 +71,11 @@ def family_of(architecture: str) -> str:
         f"architecture {architecture!r} has no Keras implementation in zoobot.tf; supported: "
         f"{', '.join(supported_architectures())}"
     )
+
+
+def fixed_input_size(architecture: str) -> bool:
+    """Whether timm `architecture` is built for one input size (`img_size`, e.g. MaxViT)."""
+    return bool(getattr(_family_module(family_of(architecture)), "FIXED_INPUT_SIZE", False))
 
 
 def build_encoder(

@@ -13,6 +13,12 @@ so every architecture here is the same code with different multipliers:
   `conv_head` 1x1 + `bn2` + SiLU; global average pooling.
 - `tf_efficientnet_b0` ... `tf_efficientnet_b8`: timm's ports of the TensorFlow weights: TF "SAME"
   padding (Keras `padding="same"`, identical to timm's `Conv2dSame`), BatchNorm eps 1e-3.
+- `efficientnetv2_s/m/l/xl`, `tf_efficientnetv2_s/m/l/xl`, `tf_efficientnetv2_b0..b3`,
+  `efficientnetv2_rw_t/s/m`: EfficientNetV2 from timm's `_gen_efficientnetv2_*` block strings:
+  ConvBnAct first stage (with shortcut), EdgeResidual stages (a full kxk expansion conv instead of
+  1x1 + depthwise), then SE inverted residuals; `tf_` ports again with TF SAME padding and eps 1e-3.
+  Their factories (except `tf_efficientnetv2_b1..b3` and `efficientnetv2_rw_t/m`) accept
+  `channel_multiplier` / `depth_multiplier`.
 - `test_efficientnet`: timm's minimal test network (ConvBnAct and EdgeResidual blocks too); its
   factory accepts `channel_multiplier` / `depth_multiplier`, which the small test fixture uses.
 
@@ -64,7 +70,59 @@ TEST_EFFICIENTNET_ARCH_DEF: tuple[tuple[str, ...], ...] = (
     ("ir_r1_k3_s2_e4_c64_se0.25",),
 )
 
-# generator -> what it fixes besides the multipliers (timm 1.0.31 efficientnet.py)
+# timm `_gen_efficientnetv2_s` (the official EfficientNetV2-S; `rw=True` changes two stages)
+EFFICIENTNETV2_S_ARCH_DEF: tuple[tuple[str, ...], ...] = (
+    ("cn_r2_k3_s1_e1_c24_skip",),
+    ("er_r4_k3_s2_e4_c48",),
+    ("er_r4_k3_s2_e4_c64",),
+    ("ir_r6_k3_s2_e4_c128_se0.25",),
+    ("ir_r9_k3_s1_e6_c160_se0.25",),
+    ("ir_r15_k3_s2_e6_c256_se0.25",),
+)
+EFFICIENTNETV2_RW_S_ARCH_DEF = (
+    ("er_r2_k3_s1_e1_c24",),
+    *EFFICIENTNETV2_S_ARCH_DEF[1:-1],
+    ("ir_r15_k3_s2_e6_c272_se0.25",),
+)
+# timm `_gen_efficientnetv2_base` (B0-B3), `_m`, `_l`, `_xl`
+EFFICIENTNETV2_BASE_ARCH_DEF: tuple[tuple[str, ...], ...] = (
+    ("cn_r1_k3_s1_e1_c16_skip",),
+    ("er_r2_k3_s2_e4_c32",),
+    ("er_r2_k3_s2_e4_c48",),
+    ("ir_r3_k3_s2_e4_c96_se0.25",),
+    ("ir_r5_k3_s1_e6_c112_se0.25",),
+    ("ir_r8_k3_s2_e6_c192_se0.25",),
+)
+EFFICIENTNETV2_M_ARCH_DEF: tuple[tuple[str, ...], ...] = (
+    ("cn_r3_k3_s1_e1_c24_skip",),
+    ("er_r5_k3_s2_e4_c48",),
+    ("er_r5_k3_s2_e4_c80",),
+    ("ir_r7_k3_s2_e4_c160_se0.25",),
+    ("ir_r14_k3_s1_e6_c176_se0.25",),
+    ("ir_r18_k3_s2_e6_c304_se0.25",),
+    ("ir_r5_k3_s1_e6_c512_se0.25",),
+)
+EFFICIENTNETV2_L_ARCH_DEF: tuple[tuple[str, ...], ...] = (
+    ("cn_r4_k3_s1_e1_c32_skip",),
+    ("er_r7_k3_s2_e4_c64",),
+    ("er_r7_k3_s2_e4_c96",),
+    ("ir_r10_k3_s2_e4_c192_se0.25",),
+    ("ir_r19_k3_s1_e6_c224_se0.25",),
+    ("ir_r25_k3_s2_e6_c384_se0.25",),
+    ("ir_r7_k3_s1_e6_c640_se0.25",),
+)
+EFFICIENTNETV2_XL_ARCH_DEF: tuple[tuple[str, ...], ...] = (
+    ("cn_r4_k3_s1_e1_c32_skip",),
+    ("er_r8_k3_s2_e4_c64",),
+    ("er_r8_k3_s2_e4_c96",),
+    ("ir_r16_k3_s2_e4_c192_se0.25",),
+    ("ir_r24_k3_s1_e6_c256_se0.25",),
+    ("ir_r32_k3_s2_e6_c512_se0.25",),
+    ("ir_r8_k3_s1_e6_c640_se0.25",),
+)
+
+# generator -> what it fixes besides the multipliers (timm 1.0.31 efficientnet.py): block strings,
+# stem and head widths, the channel rounding limit, and whether the head width is rounded too.
 GENERATORS: dict[str, dict[str, Any]] = {
     "efficientnet": {  # _gen_efficientnet
         "arch_def": EFFICIENTNET_ARCH_DEF,
@@ -77,6 +135,45 @@ GENERATORS: dict[str, dict[str, Any]] = {
         "stem_size": 24,
         "num_features": 256,
         "round_limit": 0.0,
+    },
+    "efficientnetv2_base": {
+        "arch_def": EFFICIENTNETV2_BASE_ARCH_DEF,
+        "stem_size": 32,
+        "num_features": 1280,
+        "round_limit": 0.0,
+    },
+    "efficientnetv2_s": {
+        "arch_def": EFFICIENTNETV2_S_ARCH_DEF,
+        "stem_size": 24,
+        "num_features": 1280,
+        "round_limit": 0.9,
+    },
+    "efficientnetv2_rw_s": {  # _gen_efficientnetv2_s(rw=True)
+        "arch_def": EFFICIENTNETV2_RW_S_ARCH_DEF,
+        "stem_size": 24,
+        "num_features": 1792,
+        "round_limit": 0.9,
+    },
+    "efficientnetv2_m": {
+        "arch_def": EFFICIENTNETV2_M_ARCH_DEF,
+        "stem_size": 24,
+        "num_features": 1280,
+        "round_limit": 0.9,
+        "fixed_head": True,
+    },
+    "efficientnetv2_l": {
+        "arch_def": EFFICIENTNETV2_L_ARCH_DEF,
+        "stem_size": 32,
+        "num_features": 1280,
+        "round_limit": 0.9,
+        "fixed_head": True,
+    },
+    "efficientnetv2_xl": {
+        "arch_def": EFFICIENTNETV2_XL_ARCH_DEF,
+        "stem_size": 32,
+        "num_features": 1280,
+        "round_limit": 0.9,
+        "fixed_head": True,
     },
 }
 
@@ -112,32 +209,57 @@ _SCALING = {
 BN_EPS_TF_DEFAULT = 1e-3
 
 
-def _registered() -> dict[str, dict[str, Any]]:
+_TF_PORT = {"bn_eps": BN_EPS_TF_DEFAULT, "pad_type": "same"}
+
+
+def _registered() -> tuple[dict[str, dict[str, Any]], dict[str, str], set[str]]:
+    """(architecture -> factory arguments, architecture -> generator, architectures whose factory
+    lets callers choose the multipliers)."""
     archs: dict[str, dict[str, Any]] = {}
+    generator: dict[str, str] = {}
     for variant, (width, depth) in _SCALING.items():
         scaling = {"channel_multiplier": width, "depth_multiplier": depth}
         archs[f"efficientnet_{variant}"] = scaling
-        archs[f"tf_efficientnet_{variant}"] = {
-            **scaling,
-            "bn_eps": BN_EPS_TF_DEFAULT,
-            "pad_type": "same",
-        }
+        archs[f"tf_efficientnet_{variant}"] = {**scaling, **_TF_PORT}
+        generator[f"efficientnet_{variant}"] = generator[f"tf_efficientnet_{variant}"] = (
+            "efficientnet"
+        )
+    free = {"test_efficientnet", "efficientnetv2_rw_s", "tf_efficientnetv2_b0"}
     archs["test_efficientnet"] = {}
-    return archs
+    generator["test_efficientnet"] = "test_efficientnet"
+    for size in ("s", "m", "l", "xl"):
+        archs[f"efficientnetv2_{size}"] = {}
+        archs[f"tf_efficientnetv2_{size}"] = dict(_TF_PORT)
+        generator[f"efficientnetv2_{size}"] = generator[f"tf_efficientnetv2_{size}"] = (
+            f"efficientnetv2_{size}"
+        )
+        free |= {f"efficientnetv2_{size}", f"tf_efficientnetv2_{size}"}
+    for variant, (width, depth) in _SCALING.items():
+        if variant in ("b0", "b1", "b2", "b3"):
+            scaling = (
+                {} if variant == "b0" else {"channel_multiplier": width, "depth_multiplier": depth}
+            )
+            archs[f"tf_efficientnetv2_{variant}"] = {**scaling, **_TF_PORT}
+            generator[f"tf_efficientnetv2_{variant}"] = "efficientnetv2_base"
+    archs["efficientnetv2_rw_t"] = {"channel_multiplier": 0.8, "depth_multiplier": 0.9}
+    generator["efficientnetv2_rw_t"] = "efficientnetv2_s"
+    archs["efficientnetv2_rw_s"] = {}
+    archs["efficientnetv2_rw_m"] = {
+        "channel_multiplier": 1.2,
+        "depth_multiplier": (1.2,) * 4 + (1.6,) * 2,
+    }
+    generator["efficientnetv2_rw_s"] = generator["efficientnetv2_rw_m"] = "efficientnetv2_rw_s"
+    return archs, generator, free
 
 
-# timm architecture -> the arguments its factory function passes (timm 1.0.x)
-ARCHITECTURES: dict[str, dict[str, Any]] = _registered()
-
-# Only test_efficientnet's factory lets callers choose the multipliers; the others fix them (timm
+# timm architecture -> the arguments its factory function passes (timm 1.0.x), its generator, and
+# the architectures whose factory leaves the multipliers to the caller (for the others timm
 # raises "got multiple values for keyword argument" if they are given).
-_FIXED_BY_FACTORY = ("channel_multiplier", "depth_multiplier")
+ARCHITECTURES, GENERATOR_OF, _FREE_MULTIPLIERS = _registered()
+
+_MULTIPLIERS = ("channel_multiplier", "depth_multiplier")
 _ACTIVATIONS = (None, "swish", "silu")
 GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax")
-
-
-def _generator_of(architecture: str) -> str:
-    return "test_efficientnet" if architecture == "test_efficientnet" else "efficientnet"
 
 
 def _check(architecture: str, args: dict) -> None:
@@ -153,8 +275,8 @@ def _resolve(architecture: str, model_args: Mapping | None) -> dict:
             f"{architecture!r} is not an EfficientNet zoobot.tf offers; "
             f"choose from {sorted(ARCHITECTURES)}"
         )
-    if _generator_of(architecture) == "efficientnet":
-        fixed = sorted(set(model_args or {}) & set(_FIXED_BY_FACTORY))
+    if architecture not in _FREE_MULTIPLIERS:
+        fixed = sorted(set(model_args or {}) & set(_MULTIPLIERS))
         if fixed:
             raise ValueError(
                 f"{architecture}: timm's factory fixes {fixed}; use build_generated for other "
@@ -239,13 +361,23 @@ def _scale_stage_depth(stack_args, repeats, depth_multiplier, depth_trunc="ceil"
 
 
 def decode_arch_def(arch_def, depth_multiplier=1.0) -> list[list[dict]]:
-    """timm's `decode_arch_def`: block strings -> per-stage lists of block arguments."""
+    """timm's `decode_arch_def`: block strings -> per-stage lists of block arguments.
+
+    `depth_multiplier` is one number, or one per stage (as `efficientnetv2_rw_m` gives)."""
+    if isinstance(depth_multiplier, list | tuple):
+        if len(depth_multiplier) != len(arch_def):
+            raise ValueError(
+                f"depth_multiplier has {len(depth_multiplier)} values for {len(arch_def)} stages"
+            )
+        multipliers = tuple(depth_multiplier)
+    else:
+        multipliers = (depth_multiplier,) * len(arch_def)
     stages = []
-    for block_strings in arch_def:
+    for block_strings, multiplier in zip(arch_def, multipliers, strict=True):
         decoded = [_decode_block_str(block_str) for block_str in block_strings]
         stack_args = [args for args, _ in decoded]
         repeats = [rep for _, rep in decoded]
-        stages.append(_scale_stage_depth(stack_args, repeats, depth_multiplier))
+        stages.append(_scale_stage_depth(stack_args, repeats, multiplier))
     return stages
 
 
@@ -287,7 +419,7 @@ def block_configs(generator: str, args: Mapping) -> tuple[int, list[list[dict]],
                 ba["has_skip"] = ba["stride"] == 1 and in_chs == ba["out_chs"] and not ba["noskip"]
             in_chs = ba["out_chs"]
             index += 1
-    head = round_chs(gen["num_features"])
+    head = gen["num_features"] if gen.get("fixed_head") else round_chs(gen["num_features"])
     return stem, stages, head
 
 
@@ -429,7 +561,7 @@ def build(architecture: str, channels: int, model_args: Mapping | None = None) -
     the encoder never has a classifier.
     """
     args = _resolve(architecture, model_args)
-    return _build(_generator_of(architecture), channels, args, architecture)
+    return _build(GENERATOR_OF[architecture], channels, args, architecture)
 
 
 def build_generated(

@@ -39,16 +39,15 @@ whatever the label columns hold). Decoding (`tf.io.decode_jpeg` / `decode_image`
 augmentations of `zoobot.tf.data.augment` are TF ops only, with stateless randomness from `seed`.
 """
 
-from zoobot.tf.data.augment import AugmentConfig, augment_batch
-from zoobot.tf.data.pipelines import decode_train_image, eval_dataset, train_dataset
-from zoobot.tf.data.sources import (
+from zoobot.data.inputs import (
     CatalogSource,
     LabelColumnError,
     ShardSource,
     is_shard_folder,
     open_source,
-    split_tables,
 )
+from zoobot.tf.data.augment import AugmentConfig, augment_batch
+from zoobot.tf.data.pipelines import decode_train_image, eval_dataset, train_dataset
 from zoobot.tf.data.transforms import (
     DEFAULT_MEAN,
     DEFAULT_STD,
@@ -75,7 +74,6 @@ __all__ = [
     "normalise",
     "open_source",
     "read_image_op",
-    "split_tables",
     "to_float",
     "train_dataset",
 ]

@@ -6,7 +6,7 @@ random draw is a `tf.random.stateless_*` op keyed by `seed` (a shape-(2,) intege
 with a fixed stream number, so the same seed and batch give the same output, in eager mode, in a
 `tf.function` and inside `tf.data`. There is no `tf.numpy_function` / `tf.py_function` here.
 
-The steps and their parameters are those of `zoobot.torch.transforms.train_transform`:
+The steps and their parameters are those of `zoobot.torch.data.transforms.train_transform`:
 
 1. geometry, one bilinear resampling (`ImageProjectiveTransformV3`, constant 0 fill like
    torchvision's `RandomRotation`): any-angle rotation about the centre, horizontal and vertical

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from zoobot.data.inputs import ShardSource
 from zoobot.data.shards import ShardError
-from zoobot.tf.data.sources import ShardSource
 
 KINDS = {"bytes": tf.string, "int64": tf.int64, "float": tf.float32}
 # The TFRecord read buffer per file: large sequential reads, few syscalls.

@@ -8,7 +8,7 @@ DCT-domain scale M/8 (5/8 for 424 px -> 224) and then resizes with OpenCV's bit-
 differently, so no TF op sequence reproduces those pixels. `read_image` releases the GIL while
 decoding and resizing, so a parallel `map` over it scales across cores.
 
-The arithmetic after it is the torch package's (`zoobot.torch.transforms`), in TF ops, bit for bit:
+The arithmetic after it is the torch package's (`zoobot.torch.data.transforms`), in TF ops, bit for bit:
 
 1. `x = float32(pixel) / 255` (a true division);
 2. if `channels == 1`: `x = (x_r + x_g + x_b) / 3` (the RGB image is read, then averaged, exactly

@@ -1,0 +1,182 @@
+"""zoobot.tf's implementation of the `zoobot.models.backend.Backend` contract.
+
+Everything framework-free (the Hub layout, `predict`, `get_representations`, the command line) is
+written once in `zoobot.models`; this module supplies what needs Keras: the Keras twins of timm's
+encoders converted from the Hub layout and back, head tensors in PyTorch names and layouts (the
+dense layer of a head is `1.weight`, shape (out, in), and `1.bias`), the inference engine
+(`zoobot.tf.runner`, which also reads TFRecord shard folders) and Keras training.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from zoobot.models.backend import Backend
+from zoobot.models.layout import check_weights_fit
+from zoobot.models.runner import Parts, RunSettings
+from zoobot.models.tasks import TaskRegistry
+from zoobot.tf import encoders
+
+
+class KerasBackend(Backend):
+    """Keras 3: converted timm encoders, `keras.Sequential` heads, a `tf.data` engine, Keras `fit`."""
+
+    name = "tf"
+    package = "zoobot-tf"
+
+    def __init__(self):
+        self.tasks = TaskRegistry(builtin="zoobot.tf.finetune")
+
+    def is_architecture(self, name: str) -> bool:
+        return encoders.is_architecture(name)
+
+    def load_encoder(self, name: str | os.PathLike, channels: int | None = None) -> keras.Model:
+        return encoders.load_encoder(name, channels)
+
+    def encoder_from_config(
+        self, config: Mapping, weights: Path, channels: int | None
+    ) -> keras.Model:
+        return encoders.encoder_from_config(
+            config, encoders.load_state_dict_file(weights), channels
+        )
+
+    def write_encoder(self, encoder: keras.Model, folder: Path) -> dict:
+        return encoders.write_timm_files(encoder, folder)
+
+    def encoder_dim(self, encoder: keras.Model) -> int:
+        return encoders.encoder_dim(encoder)
+
+    def head_state(self, head: keras.Model) -> dict[str, np.ndarray]:
+        state = {}
+        for i, layer in enumerate(head.layers):
+            if isinstance(layer, keras.layers.Dense):
+                kernel = keras.ops.convert_to_numpy(layer.kernel)
+                state[f"{i}.weight"] = np.ascontiguousarray(kernel.T, dtype=np.float32)
+                if layer.use_bias:
+                    bias = keras.ops.convert_to_numpy(layer.bias)
+                    state[f"{i}.bias"] = np.ascontiguousarray(bias, dtype=np.float32)
+            elif layer.weights:
+                raise TypeError(
+                    f"head layer {i} ({type(layer).__name__}) has weights but no PyTorch layout; "
+                    "heads hold Dense layers only"
+                )
+        return state
+
+    def load_head_state(
+        self, head: keras.Model, state: Mapping[str, np.ndarray], what: str
+    ) -> None:
+        expected = {k: tuple(v.shape) for k, v in self.head_state(head).items()}
+        check_weights_fit(expected, {k: tuple(np.shape(v)) for k, v in state.items()}, what)
+        for i, layer in enumerate(head.layers):
+            if isinstance(layer, keras.layers.Dense):
+                layer.kernel.assign(np.asarray(state[f"{i}.weight"], np.float32).T)
+                if layer.use_bias:
+                    layer.bias.assign(np.asarray(state[f"{i}.bias"], np.float32))
+
+    def reads_natively(self, path: str | os.PathLike) -> bool:
+        from zoobot.tf.data import is_shard_folder
+
+        return is_shard_folder(path)
+
+    def open_rows(self, data: Any) -> tuple[Any, pd.DataFrame]:
+        from zoobot.tf.runner import open_rows
+
+        return open_rows(data)
+
+    def run_predictions(
+        self,
+        rows: Any,
+        table: pd.DataFrame,
+        model: keras.Model,
+        n_samples: int,
+        mc_dropout: bool,
+        shape: tuple[int, ...],
+        save_loc: str | os.PathLike,
+        settings: RunSettings,
+        run: Mapping,
+        seed: int,
+    ) -> Parts:
+        from zoobot.tf.runner import run_chunks, run_precision, sampler
+
+        settings = replace(settings, precision=run_precision(settings.precision, settings.device))
+        forward = sampler(model, n_samples, mc_dropout, str(settings.precision))
+        key = ("predict", n_samples, mc_dropout, str(settings.precision))
+        return run_chunks(rows, table, model, forward, shape, save_loc, settings, run, seed, key)
+
+    def run_features(
+        self,
+        rows: Any,
+        table: pd.DataFrame,
+        encoder: keras.Model,
+        shape: tuple[int, ...],
+        save_loc: str | os.PathLike,
+        settings: RunSettings,
+        run: Mapping,
+    ) -> Parts:
+        from zoobot.tf.runner import featurizer, run_chunks, run_precision
+
+        settings = replace(settings, precision=run_precision(settings.precision, settings.device))
+        forward = featurizer(encoder, str(settings.precision))
+        key = ("features", str(settings.precision))
+        return run_chunks(rows, table, encoder, forward, shape, save_loc, settings, run, 0, key)
+
+    def predict_batch(self, model: keras.Model, images: np.ndarray) -> np.ndarray:
+        from zoobot.tf.data.transforms import eval_transform
+        from zoobot.tf.runner import input_channels
+
+        x = eval_transform(np.ascontiguousarray(images), channels=input_channels(model))
+        if hasattr(model, "predict_samples"):
+            out = model.predict_samples(x)[..., 0]
+        else:
+            out = model(x, training=False)
+        return np.asarray(keras.ops.convert_to_numpy(out), np.float32)
+
+    def device(self, name: str | None) -> str | None:
+        """A TensorFlow device name from torch-style `cpu`, `cuda`, `cuda:1` (or `/GPU:1` as is),
+        checked to exist here."""
+        import tensorflow as tf
+
+        from zoobot.tf.runner import tf_device
+
+        device = tf_device(name)
+        found = [d.name for d in tf.config.list_logical_devices()]
+        known = {d.rsplit("device:", 1)[-1].upper() for d in found}
+        if device is not None and device.rsplit("device:", 1)[-1].lstrip("/").upper() not in known:
+            raise ValueError(f"device={name!r}, but TensorFlow has only {found}")
+        return device
+
+    def set_threads(self, threads: int) -> None:
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            print(
+                "zoobot-tf: --threads ignored: TensorFlow had already started in this process",
+                file=sys.stderr,
+            )
+
+    def fit_catalog(
+        self,
+        build: Callable[[], keras.Model],
+        data: Any,
+        label_cols: Sequence[str],
+        save_dir: str | os.PathLike,
+        options: Mapping[str, Any],
+    ) -> keras.Model:
+        from zoobot.tf.training import fit_catalog
+
+        return fit_catalog(build, data, label_cols, save_dir, **options)
+
+
+BACKEND = KerasBackend()

@@ -1,0 +1,150 @@
+"""zoobot.torch's implementation of the `zoobot.models.backend.Backend` contract.
+
+Everything framework-free (the Hub layout, `predict`, `get_representations`, the command line) is
+written once in `zoobot.models`; this module supplies what needs torch: timm encoders from the Hub
+layout and back, head tensors, the inference engine (`zoobot.torch.runner`) and Lightning training.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import timm
+import torch
+from torch import nn
+
+from zoobot.models.backend import Backend
+from zoobot.models.runner import Parts, RunSettings, read_catalog
+from zoobot.models.tasks import TaskRegistry
+from zoobot.torch import encoders
+
+
+class TorchBackend(Backend):
+    """PyTorch: timm encoders, `nn.Sequential` heads, a DataLoader engine, Lightning training."""
+
+    name = "torch"
+    package = "zoobot-torch"
+
+    def __init__(self):
+        self.tasks = TaskRegistry(builtin="zoobot.torch.finetune")
+
+    def is_architecture(self, name: str) -> bool:
+        return timm.is_model(name)
+
+    def load_encoder(self, name: str | os.PathLike, channels: int | None = None) -> nn.Module:
+        return encoders.load_encoder(name, channels)
+
+    def encoder_from_config(
+        self, config: Mapping, weights: Path, channels: int | None
+    ) -> nn.Module:
+        return encoders.encoder_from_config(
+            config, encoders.load_state_dict_file(weights), channels
+        )
+
+    def write_encoder(self, encoder: nn.Module, folder: Path) -> dict:
+        return encoders.write_timm_files(encoder, folder)
+
+    def encoder_dim(self, encoder: nn.Module) -> int:
+        return encoders.encoder_dim(encoder)
+
+    def head_state(self, head: nn.Module) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().float().numpy() for k, v in head.state_dict().items()}
+
+    def load_head_state(self, head: nn.Module, state: Mapping[str, np.ndarray], what: str) -> None:
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+        encoders.load_strict(head, tensors, what)
+
+    def open_rows(self, data: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+        table = read_catalog(data)
+        return table, table
+
+    def run_predictions(
+        self,
+        rows: pd.DataFrame,
+        table: pd.DataFrame,
+        model: nn.Module,
+        n_samples: int,
+        mc_dropout: bool,
+        shape: tuple[int, ...],
+        save_loc: str | os.PathLike,
+        settings: RunSettings,
+        run: Mapping,
+        seed: int,
+    ) -> Parts:
+        from zoobot.torch.runner import run_chunks
+
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            return model.predict_samples(images, n_samples, mc_dropout)
+
+        return run_chunks(table, model, forward, shape, save_loc, settings, run, seed)
+
+    def run_features(
+        self,
+        rows: pd.DataFrame,
+        table: pd.DataFrame,
+        encoder: nn.Module,
+        shape: tuple[int, ...],
+        save_loc: str | os.PathLike,
+        settings: RunSettings,
+        run: Mapping,
+    ) -> Parts:
+        from zoobot.torch.runner import run_chunks
+
+        return run_chunks(table, encoder, encoder, shape, save_loc, settings, run)
+
+    def predict_batch(self, model: nn.Module, images: np.ndarray) -> np.ndarray:
+        from zoobot.torch.cpu import input_channels
+        from zoobot.torch.data.transforms import eval_transform
+
+        transform = eval_transform(input_channels(model))
+        x = transform(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
+        training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                if hasattr(model, "predict_samples"):
+                    return model.predict_samples(x)[..., 0].float().numpy()
+                return model(x).float().numpy()
+        finally:
+            model.train(training)
+
+    def device(self, name: str | torch.device | None) -> torch.device | None:
+        """The torch device `name` (cpu, cuda, cuda:N, mps), checked to exist here."""
+        if name is None:
+            return None
+        try:
+            device = torch.device(name)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"unknown device={name!r}; use cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if (device.index or 0) >= count:
+                raise ValueError(f"device={name!r}, but torch sees {count} CUDA device(s)")
+        elif device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device={name!r}, but MPS is not available here")
+        elif device.type != "cpu":
+            raise ValueError(f"device={name!r} is not supported; use cpu, cuda, cuda:N or mps")
+        return device
+
+    def set_threads(self, threads: int) -> None:
+        torch.set_num_threads(threads)
+
+    def fit_catalog(
+        self,
+        build: Callable[[], nn.Module],
+        data: Any,
+        label_cols: Sequence[str],
+        save_dir: str | os.PathLike,
+        options: Mapping[str, Any],
+    ) -> nn.Module:
+        from zoobot.torch.training import fit_catalog
+
+        return fit_catalog(build, data, label_cols, save_dir, **options)
+
+
+BACKEND = TorchBackend()

@@ -1,0 +1,136 @@
+"""The contract tests: behaviour every framework must share, written once, run once per framework.
+
+This module holds what the tests share: the framework under test (`framework()`) and helpers.
+
+`ZOOBOT_BACKEND` names the framework under test (`torch` or `tf`); nox's `tests-torch` and
+`tests-tf` sessions set it. Without it, the one framework installed is taken; with none (or an
+unknown name) the tests fail at collection rather than skip, so a missing framework is never
+mistaken for a passing suite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from zoobot.shared import get_schema
+
+PACKAGES = {"torch": "zoobot.torch", "tf": "zoobot.tf"}
+FRAMEWORK_MODULES = {"torch": "torch", "tf": "tensorflow"}
+
+
+@dataclass(frozen=True)
+class Framework:
+    """What a contract test needs of the framework under test, beyond its public API."""
+
+    name: str
+    package: ModuleType
+    reader: tuple[str, str]
+    """(module, attribute) through which the engine reads images: patched to slow or count reads."""
+
+    @property
+    def backend(self):
+        return importlib.import_module(f"{self.package.__name__}.backend").BACKEND
+
+    def seed(self, seed: int) -> None:
+        """Seed the framework's weight initialisation."""
+        if self.name == "torch":
+            import torch
+
+            torch.manual_seed(seed)
+        else:
+            import keras
+
+            keras.utils.set_random_seed(seed)
+
+    def features(self, encoder, images: np.ndarray) -> np.ndarray:
+        """The encoder's pooled features of float32 (batch, height, width, channels) images."""
+        if self.name == "torch":
+            import torch
+
+            with torch.no_grad():
+                x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+                return encoder.eval()(x).numpy()
+        return np.asarray(encoder(images, training=False))
+
+    def poison(self, layer) -> None:
+        """Put a NaN in the first weight of `layer` (a torch module or Keras layer)."""
+        if self.name == "torch":
+            import torch
+
+            with torch.no_grad():
+                next(iter(layer.parameters())).view(-1)[0] = float("nan")
+        else:
+            weight = layer.weights[0]
+            values = np.array(weight.numpy())
+            values.flat[0] = np.nan
+            weight.assign(values)
+
+    def threads(self) -> int | None:
+        """The compute threads of this process, for a child process to use the same."""
+        if self.name == "torch":
+            import torch
+
+            return torch.get_num_threads()
+        return None
+
+
+def _chosen() -> str:
+    name = os.environ.get("ZOOBOT_BACKEND")
+    if name is None:
+        present = [n for n, m in FRAMEWORK_MODULES.items() if importlib.util.find_spec(m)]
+        if len(present) != 1:
+            raise RuntimeError(
+                f"set ZOOBOT_BACKEND to one of {sorted(PACKAGES)} (importable here: {present})"
+            )
+        name = present[0]
+    if name not in PACKAGES:
+        raise RuntimeError(f"ZOOBOT_BACKEND={name!r}; expected one of {sorted(PACKAGES)}")
+    return name
+
+
+def framework() -> Framework:
+    """The framework under test."""
+    name = _chosen()
+    package = importlib.import_module(PACKAGES[name])
+    if name == "torch":
+        reader = ("zoobot.torch.runner", "read_image")
+    else:
+        reader = ("zoobot.tf.data.transforms", "read_image")
+    return Framework(name, package, reader)
+
+
+SCHEMA = get_schema("decals_dr5")
+SIZE = 32
+FAST = {"image_size": SIZE, "batch_size": 8, "chunk_rows": 16, "progress": False}
+
+
+def images(n: int = 2, size: int = SIZE, seed: int = 7) -> np.ndarray:
+    """uint8 RGB images, as `read_image` gives them."""
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def fill_hf_cache(cache: Path, repo_id: str, folder: Path) -> None:
+    """Lay out `folder` as huggingface_hub caches a download of `repo_id` at main."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    for file in folder.iterdir():
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(file.read_bytes())
+        link = repo / "snapshots" / commit / file.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def no_network(*args, **kwargs):
+    raise AssertionError("the Hub API was used")
