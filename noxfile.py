@@ -67,8 +67,9 @@ def tests_shared(session: nox.Session) -> None:
 
 @nox.session(name="tests-data", tags=["tests"])
 def tests_data(session: nox.Session) -> None:
-    """zoobot-data with its extras (GalSim survey, Hubble Deep Field sample); no DL framework."""
-    session.install(SHARED, f"{DATA}[synthetic,hubble]", *TEST_DEPS)
+    """zoobot-data with its extras (GalSim survey, Hubble Deep Field sample, true-parameter
+    reference); no DL framework."""
+    session.install(SHARED, f"{DATA}[synthetic,hubble,reference]", *TEST_DEPS)
     assert_absent(session, "torch", "tensorflow")
     session.run("pytest", "tests/data", *session.posargs)
 
@@ -132,7 +133,7 @@ def parity(session: nox.Session) -> None:
         *TORCH_PINS,
         *TF_PINS,
         SHARED,
-        f"{DATA}[synthetic,hubble]",
+        f"{DATA}[synthetic,hubble,reference]",
         MODELS,
         TORCH,
         TF,

@@ -35,12 +35,35 @@ def _vote_table(run: Run) -> pd.DataFrame:
     return pd.read_parquet(run.path(SURVEY) / "catalog_with_splits.parquet").set_index("id_str")
 
 
-def vote_fraction_analysis(run: Run, predictions: Path, label: str) -> dict:
-    """Predicted vs volunteer fractions and interval calibration on the test galaxies."""
+def true_parameter_reference(run: Run, ids: list[str]) -> np.ndarray | None:
+    """Vote fractions of the `ids` galaxies predicted from the simulator's true parameters by
+    gradient boosting fitted on the training galaxies: how well the votes can be predicted at all
+    (None, said on screen, without scikit-learn: the `reference` extra of zoobot-data)."""
+    try:
+        import sklearn  # noqa: F401
+
+        from zoobot.data.synthetic.reference import true_parameter_reference as reference
+    except ImportError:
+        say("  no true-parameter reference: install zoobot-data[reference] (scikit-learn)")
+        return None
+    catalog = _vote_table(run)
+    train = catalog[catalog["split"] == "train"].reset_index()
+    return reference(train, catalog.loc[ids].reset_index(), run.settings.schema, seed=0)
+
+
+def vote_fraction_analysis(
+    run: Run, predictions: Path, label: str, reference: np.ndarray | None
+) -> dict:
+    """Per question, on the test galaxies: the model's vote-fraction error against the constant
+    baseline, the vote-sampling noise floor and the true-parameter `reference` (for the galaxies
+    in the predictions' order), the share of the learnable gain, and interval calibration."""
     from zoobot.shared import (
         calibration_table,
+        constant_fractions,
+        evaluate_vote_fractions,
         expected_vote_fractions,
         read_predictions_full,
+        summarise_evaluation,
         vote_fractions,
     )
     from zoobot.shared.votes import answer_totals
@@ -49,59 +72,29 @@ def vote_fraction_analysis(run: Run, predictions: Path, label: str) -> dict:
     schema = full.schema
     catalog = _vote_table(run)
     counts = catalog.loc[list(full.id_str), schema.label_cols].to_numpy(np.float64)
-    observed = vote_fractions(counts, schema)
-    predicted = expected_vote_fractions(full.concentrations, schema)
-    totals = answer_totals(counts, schema)
-
     # A baseline that knows nothing about the images: each answer's mean fraction in training.
     train = catalog[catalog["split"] == "train"][schema.label_cols].to_numpy(np.float64)
-    baseline = np.nanmean(vote_fractions(train, schema), axis=0)
-
-    rows = []
+    constant = constant_fractions(train, schema)
+    level = run.settings.interval_level
+    table = evaluate_vote_fractions(
+        full.concentrations, counts, schema, constant, reference, level=level, bootstrap=1000
+    )
+    table.to_csv(run.path(f"{TABLES}/{label}_vote_fractions_by_question.csv"), index=False)
     levels = (0.5, 0.68, 0.8, 0.9, 0.95)
     calibration = calibration_table(full.concentrations, counts, schema, levels=levels)
-    cover90 = calibration[calibration["level"] == 0.9].set_index("question")
-    for q in schema.questions:
-        cols = [a.index for a in q.answers]
-        asked = totals[:, cols[0]] >= 5
-        error = np.abs(predicted[asked][:, cols] - observed[asked][:, cols]).mean()
-        base = np.abs(baseline[cols] - observed[asked][:, cols]).mean()
-        rows.append(
-            {
-                "question": q.name,
-                "galaxies_with_5_votes": int(asked.sum()),
-                "fraction_mae": float(error) if asked.any() else np.nan,
-                "baseline_mae": float(base) if asked.any() else np.nan,
-                "coverage_90": float(cover90.loc[q.name, "coverage"]),
-            }
-        )
-    table = pd.DataFrame(rows)
-    table.to_csv(run.path(f"{TABLES}/{label}_vote_fractions_by_question.csv"), index=False)
     calibration.to_csv(run.path(f"{TABLES}/{label}_interval_calibration.csv"), index=False)
-    weights = table["galaxies_with_5_votes"]
-    valid = table["fraction_mae"].notna()
     summary = {
         "galaxies": len(full.id_str),
         "passes": int(full.concentrations.shape[2]),
-        "fraction_mae": float(np.average(table["fraction_mae"][valid], weights=weights[valid])),
-        "baseline_mae": float(np.average(table["baseline_mae"][valid], weights=weights[valid])),
-        "coverage": {
-            str(level): float(
-                np.average(
-                    calibration[calibration["level"] == level]["coverage"].fillna(0),
-                    weights=calibration[calibration["level"] == level]["n"],
-                )
-            )
-            for level in levels
-        },
+        **summarise_evaluation(table),
     }
     return {
         "summary": summary,
         "by_question": table,
         "calibration": calibration,
-        "observed": observed,
-        "predicted": predicted,
-        "totals": totals,
+        "observed": vote_fractions(counts, schema),
+        "predicted": expected_vote_fractions(full.concentrations, schema),
+        "totals": answer_totals(counts, schema),
         "schema": schema,
         "ids": list(full.id_str),
         "concentrations": full.concentrations,
@@ -304,6 +297,11 @@ def draw_figures(run: Run, analysis: dict, runs: pd.DataFrame) -> list[Path]:
 
 
 # -- report ------------------------------------------------------------------------------------------
+def _share(value) -> str:
+    """A share as a whole percentage ("-" when not defined)."""
+    return "-" if value is None or not np.isfinite(value) else f"{value:.0%}"
+
+
 def _fmt(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "n/a"
@@ -381,23 +379,52 @@ def write_report(run: Run, report: dict, figures: list[Path]) -> Path:
     if votes:
         lines += [
             "",
-            "## Vote fractions with uncertainty (test galaxies)",
+            "## Does the model learn from the votes? (test galaxies)",
             "",
-            "| model | galaxies | MC passes | fraction MAE | baseline MAE | coverage of 90% intervals |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| model | galaxies | MC passes | model MAE | constant MAE | noise floor | "
+            "true-parameter reference MAE | gain share, mean (pooled, worst question) | "
+            "beats the constant on every question | 90% interval coverage (range over questions) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for label, v in votes.items():
+            low, high = v["coverage_range"]
             lines.append(
-                f"| {label} | {v['galaxies']} | {v['passes']} | {v['fraction_mae']:.3f} | "
-                f"{v['baseline_mae']:.3f} | {v['coverage']['0.9']:.3f} |"
+                f"| {label} | {v['galaxies']} | {v['passes']} | {v['model_mae']:.3f} | "
+                f"{v['constant_mae']:.3f} | {v['noise_floor']:.3f} | {_fmt(v['reference_mae'])} | "
+                f"{_share(v['gain_captured'])} ({_share(v['pooled_gain_captured'])}, "
+                f"{_share(v['min_gain_captured'])}) | {'yes' if v['beats_constant'] else 'NO'} | "
+                f"{low:.3f}-{high:.3f} |"
             )
         lines += [
             "",
-            "MAE: mean absolute error of the expected vote fraction against the volunteers' "
-            "fraction, over galaxies with at least 5 votes for the question; baseline: always "
-            "predicting the training set's mean fraction. Coverage: share of the observed votes "
-            "inside the central 90% posterior-predictive interval (0.9 when calibrated).",
+            "Per question, over the test galaxies with at least 5 votes for it: MAE is the mean "
+            "absolute error of the expected vote fraction against the volunteers' fraction; the "
+            "constant always predicts the training galaxies' mean fraction; the noise floor is the "
+            "error a perfect model would still make because a few votes scatter around the crowd's "
+            "fraction; the reference is gradient boosting on the simulator's true parameters "
+            "(fitted on the training galaxies): about what the images can teach. The gain share "
+            "is (constant - model) / (constant - reference), with its 90% bootstrap interval. "
+            "Coverage: share of the observed votes inside the central 90% posterior-predictive "
+            "interval (0.9 when calibrated).",
         ]
+        for label, table in report.get("by_question", {}).items():
+            lines += [
+                "",
+                f"### Per question ({label})",
+                "",
+                "| question | galaxies | model MAE | constant | noise floor | reference | "
+                "gain share [90% CI] | coverage | verdict |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            for row in table:
+                share = f"{_share(row['gain_captured'])} "
+                share += f"[{_share(row['gain_low'])}, {_share(row['gain_high'])}]"
+                lines.append(
+                    f"| {row['question']} | {row['n']} | {_fmt(row['model_mae'])} | "
+                    f"{_fmt(row['constant_mae'])} | {_fmt(row['noise_floor'])} | "
+                    f"{_fmt(row['reference_mae'])} | {share} | {_fmt(row['coverage'])} | "
+                    f"{row['verdict']} |"
+                )
     cmp_ = report.get("comparison", {})
     if cmp_:
         lines += [
@@ -457,10 +484,15 @@ def headline(report: dict) -> dict:
     votes = report.get("vote_fractions", {})
     if "torch" in votes:
         v = votes["torch"]
-        h["vote fraction MAE, test (baseline)"] = (
-            f"{v['fraction_mae']:.3f} ({v['baseline_mae']:.3f})"
+        h["vote fraction MAE, test (constant; true-parameter reference)"] = (
+            f"{v['model_mae']:.3f} ({v['constant_mae']:.3f}; {_fmt(v['reference_mae'])})"
         )
-        h["coverage of 90% credible intervals"] = round(v["coverage"]["0.9"], 3)
+        h["share of the learnable gain, mean over questions (worst)"] = (
+            f"{_share(v['gain_captured'])} ({_share(v['min_gain_captured'])})"
+        )
+        h["beats the constant on every question"] = "yes" if v["beats_constant"] else "NO"
+        low, high = v["coverage_range"]
+        h["coverage of 90% credible intervals, per question"] = f"{low:.3f}-{high:.3f}"
     for framework, starts in report.get("finetune", {}).items():
         if "pretrained" in starts and "scratch" in starts:
             h[f"{framework}: {report['feature']} ROC AUC pretrained vs scratch"] = (
@@ -479,6 +511,15 @@ def headline(report: dict) -> dict:
             report["torch_vs_tf_fractions"], 4
         )
     return h
+
+
+def _rows(reference: pd.DataFrame | None, predictions: Path) -> np.ndarray | None:
+    """The reference's rows in the order of the galaxies of `predictions` (None without one)."""
+    if reference is None:
+        return None
+    from zoobot.shared import read_predictions_full
+
+    return reference.loc[list(read_predictions_full(predictions).id_str)].to_numpy()
 
 
 def make_report(run: Run, steps: dict, total_seconds: float) -> dict:
@@ -508,14 +549,24 @@ def make_report(run: Run, steps: dict, total_seconds: float) -> dict:
         "missing": [name for name, info in steps.items() if info.get("status") != "done"],
     }
     analysis = None
+    report["by_question"] = {}
+    reference = None
     torch_test = run.path("torch/predictions/test.parquet")
-    if torch_test.exists():
-        analysis = vote_fraction_analysis(run, torch_test, "torch")
-        report["vote_fractions"]["torch"] = analysis["summary"]
     tf_test = run.path("tf/predictions/test.parquet")
+    if torch_test.exists() or tf_test.exists():
+        from zoobot.shared import read_predictions_full
+
+        ids = list(read_predictions_full(torch_test if torch_test.exists() else tf_test).id_str)
+        values = true_parameter_reference(run, ids)
+        reference = None if values is None else pd.DataFrame(values, index=ids)
+    if torch_test.exists():
+        analysis = vote_fraction_analysis(run, torch_test, "torch", _rows(reference, torch_test))
+        report["vote_fractions"]["torch"] = analysis["summary"]
+        report["by_question"]["torch"] = analysis["by_question"].to_dict("records")
     if tf_test.exists():
-        tf_analysis = vote_fraction_analysis(run, tf_test, "tf")
+        tf_analysis = vote_fraction_analysis(run, tf_test, "tf", _rows(reference, tf_test))
         report["vote_fractions"]["tf"] = tf_analysis["summary"]
+        report["by_question"]["tf"] = tf_analysis["by_question"].to_dict("records")
         if analysis is not None:
             order = pd.Index(tf_analysis["ids"]).get_indexer(analysis["ids"])
             report["torch_vs_tf_fractions"] = float(

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--feature", help="rare feature to finetune on: ring, bar, strong_bar, merger"
     )
-    parser.add_argument("--architecture", help="timm encoder (default test_convnext)")
+    parser.add_argument("--architecture", help="timm encoder (default test_resnet)")
     parser.add_argument("--n-galaxies", type=int, help="survey size")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step in this process

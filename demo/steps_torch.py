@@ -87,7 +87,7 @@ def pretrain(run: Run) -> dict:
     shutil.rmtree(save_dir, ignore_errors=True)
     say(
         f"  pretraining timm {s.architecture} on {s.schema} votes ({len(schema.label_cols)} "
-        f"answers, Dirichlet-multinomial loss): {s.pretrain_epochs} epochs, "
+        f"answers, Dirichlet-multinomial loss, quarter turns and flips): {s.pretrain_epochs} epochs, "
         f"{(catalog['split'] == 'train').sum()} training galaxies at {s.image_size} px"
     )
     timer = Timer()
@@ -102,7 +102,7 @@ def pretrain(run: Run) -> dict:
         num_workers=1,
         patience=s.pretrain_epochs,
         seed=s.seed,
-        model_kwargs={"learning_rate": s.pretrain_learning_rate, "warmup_epochs": 1.0},
+        model_kwargs={"learning_rate": s.pretrain_learning_rate},
         **TRAINER_OPTIONS,
     )
     seconds = timer()

@@ -47,7 +47,8 @@ def test_every_step_ran_and_the_report_lists_them(demo: Path):
     assert {s: report["steps"][s]["status"] for s in STEPS} == dict.fromkeys(STEPS, "done")
     assert report["missing"] == []
     text = (demo / "report.md").read_text(encoding="utf-8")
-    for heading in ("Headline numbers", "pretrained", "scratch", "Files", "Figures"):
+    headings = ("Headline numbers", "Does the model learn", "Per question (torch)", "pretrained")
+    for heading in (*headings, "scratch", "Files", "Figures"):
         assert heading in text
     for figure in report["figures"]:
         assert (demo / figure).stat().st_size > 1000, figure
@@ -85,8 +86,18 @@ def test_numbers_are_sane(demo: Path):
             assert 0.0 <= auc <= 1.0
     for framework in ("torch", "tf"):
         votes = report["vote_fractions"][framework]
-        assert 0.0 < votes["fraction_mae"] < 0.5
-        assert 0.0 < votes["coverage"]["0.9"] <= 1.0
+        assert 0.0 < votes["model_mae"] < 0.5 and 0.0 < votes["constant_mae"] < 0.5
+        assert 0.0 < votes["noise_floor"] < votes["constant_mae"]
+        # the reference sees the true parameters: on any survey it beats the constant
+        assert 0.0 < votes["reference_mae"] < votes["constant_mae"]
+        assert math.isfinite(votes["gain_captured"])
+        low, high = votes["coverage_range"]
+        assert 0.0 <= low <= high <= 1.0
+        by_question = report["by_question"][framework]
+        assert {row["question"] for row in by_question} >= {
+            "smooth-or-featured-dr5",
+            "disk-edge-on-dr5",
+        }
     assert math.isfinite(report["torch_vs_tf_fractions"])
     assert report["torch_vs_tf_fractions"] < 0.1
 

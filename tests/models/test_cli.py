@@ -78,12 +78,14 @@ def test_train_and_finetune_build_the_backend_models_and_fit_them(catalog):
     command = stand_in(backend)
     assert run_command(command, ["train", catalog, "runs", "--schema", "decals_dr5"]) == 0
     argv = ["finetune", catalog, "runs/ft", "--pretrained", "enc", "--label-col", "kind"]
-    assert run_command(command, [*argv, "--n-blocks", "2"]) == 0
+    assert run_command(command, [*argv, "--n-blocks", "2", "--augment", "none"]) == 0
     (_, task, tree, labels, options), (_, task2, classifier, labels2, options2) = backend.calls
     assert task == "tree" and tree["args"][0].name == "decals_dr5" and len(labels) == 34
     assert options["epochs"] == 100 and options["splits"] is None and options["seed"] == 42
+    assert options["augment"] is None  # the model's task chooses: dihedral for trees
     assert task2 == "classifier" and classifier["class_names"] == ["a", "b"]
     assert classifier["n_blocks"] == 2 and labels2 == ["kind"] and options2["epochs"] == 30
+    assert options2["augment"] == "none"
 
 
 def test_predict_and_represent_call_the_shared_inference(catalog, monkeypatch):

@@ -2,7 +2,8 @@
 
 Counts are random per question: a third of the galaxies nobody asked (loss and gradient exactly 0),
 some with a single volunteer, most with a few to tens of votes, some in the hundreds. Concentrations
-span the head's range (1, 101). In float32 the oracle sees the float32-rounded inputs, so the check
+are log-uniform over the default head's range (0.01 to 1000), which also covers the older head's
+(1, 101). In float32 the oracle sees the float32-rounded inputs, so the check
 measures the computation, not the rounding of the inputs. Tolerances (issue 8), elementwise
 relative: 1e-6 in float64, 1e-5 in float32.
 
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 from parity import compare
 
+from zoobot.models.tasks import DEFAULT_CONCENTRATION
 from zoobot.shared import (
     dirichlet_multinomial_nll,
     dirichlet_multinomial_nll_grad,
@@ -35,7 +37,8 @@ BATCH = 64
 
 def vote_batch(schema, rng: np.random.Generator, batch: int = BATCH):
     """float64 (counts, concentrations) with zero, single, tens and hundreds of votes per question."""
-    concentrations = rng.uniform(1.0, 101.0, size=(batch, len(schema.label_cols)))
+    low, high = np.log(DEFAULT_CONCENTRATION)
+    concentrations = np.exp(rng.uniform(low, high, size=(batch, len(schema.label_cols))))
     counts = np.zeros_like(concentrations)
     for question in schema.questions:
         kind = rng.choice(4, size=batch, p=[0.3, 0.15, 0.4, 0.15])

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from zoobot.data.augmentation import DIHEDRAL, dihedral
 from zoobot.data.images import read_image
 from zoobot.data.labels import LabelRule
 from zoobot.data.shards import write_shards
@@ -19,7 +20,9 @@ from zoobot.tf.data import (
     AugmentConfig,
     augment_batch,
     decode_train_image,
+    dihedral_transform,
     eval_dataset,
+    eval_transform,
     train_dataset,
 )
 from zoobot.tf.data.augment import (
@@ -319,3 +322,32 @@ def test_training_labels_follow_the_rule_given(catalog, tmp_path):
         train_dataset(
             tmp_path / "shards", ["votes"], SIZE, label_rule=LabelRule.classes("votes", 40)
         )
+
+
+def test_dihedral_transform_gives_the_8_symmetries_of_the_square_exactly():
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+    symmetries = {
+        eval_transform(np.ascontiguousarray(dihedral(pixels, k, m, axes=(1, 2)))).numpy().tobytes()
+        for k, m in DIHEDRAL
+    }
+    batch = np.repeat(pixels, 64, axis=0)
+    out = dihedral_transform(batch, SEED).numpy()
+    seen = {image[None].tobytes() for image in out}
+    assert seen == symmetries  # all 8 appear among 64 draws (each missed with chance < 2e-4)
+    np.testing.assert_array_equal(dihedral_transform(batch, SEED), out)  # stateless: same seed
+    floats = dihedral_transform(batch.astype(np.float32) / 255.0, SEED)
+    np.testing.assert_array_equal(floats, out)  # uint8 or [0, 1] floats: the same images
+    grey = dihedral_transform(batch, SEED, channels=1, mean=(0.5,), std=(0.25,))
+    assert grey.shape == (64, 16, 16, 1)
+
+
+def test_train_dataset_with_dihedral_augmentation_only_turns_and_mirrors(catalog):
+    options = {"image_size": SIZE, "batch_size": 4, "seed": 1, "split": None}
+    plain, rows = epoch(train_dataset(catalog, ["row"], augment=False, **options))
+    turned, turned_rows = epoch(train_dataset(catalog, ["row"], augment="dihedral", **options))
+    np.testing.assert_array_equal(turned_rows, rows)  # the same shuffle: only the pixels differ
+    for image, original in zip(turned, plain, strict=True):
+        assert any(np.array_equal(image, dihedral(original, k, m)) for k, m in DIHEDRAL)
+    assert not np.array_equal(turned, plain)
+    with pytest.raises(ValueError, match="augment must be one of"):
+        train_dataset(catalog, ["row"], augment="zoom", **options)

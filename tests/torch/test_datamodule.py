@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from zoobot.data.augmentation import DIHEDRAL, dihedral
 from zoobot.data.images import read_image
 from zoobot.data.labels import LabelRule
 from zoobot.data.splits import split_tables
@@ -19,6 +20,8 @@ from zoobot.torch.data.transforms import (
     PSFBlur,
     SkyNoise,
     StretchJitter,
+    augmentation_transform,
+    dihedral_transform,
     eval_transform,
     train_transform,
 )
@@ -70,6 +73,36 @@ def test_train_transform_is_random_in_range_and_sized():
     assert first.shape == (3, 32, 32) and first.min() >= 0 and first.max() <= 1
     assert not torch.equal(first, transform(pixels))
     assert train_transform(32, channels=1)(pixels).shape == (1, 32, 32)
+
+
+def test_dihedral_transform_gives_the_8_symmetries_of_the_square_exactly():
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    # the shared reference on the HWC image, then eval_transform: the same float32 division
+    symmetries = {
+        eval_transform()(np.ascontiguousarray(dihedral(pixels, k, mirror))).numpy().tobytes()
+        for k, mirror in DIHEDRAL
+    }
+    torch.manual_seed(0)
+    seen = {dihedral_transform()(pixels).numpy().tobytes() for _ in range(200)}
+    assert seen == symmetries  # all 8 appear in 200 draws (each missed with chance < 1e-11)
+    grey = dihedral_transform(channels=1, mean=(0.5,), std=(0.25,))(pixels)
+    assert grey.shape == (1, 16, 16)
+
+
+def test_augmentation_names_choose_the_training_transform():
+    pixels = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    torch.testing.assert_close(
+        augmentation_transform("none", 16)(pixels), eval_transform()(pixels), rtol=0, atol=0
+    )
+    assert augmentation_transform("full", 12)(pixels).shape == (3, 12, 12)  # crops and resizes
+    torch.manual_seed(0)
+    plain = {
+        eval_transform()(np.ascontiguousarray(dihedral(pixels, k, m))).numpy().tobytes()
+        for k, m in DIHEDRAL
+    }
+    assert augmentation_transform("dihedral", 16)(pixels).numpy().tobytes() in plain
+    with pytest.raises(ValueError, match="augment must be one of"):
+        augmentation_transform("zoom", 16)
 
 
 def test_astronomy_augmentations():

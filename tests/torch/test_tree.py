@@ -51,13 +51,36 @@ def quiet_trainer(**kwargs) -> pl.Trainer:
 
 
 def test_concentrations_lie_in_1_to_101():
-    model = tiny_tree().eval()
+    model = tiny_tree(concentration=None).eval()
     model.head[1].weight.data.mul_(1e3)
     out = model(torch.rand(4, 3, 32, 32) * 100)
     assert out.shape == (4, len(TOY.label_cols))
     assert (out >= 1).all() and (out <= 101).all()
     assert out.min() < 1.01 and out.max() > 100.99, "saturated logits reach both ends"
     torch.testing.assert_close(model.head[2](torch.zeros(1)), torch.tensor([51.0]))
+
+
+def test_log_spaced_concentrations_span_their_range():
+    model = tiny_tree(concentration=(0.01, 1000.0)).eval()
+    model.head[1].weight.data.mul_(1e3)
+    out = model(torch.rand(4, 3, 32, 32) * 100)
+    # float32 exp of log-spaced values: a few ulp of relative error at each end.
+    assert (out >= 0.01 * (1 - 1e-6)).all() and (out <= 1000 * (1 + 1e-6)).all()
+    assert out.min() < 0.0101 and out.max() > 990, "saturated logits reach both ends"
+    scale = model.head[2]
+    # The midpoint is the geometric mean, sqrt(0.01 * 1000) = sqrt(10).
+    torch.testing.assert_close(scale(torch.zeros(1)), torch.tensor([10**0.5]))
+    with pytest.raises(ValueError, match="0 < low < high"):
+        tiny_tree(concentration=(1.0, 1.0))
+
+
+def test_concentration_range_is_saved_with_the_model(tmp_path):
+    model = tiny_tree(concentration=(0.1, 100.0)).eval()
+    save_pretrained(model, tmp_path / "tree")
+    reloaded = from_pretrained(tmp_path / "tree").eval()
+    assert list(reloaded.hparams["concentration"]) == [0.1, 100.0]
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(reloaded(images), model(images), rtol=0, atol=0)
 
 
 def test_step_loss_is_the_dirichlet_multinomial_objective_with_nan_as_unasked():

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zoobot.data.augmentation import AUGMENTATIONS
 from zoobot.data.commands.common import (
     HelpFormatter,
     add_catalog_input,
@@ -52,6 +53,7 @@ TRAINING_OPTIONS = (
     "patience",
     "seed",
     "progress",
+    "augment",
 )
 """Options of train and finetune passed to `Backend.fit_catalog` (plus `splits`)."""
 FLAGS = {
@@ -414,6 +416,12 @@ def _add_training_options(
         type=positive_int,
         default=8,
         help="epochs without improvement before stopping",
+    )
+    parser.add_argument(
+        "--augment",
+        choices=AUGMENTATIONS,
+        help="training augmentation (default: dihedral for vote trees, whose labels blur, noise "
+        "and zoom would change; full for classifiers and regressors)",
     )
     add_split_options(parser)
     add_no_progress(parser)

@@ -18,8 +18,10 @@ classifier's class probabilities, or a regressor's values.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Mapping, Sequence
 
+from zoobot.data.augmentation import check_augmentation
 from zoobot.data.labels import LabelRule
 from zoobot.models.layout import RESERVED_KEYS
 from zoobot.shared.schema import Schema
@@ -58,6 +60,46 @@ def classifier_args(
     if names is not None:  # absent otherwise: configs without names stay as they were
         args["class_names"] = names
     return args
+
+
+DEFAULT_CONCENTRATION = (0.01, 1000.0)
+"""A tree head's default Dirichlet concentration range (low, high), log-spaced: below 1 a rare
+answer can be unlikely while its question's total stays low, as split votes need; up to 1000 for
+near-unanimous questions."""
+
+
+def checked_concentration(concentration) -> list[float] | None:
+    """A tree head's concentration range as `[low, high]` with 0 < low < high (None: the
+    1 + 100 sigmoid head, in (1, 101))."""
+    if concentration is None:
+        return None
+    values = list(concentration) if isinstance(concentration, list | tuple) else [concentration]
+    ok = len(values) == 2 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    )
+    if not ok or not 0 < values[0] < values[1]:
+        raise ValueError(
+            f"concentration must be (low, high) with 0 < low < high, or None; got {concentration!r}"
+        )
+    return [float(values[0]), float(values[1])]
+
+
+def log_concentration_scale(concentration: Sequence[float]) -> tuple[float, float]:
+    """(a, b) of the log-spaced head, concentrations = exp(a + b sigmoid(x)): a = log(low),
+    b = log(high / low)."""
+    low, high = checked_concentration(concentration)
+    return math.log(low), math.log(high / low)
+
+
+def tree_args(schema: Schema, concentration) -> dict:
+    """A tree's own task arguments, checked: the schema and the head's concentration range."""
+    return {"schema": schema.to_dict(), "concentration": checked_concentration(concentration)}
+
+
+def saved_tree_args(config: Mapping) -> dict:
+    """A saved tree task config as arguments: one without `concentration` predates the option and
+    had the 1 + 100 sigmoid head, so it is rebuilt with that head, not today's default."""
+    return {"concentration": None, **config}
 
 
 def checked_class_names(class_names, num_classes: int) -> list[str] | None:
@@ -149,6 +191,15 @@ def output_table(model: object) -> str:
             "; for an encoder's features use get_representations"
         )
     return table
+
+
+def training_augmentation(model: object, augment: str | None) -> str:
+    """The augmentation a task model trains with (`zoobot.data.augmentation`): `augment`, or by
+    default "dihedral" for a tree, whose vote labels blur, noise and zoom would change, and "full"
+    for classifiers and regressors."""
+    if augment is None:
+        augment = "dihedral" if output_table(model) == "tree" else "full"
+    return check_augmentation(augment)
 
 
 def n_outputs(model: object, table: str) -> int:

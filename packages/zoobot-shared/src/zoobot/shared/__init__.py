@@ -1,5 +1,11 @@
-"""Framework-free core of Zoobot: schemas, the loss reference, vote statistics, prediction tables."""
+"""Framework-free core of Zoobot: schemas, the loss reference, vote statistics, evaluation, tables."""
 
+from zoobot.shared.evaluation import (
+    binomial_noise_mae,
+    constant_fractions,
+    evaluate_vote_fractions,
+    summarise_evaluation,
+)
 from zoobot.shared.loss import (
     dirichlet_multinomial_nll,
     dirichlet_multinomial_nll_grad,
@@ -45,6 +51,10 @@ __all__ = [
     "as_schema",
     "get_schema",
     "list_schemas",
+    "binomial_noise_mae",
+    "constant_fractions",
+    "evaluate_vote_fractions",
+    "summarise_evaluation",
     "dirichlet_multinomial_nll",
     "dirichlet_multinomial_nll_grad",
     "training_objective",

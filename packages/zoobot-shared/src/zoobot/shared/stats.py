@@ -257,9 +257,12 @@ def _checked_pair(concentrations, counts, schema: Schema, kind: str):
     return alpha, counts
 
 
-def _coverage_frame(covered: np.ndarray, counts: np.ndarray, schema: Schema) -> pd.DataFrame:
-    """Per question: mean coverage over its answers and the galaxies with votes, and their number."""
-    has_votes = question_sums(counts, schema) > 0
+def _coverage_frame(
+    covered: np.ndarray, counts: np.ndarray, schema: Schema, min_votes: int = 1
+) -> pd.DataFrame:
+    """Per question: mean coverage over its answers and the galaxies with at least `min_votes`
+    votes for it, and their number."""
+    has_votes = question_sums(counts, schema) >= max(min_votes, 1)
     per_galaxy = _per_question_mean(covered, schema)
     n = has_votes.sum(axis=0)
     summed = np.where(has_votes, per_galaxy, 0.0).sum(axis=0)
@@ -278,12 +281,17 @@ def _covered(alpha, counts, schema: Schema, level: float, kind: str, cdfs) -> np
 
 
 def interval_coverage(
-    concentrations, counts, schema: Schema, level: float = 0.9, kind: str = "predictive"
+    concentrations,
+    counts,
+    schema: Schema,
+    level: float = 0.9,
+    kind: str = "predictive",
+    min_votes: int = 1,
 ) -> pd.DataFrame:
     """How often the observed votes fall inside the central `level` interval, per question.
 
     Returns a DataFrame (question, coverage, n): coverage averaged over the question's answers and
-    the n galaxies where the question has votes (NaN if none).
+    the n galaxies with at least `min_votes` votes for the question (NaN if none).
 
     kind='predictive' (default, the calibration check): the interval is of the observed count given
     the question's observed total, under the posterior predictive (Beta-binomial per answer, mixed
@@ -299,7 +307,8 @@ def interval_coverage(
     level = _check_level(level)
     alpha, counts = _checked_pair(concentrations, counts, schema, kind)
     cdfs = _predictive_cdf_pair(alpha, counts, schema) if kind == "predictive" else None
-    return _coverage_frame(_covered(alpha, counts, schema, level, kind, cdfs), counts, schema)
+    covered = _covered(alpha, counts, schema, level, kind, cdfs)
+    return _coverage_frame(covered, counts, schema, min_votes)
 
 
 def calibration_table(

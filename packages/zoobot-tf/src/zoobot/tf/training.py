@@ -30,7 +30,7 @@ from zoobot.data.splits import Splits
 from zoobot.models import fast_paths, training
 from zoobot.models.backend import bind
 from zoobot.models.layout import check_replaceable
-from zoobot.models.tasks import label_rule
+from zoobot.models.tasks import label_rule, training_augmentation
 from zoobot.models.training import NonFiniteLossError, nonfinite_loss_message
 from zoobot.tf.data.pipelines import UNUSABLE_IMAGE, BatchIds
 from zoobot.tf.module import ZoobotModel
@@ -326,10 +326,11 @@ def _datasets(
     num_workers: int | None = None,
     rule=None,
     batch_ids: BatchIds | None = None,
+    augment: str = "full",
 ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
     """(train, validation) datasets of (images, labels) from what `fit_catalog` accepts; sources
-    it opens have their labels checked by `rule` and their training batches recorded in
-    `batch_ids`."""
+    it opens have their labels checked by `rule`, their training batches augmented by `augment`
+    and recorded in `batch_ids`."""
     if isinstance(data, tf.data.Dataset):
         return data, None
     if isinstance(data, tuple) and len(data) == 2:
@@ -349,7 +350,13 @@ def _datasets(
 
     def train_split(source, split):
         return pipelines.train_dataset(
-            source, label_cols, seed=seed, split=split, batch_ids=batch_ids, **common
+            source,
+            label_cols,
+            augment=augment,
+            seed=seed,
+            split=split,
+            batch_ids=batch_ids,
+            **common,
         )
 
     def eval_split(source, split):
@@ -389,6 +396,7 @@ def fit_catalog(
     progress: bool = True,
     splits: Splits = None,
     gradient_clip_val: float | None = 1.0,
+    augment: str | None = None,
     **fit_kwargs,
 ) -> ZoobotModel:
     """Seed everything, build the model with `build()` under the precision policy and distribution
@@ -401,7 +409,9 @@ def fit_catalog(
     pair of datasets; or one dataset (no validation: the training loss is monitored). `precision`
     is `32`, `mixed` (bf16 on CPU, fp16 on GPU), `bf16-mixed`/`mixed_bfloat16` or
     `16-mixed`/`mixed_float16`; `strategy` as `get_strategy`, else from `accelerator` and `devices`
-    (`strategy_for`). `num_workers` images are decoded at once (default: tf.data's choice). Other
+    (`strategy_for`). `num_workers` images are decoded at once (default: tf.data's choice).
+    `augment` names the training augmentation of sources it opens
+    (`zoobot.models.tasks.training_augmentation`: by default "dihedral" for trees). Other
     keyword arguments go to `fit` (e.g. `tensorboard`, `callbacks`, `steps_per_epoch`).
     Labels are checked first by the rule of the model's task (`zoobot.models.tasks.label_rule`:
     vote counts, class indices or targets), naming the column and rows; an unusable training image
@@ -421,6 +431,7 @@ def fit_catalog(
         model = build()
         model.compile(gradient_clip_val=gradient_clip_val)
     rule = label_rule(model, label_cols)
+    augment = training_augmentation(model, augment)
     channels = input_channels(model)
     batch_ids = BatchIds()
     train_data, validation_data = _datasets(
@@ -434,6 +445,7 @@ def fit_catalog(
         num_workers,
         rule,
         batch_ids,
+        augment,
     )
     fit_kwargs.setdefault("verbose", 1 if progress else 2)
     callbacks = [StopOnNonFiniteLoss(batch_ids), *(fit_kwargs.pop("callbacks", None) or [])]

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from zoobot.models.settings import PRETRAINING
+from zoobot.models.tasks import (
+    DEFAULT_CONCENTRATION,
+    log_concentration_scale,
+    saved_tree_args,
+    tree_args,
+)
 from zoobot.shared import Schema, as_schema
 from zoobot.tf.backend import BACKEND
 from zoobot.tf.encoders import encoder_dim, load_encoder
@@ -25,11 +31,39 @@ class ScaledSigmoid(keras.layers.Layer):
         return 1 + 100 * keras.ops.sigmoid(x)
 
 
-def dirichlet_head(in_features: int, n_answers: int, dropout: float) -> keras.Sequential:
-    """Dropout, a dense layer, and concentrations in (1, 101): one per answer column (float32)."""
-    return linear_head(
-        in_features, n_answers, dropout, ScaledSigmoid(dtype="float32", name="scaled_sigmoid")
-    )
+@keras.saving.register_keras_serializable(package="zoobot")
+class LogScaledSigmoid(keras.layers.Layer):
+    """Concentrations in (low, high), spread evenly in log: low (high / low)^sigmoid(x).
+
+    A range reaching below 1 lets a rare answer's concentration be small while its question's total
+    stays low, as split votes need (zoobot.models.tasks.DEFAULT_CONCENTRATION).
+    """
+
+    def __init__(self, low: float, high: float, **kwargs):
+        super().__init__(**kwargs)
+        self.low, self.high = float(low), float(high)
+        self.log_low, self.log_span = log_concentration_scale((low, high))
+
+    def call(self, x):
+        return keras.ops.exp(self.log_low + self.log_span * keras.ops.sigmoid(x))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "low": self.low, "high": self.high}
+
+
+def dirichlet_head(
+    in_features: int,
+    n_answers: int,
+    dropout: float,
+    concentration: Sequence[float] | None = None,
+) -> keras.Sequential:
+    """Dropout, a dense layer, and one concentration per answer column (float32): in the
+    log-spaced `concentration` range (low, high), or 1 + 100 sigmoid without one."""
+    if concentration is None:
+        scale = ScaledSigmoid(dtype="float32", name="scaled_sigmoid")
+    else:
+        scale = LogScaledSigmoid(*concentration, dtype="float32", name="log_scaled_sigmoid")
+    return linear_head(in_features, n_answers, dropout, scale)
 
 
 def question_sums(values: tf.Tensor, index: tf.Tensor, n_questions: int) -> tf.Tensor:
@@ -135,7 +169,9 @@ class ZoobotTree(TreeSteps, ZoobotModel):
     summed over questions and averaged over the batch; `fit` logs it per question and per campaign,
     with the vote-fraction error of each question (`TreeMetrics`). `architecture` is any name
     `load_encoder` takes; `encoder=` uses a Keras model instead. `settings` are
-    `zoobot.models.settings.TrainingSettings` (defaults `PRETRAINING`). Train with
+    `zoobot.models.settings.TrainingSettings` (defaults `PRETRAINING`). `concentration` is the
+    head's log-spaced (low, high) range (None: 1 + 100 sigmoid, the head of models saved before
+    the option). Train with
     `model.fit(dataset, epochs=...)` on batches of (images, vote counts); predictions are
     concentrations, `(batch, answer, n_samples)`. The head and the loss run in float32 under any
     mixed-precision policy.
@@ -150,12 +186,23 @@ class ZoobotTree(TreeSteps, ZoobotModel):
         architecture: str | os.PathLike = "convnext_nano",
         encoder: keras.Model | None = None,
         channels: int = 3,
+        concentration: Sequence[float] | None = DEFAULT_CONCENTRATION,
         **settings,
     ):
         schema = as_schema(schema)
         settings, keras_kwargs = self.default_settings.split(settings)
         settings = self.default_settings.replace(**settings)
         encoder = encoder if encoder is not None else load_encoder(architecture, channels)
-        head = dirichlet_head(encoder_dim(encoder), len(schema.label_cols), settings.dropout)
-        super().__init__(encoder, head, settings, {"schema": schema.to_dict()}, **keras_kwargs)
+        task_args = tree_args(schema, concentration)
+        head = dirichlet_head(
+            encoder_dim(encoder),
+            len(schema.label_cols),
+            settings.dropout,
+            task_args["concentration"],
+        )
+        super().__init__(encoder, head, settings, task_args, **keras_kwargs)
         self._init_tree(schema)
+
+    @classmethod
+    def from_task_config(cls, config: dict, encoder: keras.Model) -> ZoobotTree:
+        return super().from_task_config(saved_tree_args(config), encoder)

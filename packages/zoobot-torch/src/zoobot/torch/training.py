@@ -23,9 +23,10 @@ from zoobot.data.splits import Splits
 from zoobot.models import fast_paths, training
 from zoobot.models.backend import bind
 from zoobot.models.layout import check_replaceable
-from zoobot.models.tasks import label_rule
+from zoobot.models.tasks import label_rule, training_augmentation
 from zoobot.torch.cpu import input_channels
 from zoobot.torch.data.datamodule import Data, GalaxyDataModule
+from zoobot.torch.data.transforms import augmentation_transform
 from zoobot.torch.module import ZoobotModule
 
 BEST_FOLDER = "best"
@@ -270,6 +271,7 @@ def fit_catalog(
     splits: Splits = None,
     compile: bool | str = False,
     wandb: bool = False,
+    augment: str | None = None,
     **trainer_kwargs,
 ) -> ZoobotModule:
     """Seed everything, build the model with `build()`, fit it on `data` and return it holding the
@@ -277,8 +279,10 @@ def fit_catalog(
 
     `data` is a catalog, a Hugging Face dataset, a mapping/`DatasetDict` of splits (see
     `GalaxyDataModule`, which gets `label_cols`, `image_size`, `batch_size`, `num_workers`, `splits`
-    and `seed`, and the model's input channels), or a ready `GalaxyDataModule`. Trainer settings and
-    the `save_dir` layout are those of `get_trainer`, which gets the remaining keyword arguments.
+    and `seed`, the model's input channels and the training transform of `augment`,
+    `zoobot.models.tasks.training_augmentation`), or a ready `GalaxyDataModule` (with its own
+    transforms). Trainer settings and the `save_dir` layout are those of `get_trainer`, which gets
+    the remaining keyword arguments.
     `compile=True` compiles the model with `torch.compile` (inductor); a string names another
     `torch.compile` backend. The labels are checked first, by the rule of the model's task
     (`zoobot.models.tasks.label_rule`: vote counts, class indices or targets), naming the column
@@ -292,6 +296,7 @@ def fit_catalog(
     pl.seed_everything(seed, workers=True)
     model = build()
     rule = label_rule(model, label_cols)
+    augment = training_augmentation(model, augment)
     if isinstance(data, GalaxyDataModule):
         datamodule = data
         datamodule.check_labels(rule)
@@ -305,6 +310,9 @@ def fit_catalog(
             num_workers=num_workers,
             splits=splits,
             seed=seed,
+            train_transform=augmentation_transform(
+                augment, image_size, input_channels(model.encoder)
+            ),
             label_rule=rule,
         )
     if compile:

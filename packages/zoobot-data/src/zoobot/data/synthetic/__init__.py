@@ -2,7 +2,9 @@
 
 `make_survey(n, out_dir)` is the entry point; the modules behind it draw true morphologies
 (`morphology`), render them (`render`, `layers`; needs the `synthetic` extra, GalSim), and
-simulate volunteers walking a real decision tree (`answers`, `volunteers`).
+simulate volunteers walking a real decision tree (`answers`, `volunteers`), answering from what
+the images show (`appearance`). `reference` predicts the votes from the true parameters, the
+reference for models trained on a survey (needs the `reference` extra, scikit-learn).
 """
 
 from zoobot.data.synthetic.answers import UnsupportedQuestionError, check_schema

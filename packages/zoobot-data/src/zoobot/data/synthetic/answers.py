@@ -5,8 +5,11 @@ Questions are recognised by name without the campaign suffix (`bar-dr5` and `bar
 `more-than-4`), so one table serves every campaign's tree: GZ2, UKIDSS, CANDELS, Hubble, all the
 DECaLS campaigns, DESI, Cosmic Dawn, Euclid, JWST and GZ Rings. Ordered answers (bar strength,
 bulge size, roundness, winding, arm count, merger stage) come from a Gaussian kernel around the
-true value, so coarse and fine answer sets are both served. An unsure volunteer drifts towards
-the question's `lean` answer, and more so for detail-heavy questions (`difficulty`).
+true value, so coarse and fine answer sets are both served. Volunteers answer from the image
+(`appearance`): the outline's apparent axis ratio, and features only as far as the seeing and
+the disk's tilt let them show. An unsure volunteer drifts towards the question's `unsure` answers,
+the more so for detail-heavy questions (`difficulty`) and for detail the image hides
+(`visibility`).
 """
 
 from __future__ import annotations
@@ -16,10 +19,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from zoobot.data.synthetic.morphology import EDGE_ON_DEG, Morphology, draw_morphology
+from zoobot.data.synthetic.appearance import (
+    apparent_axis_ratio,
+    arms_visibility,
+    bar_visibility,
+    bulge_shape_visibility,
+    ring_visibility,
+)
+from zoobot.data.synthetic.morphology import Morphology, draw_morphology
 from zoobot.shared import Question, Schema
 
 FLOOR = 0.02  # every answer keeps a little probability: some volunteers click anything
+# A disk looks edge-on when its outline is thinner than this (an inclination of about 75 degrees,
+# seeing and bulge included: `appearance.apparent_axis_ratio`); an elliptical, below its own.
+EDGE_ON_DISK_Q, EDGE_ON_SMOOTH_Q, EDGE_ON_WIDTH = 0.42, 0.3, 0.03
 
 
 class UnsupportedQuestionError(ValueError):
@@ -39,16 +52,21 @@ def _yes(p: float) -> dict[str, float]:
     return {"yes": p, "no": 1 - p}
 
 
+def _looks_edge_on(m: Morphology) -> float:
+    """How edge-on the galaxy looks, from the apparent thinness of its outline."""
+    threshold = EDGE_ON_DISK_Q if m.kind == "disk" else EDGE_ON_SMOOTH_Q
+    return _sigmoid((threshold - apparent_axis_ratio(m)) / EDGE_ON_WIDTH)
+
+
 def _featured(m: Morphology) -> float:
-    """How featured a disk looks: arms, bars, rings, a thin edge-on disk; big bulges look smooth."""
-    edge_on = _sigmoid((m.inclination - 70) / 6)
+    """How featured a disk looks: visible arms, bar and ring, a thin disk; big bulges look smooth."""
     score = (
         0.35
-        + 1.2 * m.spiral_strength
-        + 0.6 * m.bar_strength
-        + 0.4 * m.ring
+        + 1.2 * m.spiral_strength * arms_visibility(m)
+        + 0.6 * m.bar_strength * bar_visibility(m)
+        + 0.4 * ring_visibility(m)
         + 0.2 * bool(m.clumps)
-        + 0.4 * edge_on
+        + 0.4 * _looks_edge_on(m)
         - 0.4 * m.bulge_fraction
     )
     return float(np.clip(score, 0.05, 0.97))
@@ -68,18 +86,17 @@ def _smooth_or_featured(m: Morphology) -> dict[str, float]:
 
 
 def _disk_edge_on(m: Morphology) -> dict[str, float]:
-    if m.kind == "disk":
-        return _yes(_sigmoid((m.inclination - EDGE_ON_DEG) / 3))
-    return _yes(_sigmoid((0.3 - m.axis_ratio) / 0.05))
+    return _yes(_looks_edge_on(m))
 
 
 def _has_spiral_arms(m: Morphology) -> dict[str, float]:
-    return _yes(0.95 if m.spiral_arms else (0.25 if m.ring else 0.04))
+    return _yes(max(0.04 + 0.91 * arms_visibility(m), 0.04 + 0.21 * ring_visibility(m)))
 
 
 def _bar(m: Morphology) -> dict[str, float]:
+    """Volunteers judge the bar they see: a bar the seeing or the tilt hides reads as none."""
     positions = {"no": 0.0, "weak": 0.35, "strong": 0.8, "yes": 0.6}
-    return _kernel(m.bar_strength, positions, 0.12)
+    return _kernel(m.bar_strength * bar_visibility(m), positions, 0.12)
 
 
 def _bulge_size(m: Morphology) -> dict[str, float]:
@@ -96,7 +113,8 @@ def _bulge_size(m: Morphology) -> dict[str, float]:
 
 
 def _how_rounded(m: Morphology) -> dict[str, float]:
-    return _kernel(m.axis_ratio, {"round": 0.92, "in-between": 0.62, "cigar-shaped": 0.3}, 0.1)
+    positions = {"round": 0.92, "in-between": 0.62, "cigar-shaped": 0.3}
+    return _kernel(apparent_axis_ratio(m), positions, 0.1)
 
 
 def _edge_on_bulge(m: Morphology) -> dict[str, float]:
@@ -174,6 +192,9 @@ class Concept:
     )  # answer weights of a volunteer who cannot tell; None: uniform
     difficulty: float  # exponent on the galaxy's clarity: fine detail is the first to be lost
     synonyms: Mapping[str, str] = field(default_factory=dict)
+    # How visible the detail this question asks about is, in [0, 1]; None: as visible as the
+    # galaxy (its clarity). Hidden detail leaves volunteers unsure, and split.
+    visibility: Callable[[Morphology], float] | None = None
 
 
 EDGE_ON_BULGE_UNSURE = {"boxy": 0.2, "none": 0.3, "rounded": 0.5, "yes": 0.6, "no": 0.4}
@@ -207,16 +228,28 @@ CONCEPTS: dict[str, Concept] = {
         0.7,
         {"completely": "round", "cigar": "cigar-shaped"},
     ),
-    "edge-on-bulge": Concept(_edge_on_bulge, EDGE_ON_BULGE_UNSURE, 1.2),
-    "bulge-shape": Concept(
-        _edge_on_bulge, EDGE_ON_BULGE_UNSURE, 1.2, {"round": "rounded", "no-bulge": "none"}
+    "edge-on-bulge": Concept(
+        _edge_on_bulge, EDGE_ON_BULGE_UNSURE, 1.2, visibility=bulge_shape_visibility
     ),
-    "spiral-winding": Concept(_spiral_winding, {"tight": 0.25, "medium": 0.5, "loose": 0.25}, 2.0),
+    "bulge-shape": Concept(
+        _edge_on_bulge,
+        EDGE_ON_BULGE_UNSURE,
+        1.2,
+        {"round": "rounded", "no-bulge": "none"},
+        visibility=bulge_shape_visibility,
+    ),
+    "spiral-winding": Concept(
+        _spiral_winding,
+        {"tight": 0.25, "medium": 0.5, "loose": 0.25},
+        2.0,
+        visibility=arms_visibility,
+    ),
     "spiral-arm-count": Concept(
         _spiral_arm_count,
         {"1": 0.05, "2": 0.2, "3": 0.07, "4": 0.04, "more-than-4": 0.04, "cant-tell": 0.6},
         2.0,
         {"5-plus": "more-than-4"},
+        visibility=arms_visibility,
     ),
     "merging": Concept(
         _merging,
@@ -280,11 +313,16 @@ def question_probabilities(question: Question, m: Morphology) -> np.ndarray:
     truth = truth / truth.sum() if truth.sum() > 0 else np.full(len(truth), 1 / len(truth))
     unsure = np.array([(concept.unsure or {}).get(c, 0.0) for c in canonical], dtype=float)
     unsure = unsure / unsure.sum() if unsure.sum() > 0 else np.full(len(truth), 1 / len(truth))
-    seen = m.clarity**concept.difficulty
+    seen = _seen(concept, m)
     mixed = seen * truth + (1 - seen) * unsure
     return (1 - FLOOR) * mixed + FLOOR / len(truth)
 
 
+def _seen(concept: Concept, m: Morphology) -> float:
+    seen = m.clarity**concept.difficulty
+    return seen * concept.visibility(m) if concept.visibility is not None else seen
+
+
 def question_clarity(question: Question, m: Morphology) -> float:
-    """How clearly this question's answer can be seen in this galaxy, in (0, 1)."""
-    return m.clarity ** _concept(question)[0].difficulty
+    """How clearly this question's answer can be seen in this galaxy, in [0, 1)."""
+    return _seen(_concept(question)[0], m)

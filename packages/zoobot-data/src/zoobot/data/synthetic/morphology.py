@@ -21,9 +21,10 @@ ARTIFACTS = ("trail", "bright_star", "missing_data")
 ARM_COUNTS = (1, 2, 3, 4, 5, 6)
 ARM_COUNT_P = (0.05, 0.55, 0.18, 0.1, 0.07, 0.05)
 MAG_RANGE = (14.0, 18.5)
-EDGE_ON_DEG = 75.0  # inclination from which GZ volunteers call a disk edge-on
 ZERO_POINT = 22.5  # magnitudes are AB with fluxes in nanomaggies, as in the Legacy Surveys
 SKY_NOISE = 0.03  # nanomaggies per arcsec (the sky sigma of a 1 arcsec^2 patch) at median depth
+DISK_SCALE = 1.678  # half-light radius / scale length of an exponential disk
+BAR_SHARE = 0.35  # share of the disk's light in a bar of strength 1
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Morphology:
     bulge_shape: str  # none, rounded or boxy
     bar: str  # none, weak or strong
     bar_strength: float  # 0 without a bar; sets the bar's share of the disk light
+    bar_length: float  # semi-major axis of the bar, 0 without one
     spiral_arms: int  # number of arms, 0 without arms
     spiral_pitch: float  # pitch angle of the arms: small is tightly wound
     spiral_strength: float  # share of the disk light in the arms
@@ -139,6 +141,7 @@ def draw_morphology(rng: np.random.Generator) -> Morphology:
         "inclination": 0.0,
         "bar": "none",
         "bar_strength": 0.0,
+        "bar_length": 0.0,
         "spiral_arms": 0,
         "spiral_pitch": 0.0,
         "spiral_strength": 0.0,
@@ -151,6 +154,8 @@ def draw_morphology(rng: np.random.Generator) -> Morphology:
         cos_i = np.cos(np.radians(params["inclination"]))
         params["axis_ratio"] = float(np.sqrt(cos_i**2 + 0.12**2 * (1 - cos_i**2)))
     size = _size(rng, magnitude, kind)
+    if params["bar"] != "none":
+        params["bar_length"] = float(size / DISK_SCALE * rng.uniform(1.0, 1.8))
     merger = str(rng.choice(MERGERS, p=MERGER_P)) if kind != "artifact" else "none"
     companions = int(merger != "none") + int(rng.poisson(0.3))
     psf_fwhm = float(np.clip(rng.normal(1.3, 0.15), 0.9, 1.9))

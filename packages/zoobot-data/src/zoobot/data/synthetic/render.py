@@ -15,7 +15,7 @@ from PIL import Image
 
 from zoobot.data.images import DECALS_SCALES, lupton_rgb
 from zoobot.data.synthetic import layers
-from zoobot.data.synthetic.morphology import Morphology, magnitude_to_flux
+from zoobot.data.synthetic.morphology import BAR_SHARE, DISK_SCALE, Morphology, magnitude_to_flux
 
 try:
     import galsim
@@ -106,7 +106,11 @@ def _disk_projection(profile: galsim.GSObject, angle: float, cos_i: float, pa: f
 
 
 def _bulge(m: Morphology, cos_i: float, pa: float) -> galsim.GSObject:
-    """A Sersic bulge, rounded or (seen near edge-on) boxy: two crossed, flattened components."""
+    """A Sersic bulge, rounded or (seen near edge-on) boxy: two crossed, flattened components.
+
+    Built along the x axis, flattened with the disk's tilt, then turned to the disk's position
+    angle, so a boxy bulge's X lies along the disk.
+    """
     radius = m.size * (0.1 + 0.3 * m.bulge_fraction)
     bulge = galsim.Sersic(
         m.sersic_n, half_light_radius=radius, trunc=10 * radius, gsparams=GSPARAMS
@@ -116,13 +120,13 @@ def _bulge(m: Morphology, cos_i: float, pa: float) -> galsim.GSObject:
         lobe = lobe.shear(q=0.45, beta=0 * galsim.radians)
         bulge = galsim.Add([lobe.rotate(0.5 * galsim.radians), lobe.rotate(-0.5 * galsim.radians)])
     flattening = 1 - 0.3 * (1 - cos_i)
-    return bulge.shear(q=flattening, beta=pa * galsim.radians)
+    return bulge.shear(q=flattening, beta=0 * galsim.radians).rotate(pa * galsim.radians)
 
 
 def _light_shares(m: Morphology) -> dict[str, float]:
     """Shares of the disk light in its bar, arms, ring and clumps (at most 3/4 in all)."""
     shares = {
-        "bar": 0.35 * m.bar_strength,
+        "bar": BAR_SHARE * m.bar_strength,
         "arms": m.spiral_strength,
         "ring": 0.35 if m.ring else 0.0,
         "clumps": 0.15 if m.clumps else 0.0,
@@ -134,9 +138,9 @@ def _light_shares(m: Morphology) -> dict[str, float]:
 def _disk(canvas: Canvas, m: Morphology, rng: np.random.Generator, center, pa: float) -> None:
     """A disk galaxy: inclined exponential disk, bulge and bar, then its arms, ring and clumps."""
     cos_i = float(np.cos(np.radians(m.inclination)))
-    h = m.size / 1.678  # exponential scale length of a disk with this half-light radius
+    h = m.size / DISK_SCALE  # exponential scale length of a disk with this half-light radius
     disk_flux = m.flux * (1 - m.bulge_fraction)
-    bar_angle, bar_length = rng.uniform(0, np.pi), h * rng.uniform(1.0, 1.8)
+    bar_angle, bar_length = rng.uniform(0, np.pi), m.bar_length  # the bar's angle in the disk
     shares = _light_shares(m)
     disk = galsim.InclinedExponential(
         m.inclination * galsim.degrees, scale_radius=h, scale_h_over_r=0.1, gsparams=GSPARAMS

@@ -25,7 +25,7 @@ from zoobot.data.synthetic.volunteers import simulate_votes
 from zoobot.shared import Schema, as_schema
 from zoobot.shared.io import atomic_path, atomic_write_text
 
-GENERATOR_VERSION = 1  # bump when rendering changes, so old images are never mixed with new ones
+GENERATOR_VERSION = 2  # bump when rendering changes, so old images are never mixed with new ones
 CATALOG_FILES = ("catalog.parquet", "catalog.csv")
 MANIFEST = "survey.json"
 IMAGE_DIR = "images"

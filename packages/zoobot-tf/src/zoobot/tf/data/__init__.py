@@ -51,6 +51,7 @@ from zoobot.tf.data.pipelines import decode_train_image, eval_dataset, train_dat
 from zoobot.tf.data.transforms import (
     DEFAULT_MEAN,
     DEFAULT_STD,
+    dihedral_transform,
     eval_transform,
     mean_greyscale,
     normalise,
@@ -67,6 +68,7 @@ __all__ = [
     "ShardSource",
     "augment_batch",
     "decode_train_image",
+    "dihedral_transform",
     "eval_dataset",
     "eval_transform",
     "is_shard_folder",

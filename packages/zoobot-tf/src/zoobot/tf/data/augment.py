@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from zoobot.data.augmentation import check_augmentation
 from zoobot.tf.data.transforms import mean_greyscale
 
 # ITU-R 601-2 luma, the weights of torchvision's rgb_to_grayscale.
@@ -79,10 +80,18 @@ class AugmentConfig:
             raise ValueError(f"mask_max_regions must be at least 1, got {self.mask_max_regions}")
 
     @classmethod
-    def from_value(cls, augment: bool | Mapping | AugmentConfig | None) -> AugmentConfig | None:
-        """`True` -> defaults, `False`/`None` -> no augmentation, a mapping -> those fields."""
+    def from_value(
+        cls, augment: bool | str | Mapping | AugmentConfig | None
+    ) -> AugmentConfig | None:
+        """`True` or "full" -> defaults, `False`/`None`/"none" -> no augmentation, a mapping ->
+        those fields ("dihedral" is `zoobot.tf.data.transforms.dihedral_transform`, not a
+        setting of `augment_batch`)."""
         if isinstance(augment, AugmentConfig):
             return augment
+        if isinstance(augment, str):
+            if check_augmentation(augment) == "dihedral":
+                raise ValueError("augment='dihedral' is dihedral_transform, not an AugmentConfig")
+            augment = augment == "full"
         if augment is None or augment is False:
             return None
         if augment is True:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from zoobot.data.augmentation import check_augmentation
 from zoobot.data.images.headers import MAX_PIXELS, OTHER_FORMATS
 from zoobot.data.inputs import (
     CatalogSource,
@@ -30,6 +31,7 @@ from zoobot.tf.data.transforms import (
     DEFAULT_MEAN,
     DEFAULT_STD,
     check_normalisation,
+    dihedral_transform,
     eval_transform,
     mean_greyscale,
     normalise,
@@ -268,7 +270,7 @@ def train_dataset(
     image_size: int = 224,
     channels: int = 3,
     batch_size: int = 128,
-    augment: bool | Mapping | AugmentConfig | None = True,
+    augment: bool | str | Mapping | AugmentConfig | None = True,
     seed: int | None = None,
     shuffle_buffer: int | None = None,
     mean: Sequence[float] = DEFAULT_MEAN,
@@ -291,8 +293,9 @@ def train_dataset(
     `zoobot.data.splits.assign_splits(catalog, splits, split_seed)` gives (the membership
     `zoobot.torch`'s `GalaxyDataModule(seed=split_seed)` uses); `split=None` takes every row.
     `label_cols` default to the schema's, or for a shard folder to all its label columns.
-    `augment`: True (torch's `train_transform` defaults), False (decode + resize only), a mapping
-    of `AugmentConfig` fields, or an `AugmentConfig`. `seed` fixes the shuffles and every
+    `augment`: True or "full" (torch's `train_transform` defaults), "dihedral"
+    (`dihedral_transform`, the label-preserving augmentation for votes), False or "none" (decode +
+    resize only), a mapping of `AugmentConfig` fields, or an `AugmentConfig`. `seed` fixes the shuffles and every
     augmentation: with it (and `deterministic`, its default then) the batches of each epoch are
     the same from run to run, and differ from epoch to epoch. Catalogs are shuffled whole (paths
     only); shards by file, then through `shuffle_buffer` records (default 4096). The last partial
@@ -303,7 +306,8 @@ def train_dataset(
     """
     _check_sizes(image_size, batch_size)
     check_normalisation(mean, std, channels)
-    config = AugmentConfig.from_value(augment)
+    dihedral = isinstance(augment, str) and check_augmentation(augment) == "dihedral"
+    config = None if dihedral else AugmentConfig.from_value(augment)
     opened = open_source(
         source,
         label_cols,
@@ -360,6 +364,8 @@ def train_dataset(
 
     def augmented(batch: tuple[tf.Tensor, tf.Tensor, tf.Tensor], pair: tf.Tensor):
         images, labels, ids = batch
+        if dihedral:
+            return dihedral_transform(images, pair, channels, mean, std), labels, ids
         if config is not None:
             x = augment_batch(images, pair, config, channels, image_size)
         else:

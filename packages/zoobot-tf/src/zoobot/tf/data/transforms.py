@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from zoobot.data.augmentation import DIHEDRAL
 from zoobot.data.images import ImageDecodeError, read_image
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,35 @@ def eval_transform(
     if channels == 1:
         x = mean_greyscale(x)
     return normalise(x, mean, std)
+
+
+def dihedral_transform(
+    images: tf.Tensor,
+    seed: tf.Tensor,
+    channels: int = 3,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+) -> tf.Tensor:
+    """Each square RGB image of a batch (B, H, H, 3), uint8 or float32 in [0, 1], through a random
+    one of the square's 8 symmetries (`zoobot.data.augmentation.DIHEDRAL`: quarter turns, then
+    maybe a left-right mirror) drawn from the shape-(2,) `seed`, then `eval_transform`'s steps.
+
+    For training on votes: only these exact symmetries keep what volunteers would answer (see
+    `zoobot.data.augmentation`). All four turns of the batch are made and each image's gathered,
+    as `tf.image.rot90` turns a whole batch by one `k`.
+    """
+    mean, std = check_normalisation(mean, std, channels)
+    images = tf.convert_to_tensor(images)
+    x = to_float(images) if images.dtype == tf.uint8 else tf.cast(images, tf.float32)
+    batch = tf.shape(x)[0]
+    stream = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 70)
+    draws = tf.random.stateless_uniform([batch], stream, 0, len(DIHEDRAL), tf.int32)
+    turns = tf.stack([tf.image.rot90(x, k) for k in range(4)])  # (4, B, H, W, 3)
+    turned = tf.gather_nd(turns, tf.stack([draws % 4, tf.range(batch)], axis=1))
+    mirrored = tf.where((draws >= 4)[:, None, None, None], tf.reverse(turned, axis=[2]), turned)
+    if channels == 1:
+        mirrored = mean_greyscale(mirrored)
+    return normalise(mirrored, mean, std)
 
 
 def _reader(image_size: int, strict: bool):

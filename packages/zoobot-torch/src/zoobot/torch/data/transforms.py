@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from zoobot.data.augmentation import check_augmentation
+
 DEFAULT_MEAN = (0.0,)
 DEFAULT_STD = (1.0,)
 
@@ -165,6 +167,16 @@ class MaskedRegions(v2.Transform):
         return inpt
 
 
+class RandomQuarterTurn(v2.Transform):
+    """Rotate by a random multiple of 90 degrees: every pixel is kept exactly, none interpolated."""
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"k": int(torch.randint(0, 4, ()))}
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        return torch.rot90(inpt, params["k"], dims=(-2, -1))
+
+
 def astro_augmentations(p: float = 0.25) -> list[v2.Transform]:
     """The astronomy augmentations, each applied with probability `p`."""
     return [
@@ -214,3 +226,36 @@ def train_transform(
     if astro_p > 0:
         steps.extend(astro_augmentations(astro_p))
     return v2.Compose([*steps, Normalise(mean, std, channels)])
+
+
+def dihedral_transform(
+    channels: int = 3, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD
+) -> v2.Compose:
+    """A random one of the square's 8 symmetries (quarter turns, then maybe a left-right mirror, as
+    `zoobot.data.augmentation.dihedral`), then `eval_transform`'s steps; the image arrives resized.
+
+    For training on votes: volunteers answer the same whichever way a galaxy is turned, but not
+    when it is blurred, noisier, re-stretched or zoomed, so only these exact symmetries keep the
+    labels.
+    """
+    steps: list[v2.Transform] = [ToFloatImage(), RandomQuarterTurn(), v2.RandomHorizontalFlip()]
+    if channels == 1:
+        steps.append(MeanGreyscale())
+    return v2.Compose([*steps, Normalise(mean, std, channels)])
+
+
+def augmentation_transform(
+    augment: str,
+    image_size: int,
+    channels: int = 3,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+) -> v2.Compose:
+    """The training transform of a `zoobot.data.augmentation` name: "dihedral", "full"
+    (`train_transform`) or "none" (`eval_transform`)."""
+    augment = check_augmentation(augment)
+    if augment == "full":
+        return train_transform(image_size, channels, mean, std)
+    if augment == "dihedral":
+        return dihedral_transform(channels, mean, std)
+    return eval_transform(channels, mean, std)
