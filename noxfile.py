@@ -25,6 +25,8 @@ TF = str(ROOT / "packages" / "zoobot-tf")
 TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
 # TensorFlow 2.21 with Keras 3: the wheel runs on the CPU when no GPU is present.
 TF_PINS = ["tensorflow==2.21.0"]
+# JAX for CPU, what zoobot-tf[jax] installs (Keras on JAX: KERAS_BACKEND=jax).
+JAX_PINS = ["jax==0.10.2", "jaxlib==0.10.2"]
 # The original Zoobot, measured against ours in the benchmarks (its own environment: it is a
 # regular `zoobot` package, which would shadow our PEP 420 namespace).
 PEER = ["zoobot[pytorch]==2.9.0"]
@@ -117,6 +119,23 @@ def tests_tf(session: nox.Session) -> None:
         *session.posargs,
         env={**env, **AVX2_ONLY},
     )
+
+
+@nox.session(name="tests-jax", tags=["tests"])
+def tests_jax(session: nox.Session) -> None:
+    """zoobot-tf with Keras on JAX (`KERAS_BACKEND=jax`); torch must be absent. TensorFlow is
+    installed only because the input pipeline is `tf.data` (zoobot.tf.data)."""
+    session.install(
+        *TF_PINS, *JAX_PINS, SHARED, f"{DATA}[synthetic]", MODELS, f"{TF}[jax]", *TEST_DEPS
+    )
+    assert_absent(session, "torch")
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "KERAS_BACKEND": "jax",
+        "ZOOBOT_BACKEND": "jax",
+    }
+    session.run("pytest", "tests/tf", "tests/contract", *session.posargs, env=env)
 
 
 @nox.session(tags=["tests"])

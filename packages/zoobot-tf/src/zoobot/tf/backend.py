@@ -4,7 +4,9 @@ Everything framework-free (the Hub layout, `predict`, `get_representations`, the
 written once in `zoobot.models`; this module supplies what needs Keras: the Keras twins of timm's
 encoders converted from the Hub layout and back, head tensors in PyTorch names and layouts (the
 dense layer of a head is `1.weight`, shape (out, in), and `1.bias`), the inference engine
-(`zoobot.tf.runner`, which also reads TFRecord shard folders) and Keras training.
+(`zoobot.tf.runner`, which also reads TFRecord shard folders) and Keras training. Keras runs on
+TensorFlow or JAX (`KERAS_BACKEND`); the backend's `name` says which ("tf" or "jax"), so run
+manifests and reports name it.
 """
 
 from __future__ import annotations
@@ -24,17 +26,22 @@ from zoobot.models.backend import Backend
 from zoobot.models.layout import check_weights_fit
 from zoobot.models.runner import Parts, RunSettings
 from zoobot.models.tasks import TaskRegistry
-from zoobot.tf import encoders
+from zoobot.tf import encoders, runtime
 
 
 class KerasBackend(Backend):
     """Keras 3: converted timm encoders, `keras.Sequential` heads, a `tf.data` engine, Keras `fit`."""
 
-    name = "tf"
     package = "zoobot-tf"
 
     def __init__(self):
+        runtime.keras_backend()  # refuses a backend zoobot.tf does not run on, with the fix
         self.tasks = TaskRegistry(builtin="zoobot.tf.finetune")
+
+    @property
+    def name(self) -> str:
+        """ "tf" when Keras runs on TensorFlow, "jax" on JAX."""
+        return runtime.name()
 
     def is_architecture(self, name: str) -> bool:
         return encoders.is_architecture(name)
@@ -141,22 +148,15 @@ class KerasBackend(Backend):
         return np.asarray(keras.ops.convert_to_numpy(out), np.float32)
 
     def device(self, name: str | None) -> str | None:
-        """A TensorFlow device name from torch-style `cpu`, `cuda`, `cuda:1` (or `/GPU:1` as is)."""
-        from zoobot.tf.runner import tf_device
-
-        return tf_device(name)
+        """`name` (torch-style `cpu`, `cuda`, `cuda:1`, or the backend's own, e.g. TensorFlow's
+        `/GPU:1`), checked: the engine runs in `zoobot.tf.runtime.device_scope(name)`."""
+        runtime.device_scope(name)
+        return name
 
     def set_threads(self, threads: int) -> None:
-        import tensorflow as tf
-
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:
-            print(
-                "zoobot-tf: --threads ignored: TensorFlow had already started in this process",
-                file=sys.stderr,
-            )
+        why = runtime.set_threads(threads)
+        if why is not None:
+            print(f"zoobot-tf: --threads ignored: {why}", file=sys.stderr)
 
     def fit_catalog(
         self,

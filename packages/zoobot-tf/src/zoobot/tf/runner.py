@@ -9,9 +9,10 @@ that fingerprints a run, the unreadable images, and the final tables. Here: imag
 `zoobot.tf.data.eval_dataset` (decode + resize by `zoobot.data.images.read_image` in parallel
 `tf.data` threads, then the evaluation transform in TF ops; unreadable images are flagged per row by
 its `ok` / `error` fields, never stopping the run), in batches that never cross a chunk; the model
-runs in one compiled `tf.function`; at the start of every chunk each Keras `SeedGenerator` state
-of the model (the dropout layers' randomness) is reset from the run's seed and the chunk number,
-so Monte Carlo passes of a resumed run equal those of an uninterrupted one.
+runs in one compiled function (`zoobot.tf.runtime.compiled`: a `tf.function` on TensorFlow, a
+`jax.jit` on JAX); at the start of every chunk each Keras `SeedGenerator` state of the model (the
+dropout layers' randomness) is reset from the run's seed and the chunk number, so Monte Carlo
+passes of a resumed run equal those of an uninterrupted one.
 
 Sources: an image catalog (DataFrame or file with `id_str`, `file_loc`) or a folder of
 `zoobot-data` TFRecord shards (all its splits, in sidecar order); for shards, `file_loc` in the
@@ -24,11 +25,12 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
+from keras import ops
 
 from zoobot.data.inputs import (
     CatalogSource,
@@ -49,11 +51,13 @@ from zoobot.models.runner import (
     read_catalog,
     start_parts,
 )
+from zoobot.tf import runtime
 from zoobot.tf.data import eval_dataset
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "Forward",
     "bfloat16_copy",
     "featurizer",
     "input_channels",
@@ -62,7 +66,6 @@ __all__ = [
     "run_chunks",
     "run_precision",
     "sampler",
-    "tf_device",
     "seed_states",
     "weights_digest",
 ]
@@ -83,7 +86,7 @@ def weights_digest(model: keras.Model) -> str:
     """A digest of every weight in order (not the random seed states), so parts from other weights
     are never mixed in. Keras names variables with per-process counters (`dense_3`), so only the
     order, shapes, dtypes and values count: a model reloaded in another process matches."""
-    return arrays_digest((f"{i:06d}", np.asarray(w.numpy())) for i, w in enumerate(model.weights))
+    return arrays_digest((f"{i:06d}", ops.convert_to_numpy(w)) for i, w in enumerate(model.weights))
 
 
 def input_channels(model: keras.Model) -> int:
@@ -113,29 +116,16 @@ def reseed(states: list[keras.Variable], seed: int) -> None:
         state.assign(np.array([int(value), 0], dtype=state.dtype))
 
 
-def tf_device(name: str | None) -> str | None:
-    """A TensorFlow device name from torch-style `cpu`, `cuda`, `cuda:1` (or `/GPU:1` as it is)."""
-    if name is None or name.startswith("/"):
-        return name
-    kind, _, index = name.lower().partition(":")
-    kinds = {"cpu": "CPU", "cuda": "GPU", "gpu": "GPU"}
-    if kind not in kinds or (index and not index.isdigit()):
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or a TensorFlow name")
-    return f"/{kinds[kind]}:{index or 0}"
-
-
 def run_precision(precision: str, device: str | None = None) -> str:
     """The precision to run at: "bf16" on a CPU only where it computes bf16 natively
     (`zoobot.models.fast_paths.cpu_runs`), else "32": emulated bf16 is several times slower than
     float32 there, and with oneDNN held to AVX2 TensorFlow refuses bf16 convolutions
-    (benchmarks/bf16_cpu.py). `device` is `predict`'s; None is TensorFlow's choice (a GPU if
+    (benchmarks/bf16_cpu.py). `device` is `predict`'s; None is the backend's choice (a GPU if
     one is visible). GPUs run what was asked."""
     precision = str(precision)
     if precision == "32":
         return precision
-    on_cpu = (
-        "CPU" in tf_device(device).upper() if device else not tf.config.list_logical_devices("GPU")
-    )
+    on_cpu = "CPU" in device.upper() if device else not runtime.gpu_count()
     return "32" if on_cpu and not fast_paths.cpu_runs("bf16") else precision
 
 
@@ -172,14 +162,16 @@ def bfloat16_copy(encoder: keras.Model) -> keras.Model:
     return copy
 
 
-def compiled(
-    model: keras.Model,
-    forward: Callable[[tf.Tensor], tf.Tensor],
-    key: Hashable | None,
-    size: int,
-    channels: int,
-):
-    """`forward` as one graph function of float32 (batch, size, size, channels) images.
+@dataclass(frozen=True)
+class Forward:
+    """images -> outputs, computed with the variables of `models` (weights and seed states)."""
+
+    function: Callable
+    models: tuple[keras.Model, ...]
+
+
+def compiled(model: keras.Model, forward: Forward, key: Hashable | None, size: int, channels: int):
+    """`forward` as one compiled function of float32 (batch, size, size, channels) images.
 
     Tracing a Keras model takes seconds, so with a `key` (what `forward` computes with `model`) the
     function is kept for the model's lifetime and reused by the next call with the same key.
@@ -187,38 +179,39 @@ def compiled(
     cache = _cache(model) if key is not None else {}
     full_key = ("compiled", key, size, channels)
     if full_key not in cache:
-        cache[full_key] = tf.function(
-            forward,
-            input_signature=[tf.TensorSpec((None, size, size, channels), tf.float32)],
-            autograph=False,  # Keras layers are graph code already; converting them costs time
-        )
+        weights = [w for m in forward.models for w in m.weights]
+        states = [s for m in forward.models for s in seed_states(m)]
+        shape = (None, size, size, channels)
+        cache[full_key] = runtime.compiled(forward.function, weights, states, shape)
     return cache[full_key]
 
 
-def sampler(model: keras.Model, n_samples: int, mc_dropout: bool, precision: str):
+def sampler(model: keras.Model, n_samples: int, mc_dropout: bool, precision: str) -> Forward:
     """images -> (batch, output, n_samples): `model.predict_samples`, or its bf16 twin."""
     if precision == "32":
-        return lambda images: model.predict_samples(images, n_samples, mc_dropout)
+        return Forward(
+            lambda images: model.predict_samples(images, n_samples, mc_dropout), (model,)
+        )
     encoder = bfloat16_copy(model.encoder)
 
-    def samples(images: tf.Tensor) -> tf.Tensor:
-        features = tf.cast(encoder(images, training=False), tf.float32)
+    def samples(images):
+        features = ops.cast(encoder(images, training=False), "float32")
         passes = [
             model.prediction(model.head(features, training=mc_dropout)) for _ in range(n_samples)
         ]
-        return tf.cast(tf.stack(passes, axis=-1), tf.float32)
+        return ops.cast(ops.stack(passes, axis=-1), "float32")
 
-    return samples
+    return Forward(samples, (model, encoder))
 
 
-def featurizer(encoder: keras.Model, precision: str):
+def featurizer(encoder: keras.Model, precision: str) -> Forward:
     """images -> pooled features (float32), in bf16 with `precision="bf16"`."""
     runner = encoder if precision == "32" else bfloat16_copy(encoder)
 
-    def forward(images: tf.Tensor) -> tf.Tensor:
-        return tf.cast(runner(images, training=False), tf.float32)
+    def forward(images):
+        return ops.cast(runner(images, training=False), "float32")
 
-    return forward
+    return Forward(forward, (runner,))
 
 
 def _runs(parts: Parts, todo: list[int], batch_size: int) -> list[tuple[int, int]]:
@@ -239,7 +232,7 @@ def run_chunks(
     source: CatalogSource | ShardSource,
     table: pd.DataFrame,
     model: keras.Model,
-    forward: Callable[[tf.Tensor], tf.Tensor],
+    forward: Forward,
     shape: tuple[int, ...],
     save_loc: str | os.PathLike,
     settings: RunSettings,
@@ -257,7 +250,7 @@ def run_chunks(
     channels = input_channels(model)
     fingerprint = {
         **run,
-        "framework": "tf",
+        "framework": runtime.name(),
         "weights": weights_digest(model),
         "channels": channels,
     }
@@ -270,10 +263,9 @@ def run_chunks(
     key = None if key is None else (key, settings.device)
     step = compiled(model, forward, key, settings.image_size, channels)
     states = seed_states(model)
-    device = tf.device(tf_device(settings.device)) if settings.device else contextlib.nullcontext()
     with (
         cleaned_up_on_failure(parts),
-        device,
+        runtime.device_scope(settings.device),
         ChunkWriter(parts, spans, settings.progress) as writer,
     ):
         for start, stop in _runs(parts, todo, settings.batch_size):
@@ -299,7 +291,7 @@ def _stream(batches, step, writer: ChunkWriter, states, seed: int, start: int) -
         ok = batch["ok"].numpy()
         index = batch["index"].numpy()
         stop = start + len(ok)
-        values = np.asarray(step(batch["image"])) if ok.any() else None
+        values = ops.convert_to_numpy(step(batch["image"])) if ok.any() else None
         errors = [
             (int(position), message.decode("utf-8", "replace"))
             for position, message, good in zip(index, batch["error"].numpy(), ok, strict=True)
