@@ -66,10 +66,10 @@ class KerasBackend(Backend):
         state = {}
         for i, layer in enumerate(head.layers):
             if isinstance(layer, keras.layers.Dense):
-                kernel = keras.ops.convert_to_numpy(layer.kernel)
+                kernel = layer.kernel.numpy()
                 state[f"{i}.weight"] = np.ascontiguousarray(kernel.T, dtype=np.float32)
                 if layer.use_bias:
-                    bias = keras.ops.convert_to_numpy(layer.bias)
+                    bias = layer.bias.numpy()
                     state[f"{i}.bias"] = np.ascontiguousarray(bias, dtype=np.float32)
             elif layer.weights:
                 raise TypeError(

@@ -247,7 +247,7 @@ def _probe() -> tuple[bool, str]:
         )
         for gradient in gradients:
             optimizer.apply_gradients([(ops.convert_to_tensor(gradient), variable)])
-        got = np.asarray(ops.convert_to_numpy(variable), np.float64)
+        got = np.asarray(variable.numpy(), np.float64)
     except Exception as err:  # any failure inside Keras means the internals changed
         return False, f"Keras's optimizer internals changed: {type(err).__name__}: {err}"
     expected = _reference_steps(start.astype(np.float64), gradients, 0.5, 0.1, 0.05, 1.0)

@@ -86,7 +86,7 @@ def weights_digest(model: keras.Model) -> str:
     """A digest of every weight in order (not the random seed states), so parts from other weights
     are never mixed in. Keras names variables with per-process counters (`dense_3`), so only the
     order, shapes, dtypes and values count: a model reloaded in another process matches."""
-    return arrays_digest((f"{i:06d}", ops.convert_to_numpy(w)) for i, w in enumerate(model.weights))
+    return arrays_digest((f"{i:06d}", np.asarray(w.numpy())) for i, w in enumerate(model.weights))
 
 
 def input_channels(model: keras.Model) -> int:

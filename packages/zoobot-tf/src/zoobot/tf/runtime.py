@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 import keras
+import numpy as np
 
 __all__ = [
     "NAMES",
@@ -171,11 +172,10 @@ def compiled(
     jitted = jax.jit(pure)
 
     def call(images):
-        out, new_states = jitted(
-            [w.value for w in weights],
-            [s.value for s in states],
-            keras.ops.convert_to_tensor(images),
-        )
+        # NumPy first: a tf.data batch converts without a copy (and without NumPy 2's warning
+        # about TensorFlow's __array__)
+        values = [w.value for w in weights], [s.value for s in states]
+        out, new_states = jitted(*values, np.asarray(images))
         for state, value in zip(states, new_states, strict=True):
             state.assign(value)
         return out

@@ -158,20 +158,20 @@ def _jax_devices(kind: str, count: int) -> list:
 
 
 def keras_distribution(strategy=None, accelerator: str = "auto", devices: int | str = "auto"):
-    """On JAX: the `keras.distribution.Distribution` to fit under, or None for one device.
+    """On JAX: the Keras distribution to fit under, or None for one device.
 
-    `strategy` may be a Keras `Distribution` (used as it is), `auto` (every accelerator if there
+    `strategy` may be a `keras.distribution.DataParallel` or `ModelParallel` (used as it is), `auto` (every accelerator if there
     are several), `mirrored` (every device, or `devices` of them), `default` (one device) or None
     (from Lightning-style `accelerator` and `devices`, as `strategy_for`). Several devices give
     `keras.distribution.DataParallel`: each batch is sharded across them (its size must divide).
     """
     import jax
 
-    if isinstance(strategy, keras.distribution.Distribution):
+    if isinstance(strategy, keras.distribution.DataParallel | keras.distribution.ModelParallel):
         return strategy
     if strategy not in (None, "auto", "mirrored", "default", "single"):
         raise ValueError(
-            f"unknown strategy {strategy!r}; use auto, mirrored, default or a Keras Distribution"
+            f"unknown strategy {strategy!r}; use auto, mirrored, default or a Keras distribution"
         )
     accelerator = _accelerator(accelerator)
     if accelerator in ("gpu", "cuda") and jax.default_backend() == "cpu":
@@ -431,7 +431,7 @@ def fit_catalog(
     pair of datasets; or one dataset (no validation: the training loss is monitored). `precision`
     is `32`, `mixed` (bf16 on CPU, fp16 on GPU), `bf16-mixed`/`mixed_bfloat16` or
     `16-mixed`/`mixed_float16`; `strategy` as `distribution_for` (on TensorFlow a
-    `tf.distribute.Strategy`, on JAX a `keras.distribution.Distribution`, or their names), else
+    `tf.distribute.Strategy`, on JAX a `keras.distribution.DataParallel`, or their names), else
     from `accelerator` and `devices`. `num_workers` images are decoded at once (default: tf.data's
     choice). Other keyword arguments go to `fit` (e.g. `tensorboard`, `callbacks`,
     `steps_per_epoch`).
