@@ -122,14 +122,15 @@ COMMAND = ModelCommand(
         "architecture": "timm architecture, hf_hub:owner/repo or a folder to start from",
         "train_precision": "training precision (a Keras dtype policy); mixed is bf16 on CPU and "
         "fp16 on GPU; bf16 on a CPU without bf16 instructions trains in float32",
-        "devices": "devices to use; several train with tf.distribute.MirroredStrategy",
+        "devices": "devices to use; several train with tf.distribute.MirroredStrategy "
+        "(on JAX: keras.distribution.DataParallel)",
         "train_workers": "images decoded at once by tf.data",
         "predict_input": "the catalog (or TFRecord shard folder)",
         "run_precision": "bf16 runs the encoder under the mixed_bfloat16 policy on CPUs with "
         "AVX-512 bf16 or AMX and on GPUs, slightly less exact; other CPUs run float32",
         "channels_last": "accepted for zoobot-torch compatibility: Keras is always channels-last",
         "run_workers": "images decoded at once (default: half the CPUs, 1-8)",
-        "device": "cpu, cuda, cuda:1... or /GPU:1 (default: TensorFlow's choice)",
+        "device": "cpu, cuda, cuda:1... or TensorFlow's /GPU:1 (default: the backend's choice)",
     },
 )
 
