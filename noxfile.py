@@ -185,6 +185,8 @@ def parity(session: nox.Session) -> None:
     session.run(
         "pytest",
         *PARITY_JAX,
+        "-k",
+        "not test_torch_loss_matches_reference",  # torch alone: the first run's rows
         *session.posargs,
         env={**report, "KERAS_BACKEND": "jax"},
     )
