@@ -64,7 +64,7 @@ def catalog(tmp_path) -> pd.DataFrame:
 
 def graph_ops(dataset: tf.data.Dataset) -> set[str]:
     """Op types of a dataset's graph, including every function in its library."""
-    graph = tf.compat.v1.GraphDef.FromString(np.asarray(dataset._as_serialized_graph()))
+    graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())
     ops = {node.op for node in graph.node}
     return ops | {node.op for function in graph.library.function for node in function.node_def}
 
