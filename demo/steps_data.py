@@ -88,7 +88,9 @@ def make_data(run: Run) -> dict:
     )
 
     timer = Timer()
-    sidecar = write_shards(catalog, run.path(SHARDS), schema=schema, splits="split", progress=False)
+    sidecar = write_shards(
+        catalog, run.path(SHARDS), schema=schema, splits="split", progress=False, overwrite=True
+    )
     verified = verify_shards(run.path(SHARDS))
     shard_files = sorted(p.name for p in run.path(SHARDS).glob("*.tfrecord*"))
     results["shards"] = {

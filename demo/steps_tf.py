@@ -111,6 +111,7 @@ def finetune(run: Run) -> dict:
                 image_size=s.image_size,
                 progress=False,
                 resume=False,
+                overwrite=True,
             )
             predictions = pd.read_parquet(files.predictions)
             truth = test.set_index("id_str").loc[predictions["id_str"], "label"]
@@ -141,6 +142,7 @@ def predict_votes(run: Run) -> dict:
         image_size=s.image_size,
         progress=False,
         resume=False,
+        overwrite=True,
         seed=s.seed,
     )
     say(

@@ -194,6 +194,7 @@ def finetune(run: Run) -> dict:
                 num_workers=0,
                 progress=False,
                 resume=False,
+                overwrite=True,
             )
             predictions = pd.read_parquet(files.predictions)
             truth = tables["test"].set_index("id_str").loc[predictions["id_str"], "label"]
@@ -232,6 +233,7 @@ def predict_votes(run: Run) -> dict:
             num_workers=0,
             progress=False,
             resume=False,
+            overwrite=True,
             seed=s.seed,
         )
         results[name] = {

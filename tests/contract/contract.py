@@ -56,6 +56,29 @@ class Framework:
 
             keras.utils.set_random_seed(seed)
 
+    def features(self, encoder, images: np.ndarray) -> np.ndarray:
+        """The encoder's pooled features of float32 (batch, height, width, channels) images."""
+        if self.name == "torch":
+            import torch
+
+            with torch.no_grad():
+                x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+                return encoder.eval()(x).numpy()
+        return np.asarray(encoder(images, training=False))
+
+    def poison(self, layer) -> None:
+        """Put a NaN in the first weight of `layer` (a torch module or Keras layer)."""
+        if self.name == "torch":
+            import torch
+
+            with torch.no_grad():
+                next(iter(layer.parameters())).view(-1)[0] = float("nan")
+        else:
+            weight = layer.weights[0]
+            values = np.array(weight.numpy())
+            values.flat[0] = np.nan
+            weight.assign(values)
+
     def threads(self) -> int | None:
         """The compute threads of this process, for a child process to use the same."""
         if self.name == "torch":

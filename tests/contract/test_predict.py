@@ -133,7 +133,7 @@ def test_unreadable_images_are_reported_and_the_rest_predicted(fw, survey, tree,
     failed = pd.read_csv(files.failed, dtype=str)
     assert failed["id_str"].tolist() == [catalog.id_str[5], catalog.id_str[21]]
     assert failed["file_loc"].tolist() == [str(broken), str(tmp_path / "missing.jpg")]
-    assert "cannot decode" in failed["error"][0] and "cannot read" in failed["error"][1]
+    assert "not a JPEG or PNG" in failed["error"][0] and "cannot read" in failed["error"][1]
     full = read_predictions_full(files.predictions)
     kept = catalog.drop(index=[5, 21])
     assert list(full.id_str) == list(kept["id_str"])

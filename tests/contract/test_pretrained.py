@@ -153,7 +153,7 @@ def test_failed_save_keeps_the_previous_model(fw, tmp_path, tree):
 def test_refuses_to_replace_a_folder_that_is_not_a_model(fw, tmp_path, tree):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not a saved model"):
+    with pytest.raises(FileExistsError, match=r"holds files a saved model does not \(todo.txt\)"):
         tree.save_pretrained(tmp_path / "notes")
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
 

@@ -17,7 +17,7 @@ from zoobot.data.catalog import (
 )
 from zoobot.data.sources import get_source
 from zoobot.data.splits import assign_splits, split_catalog
-from zoobot.shared import Schema, get_schema
+from zoobot.shared import MAX_VOTES, Schema, get_schema
 
 TREE = Schema(
     {"smooth": ["yes", "no"], "bar": ["strong", "weak", "none"]},
@@ -59,6 +59,16 @@ def test_csv_ids_keep_leading_zeros_and_long_digits(tmp_path):
     assert read_catalog_file(path)["id_str"].iloc[0] == "007"
 
 
+def test_csv_ids_that_look_like_missing_values_are_kept(tmp_path):
+    path = tmp_path / "cat.csv"
+    path.write_text("id_str,file_loc,redshift\nnan,a.jpg,NA\nNA,b.jpg,0.1\nnull,c.jpg,\n")
+    catalog = read_catalog_file(path)
+    assert catalog["id_str"].tolist() == ["nan", "NA", "null"]
+    assert catalog["redshift"].isna().tolist() == [True, False, True]
+    path.write_text("id_str,file_loc\n,a.jpg\n")
+    assert problems_of(read_catalog_file(path))[0].startswith("id_str is empty in 1 row(s)")
+
+
 def test_missing_label_columns_are_named():
     catalog = toy_catalog().drop(columns=["bar_weak", "smooth_no"])
     (problem,) = problems_of(catalog, TREE)
@@ -71,13 +81,10 @@ def test_bad_counts_name_rows_ids_and_columns():
     catalog.loc[[1, 3], "bar_none"] = [np.nan, 2.5]
     catalog.loc[4, "bar_weak"] = "many"
     problems = problems_of(catalog, TREE)
-    assert "column 'smooth_yes': negative count in 1 row(s): row 2 (id_str '002')" in problems
-    assert "column 'bar_none': NaN (missing count) in 1 row(s): row 1 (id_str '001')" in problems
-    assert (
-        "column 'bar_none': not a whole number of votes in 1 row(s): row 3 (id_str '003')"
-        in problems
-    )
-    assert "column 'bar_weak': not a number in 1 row(s): row 4 (id_str '004')" in problems
+    assert "column 'smooth_yes' is negative in 1 row(s): row 2 (id_str '002')" in problems
+    assert "column 'bar_none' is NaN or infinite in 1 row(s): row 1 (id_str '001')" in problems
+    assert "column 'bar_none' is not a whole number in 1 row(s): row 3 (id_str '003')" in problems
+    assert "column 'bar_weak' is not a number in 1 row(s): row 4 (id_str '004')" in problems
     assert len(problems) == 4
 
 
@@ -85,17 +92,76 @@ def test_many_bad_rows_are_summarised():
     catalog = toy_catalog(12)
     catalog["smooth_yes"] = -1
     (problem,) = problems_of(catalog, TREE)
-    assert problem.startswith(
-        "column 'smooth_yes': negative count in 12 row(s): row 0 (id_str '000')"
-    )
+    assert problem.startswith("column 'smooth_yes' is negative in 12 row(s): row 0 (id_str '000')")
     assert problem.endswith("row 4 (id_str '004') and 7 more")
 
 
-def test_infinite_count_is_rejected():
+@pytest.mark.parametrize(
+    ("count", "problem"),
+    [(np.inf, "NaN or infinite"), (-np.inf, "NaN or infinite"), (1e12, "over"), (1e300, "over")],
+)
+def test_infinite_and_huge_counts_are_rejected(count, problem):
+    """1e12 and 1e300 are whole numbers, but float32 (shards, training) turns them into inf or
+    rounds them: counts are bounded by MAX_VOTES."""
     catalog = toy_catalog().astype({"smooth_yes": float})
-    catalog.loc[0, "smooth_yes"] = np.inf
+    catalog.loc[0, "smooth_yes"] = count
+    (found,) = problems_of(catalog, TREE)
+    assert found.startswith(f"column 'smooth_yes' is {problem}")
+    assert found.endswith("row 0 (id_str '000')")
+    catalog.loc[0, "smooth_yes"] = MAX_VOTES
+    validate_catalog(catalog, TREE)
+
+
+def test_an_empty_catalog_is_refused():
+    assert problems_of(toy_catalog(0), TREE) == ["the catalog has no rows"]
+    assert problems_of(toy_catalog(0)) == ["the catalog has no rows"]
+
+
+def test_ids_with_surrounding_spaces_are_refused():
+    catalog = toy_catalog(5)
+    catalog.loc[[1, 3], "id_str"] = [" 001", "003\t"]
     (problem,) = problems_of(catalog, TREE)
-    assert problem.startswith("column 'smooth_yes': not a whole number")
+    assert problem.startswith(
+        "id_str has leading or trailing spaces in 2 row(s): row 1 (id_str ' 001'), "
+        "row 3 (id_str '003\\t')"
+    )
+
+
+def test_label_columns_must_be_answers_of_the_schema():
+    catalog = toy_catalog().assign(extra=1)
+    (problem,) = problems_of(catalog, TREE, label_cols=["extra"])
+    assert problem == "label column(s) ['extra'] are not answers of schema 'toy'"
+    validate_catalog(catalog, label_cols=["extra"])  # without a schema they are counts to check
+
+
+VALUES = st.one_of(
+    st.integers(0, 30).map(float),
+    st.sampled_from([np.nan, np.inf, -1.0, 2.5, 1e12, 1e300, float(MAX_VOTES), MAX_VOTES + 1.0]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(VALUES, min_size=5, max_size=5), min_size=1, max_size=8))
+def test_validation_accepts_exactly_the_catalogs_of_vote_counts(rows):
+    """Accepted iff every count is a whole number in [0, MAX_VOTES]; otherwise every bad
+    (row, column) pair is named: its column and its row position with the id."""
+    catalog = toy_catalog(len(rows))
+    catalog[TREE.label_cols] = np.array(rows)
+    values = np.array(rows)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(values) & (values >= 0) & (values % 1 == 0) & (values <= MAX_VOTES))
+    if not bad.any():
+        checked = validate_catalog(catalog, TREE)
+        np.testing.assert_array_equal(checked[TREE.label_cols].to_numpy(), values)
+        return
+    problems = problems_of(catalog, TREE)
+    for row, col in zip(*np.nonzero(bad), strict=True):
+        column = TREE.label_cols[col]
+        named = [p for p in problems if p.startswith(f"column {column!r}")]
+        assert any(f"row {row} (id_str '{row:03d}')" in p or "more" in p for p in named)
+    for col in range(len(TREE.label_cols)):
+        if not bad[:, col].any():
+            assert not any(p.startswith(f"column {TREE.label_cols[col]!r}") for p in problems)
 
 
 def test_id_problems():

@@ -83,7 +83,7 @@ def test_validate_reports_a_bad_catalog_in_one_message(capsys, tmp_path, survey)
     assert err.startswith(
         f"zoobot-data validate: error: catalog failed validation against schema '{SCHEMA}'"
     )
-    assert f"column '{column}': negative count in 1 row(s): row 4 (id_str 'synth-3-000004')" in err
+    assert f"column '{column}' is negative in 1 row(s): row 4 (id_str 'synth-3-000004')" in err
     assert "Traceback" not in err
 
 
@@ -157,7 +157,7 @@ def test_hf_dataset_matches_the_shards_splits(capsys, tmp_path, survey):
     assert in_shards == {name: set(split["id_str"]) for name, split in loaded.items()}
 
     code, _, err = run(capsys, "hf-dataset", catalog, tmp_path / "hub", *common)
-    assert code == 1 and "exists; pass overwrite=True" in err
+    assert code == 1 and "exists; pass --overwrite to replace it" in err
     code, _, err = run(capsys, "hf-dataset", catalog, tmp_path / "hub", *common, "--overwrite")
     assert code == 0, err
 
@@ -241,8 +241,63 @@ def test_convert_fits_to_jpeg(capsys, tmp_path):
     failures = pd.read_csv(out_dir / "conversion_failures.csv")
     assert failures["id_str"].tolist() == ["broken"]
 
-    code, out, _ = run(capsys, "convert", tmp_path / "cutouts.csv", out_dir, "--no-progress")
+    same = ["--size", "24", "--stretch", "asinh", "--no-progress"]
+    code, out, _ = run(capsys, "convert", tmp_path / "cutouts.csv", out_dir, *same)
     assert code == 0 and "0 converted, 2 already there, 1 failed" in out
+    # other settings: the images of the first run are not passed off as theirs
+    code, _, err = run(capsys, "convert", tmp_path / "cutouts.csv", out_dir, "--no-progress")
+    assert code == 1 and "other inputs or settings" in err and "pass --overwrite" in err
+    code, out, _ = run(
+        capsys, "convert", tmp_path / "cutouts.csv", out_dir, "--no-progress", "--overwrite"
+    )
+    assert code == 0 and "2 converted, 0 already there, 1 failed" in out
+    assert Image.open(out_dir / "grey.jpg").size == (40, 40)
+
+
+def test_convert_fails_when_no_input_has_signal(capsys, tmp_path, folder_state):
+    """All-NaN and constant FITS would make blank images: none is written, and with every input
+    failed the command says so and exits 1."""
+    _write_fits(tmp_path / "nan.fits", np.full((16, 16), np.nan))
+    _write_fits(tmp_path / "flat.fits", np.full((16, 16), 3.0))
+    _write_fits(tmp_path / "flat_cube.fits", np.stack([np.full((16, 16), v) for v in (1, 2, 3)]))
+    catalog = pd.DataFrame(
+        {"id_str": ["nan", "flat", "cube"], "file_loc": ["nan.fits", "flat.fits", "flat_cube.fits"]}
+    )
+    catalog.to_csv(tmp_path / "cutouts.csv", index=False)
+    out_dir = tmp_path / "images"
+    code, out, err = run(capsys, "convert", tmp_path / "cutouts.csv", out_dir, "--no-progress")
+    assert code == 1 and "every input failed" in err
+    assert "0 converted, 0 already there, 3 failed" in out
+    assert not list(out_dir.glob("*.jpg"))
+    failures = pd.read_csv(out_dir / "conversion_failures.csv", keep_default_na=False)
+    errors = failures.set_index("id_str")["error"]
+    assert "nan.fits: no signal: every pixel is NaN or infinite" in errors["nan"]
+    assert "flat.fits: no signal: every finite pixel is 3" in errors["flat"]
+    assert "flat_cube.fits: no signal: every band is constant" in errors["cube"]
+
+
+def test_convert_never_replaces_files_it_did_not_write(capsys, tmp_path, folder_state):
+    _write_fits(tmp_path / "a.fits", np.random.default_rng(0).normal(size=(16, 16)))
+    pd.DataFrame({"id_str": ["a"], "file_loc": ["a.fits"]}).to_csv(tmp_path / "c.csv", index=False)
+    out_dir = tmp_path / "images"
+    out_dir.mkdir()
+    Image.new("RGB", (8, 8), "red").save(out_dir / "a.jpg")  # someone's image of the same name
+    before = folder_state(out_dir)
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run(capsys, "convert", tmp_path / "c.csv", out_dir, "--no-progress", *extra)
+        assert code == 1 and "a.jpg; move them away" in err.replace("e.g. ", "")
+        assert before.touched() == set()
+    (out_dir / "a.jpg").unlink()
+    (out_dir / "catalog.csv").write_text("their,catalog\n")
+    before = folder_state(out_dir)
+    code, _, err = run(capsys, "convert", tmp_path / "c.csv", out_dir, "--no-progress")
+    assert code == 1 and "catalog.csv exist(s) and convert did not write them" in err
+    assert before.touched() == set()
+    (out_dir / "catalog.csv").unlink()
+    code, out, _ = run(capsys, "convert", tmp_path / "c.csv", out_dir, "--no-progress")
+    assert code == 0 and "1 converted" in out
+    code, out, _ = run(capsys, "convert", tmp_path / "c.csv", out_dir, "--no-progress")
+    assert code == 0 and "1 already there" in out  # its own catalog.csv is replaced
 
 
 def test_cutouts_of_the_hubble_deep_field(capsys, tmp_path):
@@ -296,3 +351,16 @@ def test_installed_console_script():
     assert result.stdout.startswith("usage: zoobot-data")
     for command in ("download", "validate", "convert", "cutouts", "survey", "shards", "publish"):
         assert command in result.stdout
+
+
+def test_validate_refuses_empty_catalogs_and_padded_ids(capsys, tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("id_str,file_loc\n")
+    code, out, err = run(capsys, "validate", path)
+    assert code == 1 and "the catalog has no rows" in err and "valid" not in out
+    path.write_text("id_str,file_loc\nA1,a.jpg\nA2 ,b.jpg\n")
+    code, _, err = run(capsys, "validate", path)
+    assert (
+        code == 1
+        and "id_str has leading or trailing spaces in 1 row(s): row 1 (id_str 'A2 ')" in err
+    )

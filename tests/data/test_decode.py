@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import simplejpeg
+from astropy.io import fits
 from PIL import Image
 from skimage.data import hubble_deep_field
 
@@ -119,7 +122,7 @@ def test_greyscale_jpeg_reads_as_rgb(tmp_path):
 
 
 def test_corrupt_bytes_are_named_in_the_error():
-    with pytest.raises(ImageDecodeError, match=r"<image bytes>: cannot decode.*JPEG or PNG"):
+    with pytest.raises(ImageDecodeError, match=r"<image bytes>: not a JPEG or PNG file"):
         read_image(b"not an image at all")
 
 
@@ -152,3 +155,68 @@ def test_read_images_stacks_read_image(jpegs, workers):
 def test_read_images_from_bytes(jpegs):
     buffers = [io.BytesIO(p.read_bytes()).getvalue() for p in jpegs[:2]]
     assert read_images(buffers, 64, channels=1).shape == (2, 64, 64, 1)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header states width x height pixels, with almost no pixel data after it."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
+
+
+def fits_bytes(data: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    fits.PrimaryHDU(data).writeto(buffer)
+    return buffer.getvalue()
+
+
+def test_16_bit_png_is_scaled_by_its_high_byte_not_clipped(tmp_path):
+    """Pillow's own convert("RGB") clips 16-bit grey at 255 (a 0..65535 ramp would read as
+    mostly white); the rule keeps the high byte, as TensorFlow's decode_png does."""
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    sixteen, eight = tmp_path / "deep.png", tmp_path / "high_byte.png"
+    Image.fromarray(ramp).save(sixteen)
+    Image.fromarray((ramp >> 8).astype(np.uint8)).save(eight)
+    assert Image.open(sixteen).mode.startswith("I")
+    image = read_image(sixteen, 64)
+    np.testing.assert_array_equal(image, read_image(eight, 64))
+    assert image.min() == 0 and image.max() == 255 and len(np.unique(image)) > 50
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "not a JPEG or PNG file: it is empty"),
+        (b"id_str,file_loc\n1,a.jpg\n", "not a JPEG or PNG file: it starts with b'id_str,f'"),
+        ("fits", "a FITS file: convert it to JPEG or PNG with `zoobot-data convert`"),
+        ("truncated", "cannot decode image"),
+        ("grey", "carries no signal \\(every pixel is \\[128, 128, 128\\]\\)"),
+        ("red", "carries no signal \\(every pixel is \\[2\\d\\d, \\d, \\d\\]\\)"),
+        ("huge", "too large"),
+        ("large", "too large: 9500 x 9500 pixels"),
+    ],
+)
+def test_what_is_not_a_usable_image_is_refused_naming_the_file(jpegs, tmp_path, content, message):
+    """One set of rules, whatever the file is called: the bytes say what it is."""
+    if content == "fits":
+        content = fits_bytes(np.ones((32, 32), np.float32))
+    elif content == "truncated":
+        content = jpegs[0].read_bytes()[:1500]
+    elif content in ("grey", "red"):
+        buffer = io.BytesIO()
+        colour = (128, 128, 128) if content == "grey" else (250, 0, 0)
+        Image.new("RGB", (64, 64), colour).save(buffer, "JPEG")
+        content = buffer.getvalue()
+    elif content == "huge":
+        content = png_claiming(30_000, 30_000)
+    elif content == "large":
+        content = png_claiming(9_500, 9_500)
+    path = tmp_path / "galaxy.jpg"
+    path.write_bytes(content)
+    for fast in (True, False):
+        with pytest.raises(ImageDecodeError, match=f"^{path}: .*{message}"):
+            read_image(path, 32, fast=fast)

@@ -261,7 +261,9 @@ def test_split_column_is_used(catalog):
         (lambda c: c.assign(bar_yes=0.5), "not a whole number"),
         (lambda c: c.assign(bar_yes=np.nan), "NaN"),
         (lambda c: c.assign(bar_yes=-1), "negative"),
+        (lambda c: c.assign(bar_yes=1e12), r"column 'bar_yes' is over 100000 in \d+ row"),
         (lambda c: c.drop(columns="bar_no"), "bar_no"),
+        (lambda c: c.iloc[:0], "the catalog has no rows"),
     ],
 )
 def test_bad_catalogs_are_refused(catalog, change, message):
@@ -273,7 +275,14 @@ def test_a_file_that_is_not_an_image_is_named(catalog, tmp_path):
     fake = tmp_path / "images" / "fake.png"
     fake.write_text("not an image")
     catalog.loc[4, "file_loc"] = str(fake)
-    with pytest.raises(HubDatasetError, match=r"fake\.png is not an image Pillow can read"):
+    fits = tmp_path / "images" / "fits.jpg"
+    fits.write_bytes(b"SIMPLE  =                    T" + b" " * 2850)
+    catalog.loc[6, "file_loc"] = str(fits)
+    with pytest.raises(
+        HubDatasetError,
+        match=r"2 image\(s\)[\s\S]*row 4 \(id_str '.*'\), file "
+        r".*fake\.png: not a JPEG or PNG file[\s\S]*row 6 .*fits\.jpg: .*a FITS file",
+    ):
         to_hf_dataset(catalog, SCHEMA, splits={"train": 1.0})
 
 
@@ -309,6 +318,21 @@ def test_save_is_atomic_and_never_clobbers(dataset, folder, tmp_path, monkeypatc
     with pytest.raises(HubDatasetError, match="refusing"):
         save_hub_layout(dataset, other, SCHEMA, overwrite=True)
     assert (other / "notes.txt").read_text() == "keep me"
+
+
+def test_a_layout_zoobot_data_did_not_write_is_never_replaced(
+    dataset, folder, tmp_path, folder_state
+):
+    """Same file names, but a card without our `zoobot` key: someone else's dataset."""
+    theirs = tmp_path / "theirs"
+    (theirs / "data").mkdir(parents=True)
+    (theirs / "README.md").write_text("---\nlicense: mit\n---\n\nMy own dataset.\n")
+    (theirs / "data" / "train-00000-of-00001.parquet").write_bytes(b"their rows")
+    before = folder_state(theirs)
+    with pytest.raises(HubDatasetError, match="not a Hub-layout dataset folder written by zoobot"):
+        save_hub_layout(dataset, theirs, SCHEMA, overwrite=True)
+    assert before.touched() == set()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_overwrite_replaces_an_earlier_layout(dataset, folder, catalog):

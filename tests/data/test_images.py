@@ -255,6 +255,7 @@ def test_bad_inputs_are_reported_and_skipped(catalog, tmp_path, workers, caplog)
     assert "unsupported input" in errors["notes"]
     assert "4 of 8 inputs failed" in caplog.text
     assert sorted(p.name for p in out.iterdir()) == [
+        ".zoobot-convert.json",
         "conversion_failures.csv",
         *(f"good{i}.jpg" for i in range(4)),
     ]
@@ -265,7 +266,7 @@ def test_resume_skips_finished_outputs_and_redoes_truncated_ones(catalog, tmp_pa
     convert_catalog(catalog, out, progress=False)
     kept, truncated = out / "good0.jpg", out / "good1.jpg"
     stamp = kept.stat().st_mtime_ns
-    truncated.write_bytes(truncated.read_bytes()[:100])
+    truncated.write_bytes(truncated.read_bytes()[:-100])
     result = convert_catalog(catalog, out, progress=False)
     assert (
         result["status"].tolist()

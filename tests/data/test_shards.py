@@ -4,6 +4,7 @@ is caught, interrupted writes resume to the same result, and bad catalogs fail n
 
 import io
 import json
+import re
 import struct
 
 import google_crc32c
@@ -51,7 +52,7 @@ def _image_bytes(rng, image_format, mode, height, width):
 
 
 def make_catalog(folder, n=40, seed=0):
-    """n small images of every kind, ids with leading zeros, and fractional vote labels."""
+    """n small images of every kind, ids with leading zeros, and vote counts."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -60,7 +61,7 @@ def make_catalog(folder, n=40, seed=0):
         height, width = 16 + i % 3, 20 + i % 5
         path = folder / f"galaxy_{i}{suffix}"
         path.write_bytes(_image_bytes(rng, image_format, mode, height, width))
-        labels = dict(zip(LABEL_COLS, rng.integers(0, 30, len(LABEL_COLS)) + 0.5, strict=True))
+        labels = dict(zip(LABEL_COLS, rng.integers(0, 30, len(LABEL_COLS)) * 1.0, strict=True))
         rows.append(
             {
                 "id_str": f"{i:04d}",
@@ -354,11 +355,14 @@ def test_rerun_rewrites_only_missing_damaged_or_changed_shards(tmp_path, catalog
     some_id = next(read_shards(out, split="validation"))["id_str"]
     changed.loc[changed["id_str"] == some_id, LABEL_COLS[0]] = 99.0
     before = inodes(out)
-    write(changed, out)
+    with pytest.raises(ShardError, match="shards of an earlier run with other inputs.*overwrite"):
+        write(changed, out)
+    assert inodes(out) == before and (out / SIDECAR).is_file()
+    write(changed, out, overwrite=True)
     rewritten = {name for name, inode in inodes(out).items() if before[name] != inode}
     assert rewritten == {"validation-00000-of-00001.tfrecord"}
 
-    write(catalog, out, shard_size=8)
+    write(catalog, out, shard_size=8, overwrite=True)
     assert sorted(shard_files(out)) == [
         "test-00000-of-00001.tfrecord",
         "train-00000-of-00004.tfrecord",
@@ -453,7 +457,7 @@ def _set(catalog, row, column, value):
         (
             lambda c, tmp: _set(c, 5, LABEL_COLS[1], np.nan),
             {},
-            rf"catalog row 5 \(id_str '0005'\): label column '{LABEL_COLS[1]}' is nan",
+            rf"column '{LABEL_COLS[1]}' is NaN or infinite in 1 row\(s\): row 5 \(id_str '0005'\)",
         ),
         (
             lambda c, tmp: c.assign(bogus=1.0),
@@ -463,7 +467,7 @@ def _set(catalog, row, column, value):
         (
             lambda c, tmp: c.drop(columns=LABEL_COLS[0]),
             {},
-            rf"catalog has no label column\(s\) \['{LABEL_COLS[0]}'\]",
+            rf"missing 1 label column\(s\): \['{LABEL_COLS[0]}'\]",
         ),
         (
             lambda c, tmp: c.assign(id_str=range(len(c))),
@@ -490,3 +494,124 @@ def test_bad_inputs_name_the_row_and_column(tmp_path, catalog, change, kwargs, m
     with pytest.raises(ShardError, match=message):
         write(change(catalog, tmp_path), tmp_path / "shards", **kwargs)
     assert not (tmp_path / "shards" / SIDECAR).exists()
+
+
+def test_someone_elses_shards_are_refused_by_name_and_left_alone(tmp_path, catalog, folder_state):
+    """A folder holding TFRecords we did not write (no manifest): nothing is deleted or replaced,
+    whatever the options, and the error names the files."""
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "train-00000-of-00007.tfrecord").write_bytes(b"their own records")
+    (out / "notes.txt").write_text("keep me")
+    before = folder_state(out)
+    for overwrite in (False, True):
+        with pytest.raises(
+            ShardError, match=r"did not write there: train-00000-of-00007\.tfrecord"
+        ):
+            write(catalog, out, overwrite=overwrite)
+        assert before.touched() == set()
+    (out / SIDECAR).write_text("{}")  # not even a sidecar of ours makes them ours
+    with pytest.raises(ShardError, match=f"{SIDECAR}, train-00000-of-00007"):
+        write(catalog, out)
+
+
+def test_other_files_beside_our_shards_are_never_touched(tmp_path, catalog, folder_state):
+    out = tmp_path / "shards"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "mine.tfrecord").write_bytes(b"not named like a shard")
+    before = folder_state(out)
+    write(catalog, out)
+    ours = {f for f in before.touched() if f.endswith(".tfrecord") and "-of-" in f}
+    assert before.touched() - ours == {SIDECAR, ".manifests/run.json"} | {
+        f".manifests/{name}.json" for name in ours
+    }
+    before = folder_state(out)
+    write(catalog, out, shard_size=8, overwrite=True)
+    assert {"notes.txt", "mine.tfrecord"}.isdisjoint(before.touched())
+    assert verify_shards(out)["records"] == 40
+
+
+def unusable_images(folder) -> dict[str, tuple[bytes, str]]:
+    """File name -> (bytes, the reason it is refused) for each kind of unusable image."""
+    grey = io.BytesIO()
+    Image.new("RGB", (24, 24), (90, 90, 90)).save(grey, "JPEG")
+    good = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8)).save(
+        good, "JPEG"
+    )
+    fits = b"SIMPLE  =                    T" + b" " * 2850
+    return {
+        "empty.jpg": (b"", "it is empty"),
+        "text.jpg": (b"id_str,file_loc\n", "not a JPEG or PNG file: it starts with"),
+        "fits.jpg": (fits, "a FITS file"),
+        "grey.jpg": (grey.getvalue(), "carries no signal"),
+        "truncated.jpg": (good.getvalue()[: len(good.getvalue()) // 2], "cannot decode image"),
+    }
+
+
+def test_unusable_images_fail_the_run_listing_every_one(tmp_path, catalog):
+    """Each unusable image is listed with its row, file and reason (error and failed.csv); shards
+    without one are written, and the run finishes once the rows are dropped."""
+    images = tmp_path / "bad"
+    images.mkdir()
+    bad = catalog.copy()
+    rows = {}
+    for row, (name, (content, reason)) in zip(
+        [3, 11, 17, 28, 35], unusable_images(images).items(), strict=True
+    ):
+        (images / name).write_bytes(content)
+        bad.loc[row, "file_loc"] = str(images / name)
+        rows[row] = reason
+    out = tmp_path / "shards"
+    with pytest.raises(ShardError, match=r"5 image\(s\) of the catalog cannot be used") as err:
+        write(bad, out)
+    for row, reason in rows.items():
+        assert re.search(
+            rf"catalog row {row} \(id_str '{row:04d}'\), file .*: .*{re.escape(reason)}",
+            str(err.value),
+        )
+    failed = pd.read_csv(out / "failed.csv", dtype={"id_str": str})
+    assert failed["row"].tolist() == sorted(rows)
+    assert failed["id_str"].tolist() == [f"{row:04d}" for row in sorted(rows)]
+    assert all(rows[r] in e for r, e in zip(failed["row"], failed["error"], strict=True))
+    assert not (out / SIDECAR).exists()
+    written = shard_files(out)
+    assert written and all(
+        not set(g["id_str"] for g in read_records_of(out / name)) & {f"{r:04d}" for r in rows}
+        for name in written
+    )
+    sidecar = write(bad.drop(index=list(rows)), out)
+    assert sidecar["total_count"] == 35 and not (out / "failed.csv").exists()
+    assert verify_shards(out)["records"] == 35
+
+
+def read_records_of(path):
+    from zoobot.data.shards.tfrecord import read_records
+
+    for record in read_records(path):
+        yield {"id_str": decode_example(record)["id_str"][1][0].decode()}
+
+
+def test_the_command_refuses_foreign_files_naming_them_and_the_flag(tmp_path, catalog, capsys):
+    from zoobot.data.cli import main
+
+    catalog_file = tmp_path / "catalog.csv"
+    catalog.drop(columns="_expected").to_csv(catalog_file, index=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "test-00000-of-00001.tfrecord").write_bytes(b"theirs")
+    argv = ["shards", str(catalog_file), str(out), "--schema", SCHEMA, "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "did not write there: test-00000-of-00001.tfrecord" in err
+    assert (out / "test-00000-of-00001.tfrecord").read_bytes() == b"theirs"
+    (out / "test-00000-of-00001.tfrecord").unlink()
+    assert main(argv) == 0
+    catalog_file.write_text(catalog.drop(columns="_expected").head(30).to_csv(index=False))
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "pass --overwrite to replace them" in err and "overwrite=True" not in err
+    assert main([*argv, "--overwrite"]) == 0
+    assert verify_shards(out)["records"] == 30

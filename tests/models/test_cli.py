@@ -137,3 +137,40 @@ def test_class_labels_from_names_or_indices():
     assert names == ["disk", "smooth"] and coded["kind"].tolist() == [1, 0, 1]
     coded, names = class_labels(pd.DataFrame({"kind": [2, 0]}), "kind")
     assert names == ["0", "1", "2"] and coded["kind"].tolist() == [2, 0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["predict", "c.csv", "m", "p.parquet", "--num-workers", "-1"], "--num-workers"),
+        (["train", "c.csv", "runs", "--schema", "gz2", "--num-workers", "-2"], "--num-workers"),
+        (["represent", "c.csv", "e", "f.parquet", "--n-components", "0"], "--n-components"),
+        (["represent", "c.csv", "e", "f.parquet", "--n-components", "1.5"], "--n-components"),
+        (["represent", "c.csv", "e", "f.parquet", "--n-components", "-3"], "--n-components"),
+    ],
+)
+def test_bad_option_values_fail_before_any_work_naming_the_flag(argv, flag, capsys):
+    backend = StandIn()
+    with pytest.raises(SystemExit) as stop:
+        run_command(stand_in(backend), argv)
+    assert stop.value.code == 2 and backend.calls == []
+    assert f"argument {flag}: expected a whole number" in capsys.readouterr().err
+
+
+def test_library_messages_name_the_flags_not_the_python_arguments(catalog, capsys):
+    message = "p.parts holds parts of a different run; pass resume=False to start again"
+    command = stand_in(StandIn(fail=ValueError(message)))
+    assert run_command(command, ["train", catalog, "runs", "--schema", "decals_dr5"]) == 1
+    err = capsys.readouterr().err
+    assert "pass --no-resume to start again" in err and "resume=False" not in err
+    command = stand_in(StandIn(fail=ValueError("unknown device='tpu:9'; overwrite=True")))
+    assert run_command(command, ["train", catalog, "runs", "--schema", "decals_dr5"]) == 1
+    assert "unknown --device 'tpu:9'; --overwrite" in capsys.readouterr().err
+
+
+def test_a_class_column_with_gaps_is_refused_naming_the_rows():
+    catalog = pd.DataFrame({"id_str": ["a", "b", "c"], "kind": ["disk", None, "smooth"]})
+    with pytest.raises(
+        ValueError, match=r"--label-col kind has no class in 1 row\(s\): row 1 \(id_str 'b'\)"
+    ):
+        class_labels(catalog, "kind")

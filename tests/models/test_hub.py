@@ -3,13 +3,18 @@
 import json
 
 import huggingface_hub.constants
+import numpy as np
 import pytest
 
 from zoobot.models.hub import HubUnavailableError, ModelSource, push_folder
 from zoobot.models.layout import (
+    ConfigError,
+    WeightsFileError,
     WeightsMismatchError,
     check_weights_fit,
     model_card,
+    nonfinite_tensors,
+    read_safetensors,
     write_model_folder,
 )
 from zoobot.models.tasks import TaskRegistry
@@ -56,9 +61,9 @@ def test_an_uncached_hub_file_offline_says_how_to_fix_it(tmp_path, monkeypatch):
         ModelSource(repo_id="owner/repo").read_config()
 
 
-def test_model_folders_are_written_whole_and_other_folders_are_refused(tmp_path):
+def test_model_folders_are_written_whole_and_other_folders_are_refused(tmp_path, folder_state):
     def write(folder):
-        (folder / "config.json").write_text("{}")
+        (folder / "config.json").write_text('{"zoobot": {"task": "encoder"}}')
 
     folder = write_model_folder(tmp_path / "model", write)
     write_model_folder(folder, write)  # replaces a model folder
@@ -74,8 +79,82 @@ def test_model_folders_are_written_whole_and_other_folders_are_refused(tmp_path)
     ]
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "thesis.tex").write_text("precious")
-    with pytest.raises(FileExistsError, match="not a saved model"):
+    with pytest.raises(FileExistsError, match=r"holds files a saved model does not \(thesis.tex\)"):
         write_model_folder(tmp_path / "notes", write)
+    # a saved model with someone's file added: the whole folder would go, so it is refused
+    (folder / "notes.txt").write_text("mine")
+    before = folder_state(tmp_path)
+    with pytest.raises(FileExistsError, match=r"model holds files a saved model does not \(notes"):
+        write_model_folder(folder, write)
+    (folder / "notes.txt").unlink()
+    # a timm folder (same file names, no zoobot entry) was not saved by zoobot
+    (folder / "config.json").write_text('{"architecture": "resnet18"}')
+    with pytest.raises(FileExistsError, match="not a model zoobot saved"):
+        write_model_folder(folder, write)
+    assert before.touched() == {"model/notes.txt", "model/config.json"}  # the test's own edits
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "not a JSON object but list"),
+        ('{"num_features": 3}', "names no 'architecture'"),
+        ('{"architecture": "a", "model_args": [1]}', "'model_args' must be an object, not list"),
+        ('{"architecture": "a", "model_args": {"drop rate": 1}}', "are not argument names"),
+        ('{"architecture": "a", "pretrained_cfg": "x"}', "'pretrained_cfg' must be an object"),
+    ],
+)
+def test_a_malformed_config_is_named(tmp_path, text, message):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(text)
+    with pytest.raises(ConfigError, match=f"{folder / 'config.json'}: .*{message}"):
+        ModelSource(folder=folder).read_config()
+
+
+def safetensors_bytes(tensors: dict[str, tuple[str, list[int], bytes]]) -> bytes:
+    """A .safetensors file by its documented layout (numpy cannot write bfloat16)."""
+    header, offset, body = {}, 0, b""
+    for name, (dtype, shape, data) in tensors.items():
+        header[name] = {
+            "dtype": dtype,
+            "shape": shape,
+            "data_offsets": [offset, offset + len(data)],
+        }
+        offset += len(data)
+        body += data
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + body
+
+
+def test_non_finite_tensors_are_found_in_every_float_dtype(tmp_path):
+    bf16 = lambda values: (np.array(values, np.float32).view(np.uint32) >> 16).astype("<u2")  # noqa: E731
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(
+        safetensors_bytes(
+            {
+                "ok32": ("F32", [2], np.array([1, 2], "<f4").tobytes()),
+                "nan16": ("F16", [2], np.array([1, np.nan], "<f2").tobytes()),
+                "inf_bf16": ("BF16", [2], bf16([np.inf, 1.5]).tobytes()),
+                "ok_bf16": ("BF16", [2], bf16([-3.0, 1.5]).tobytes()),
+                "nan64": ("F64", [1], np.array([np.nan], "<f8").tobytes()),
+                "ints": ("I64", [1], np.array([7], "<i8").tobytes()),
+            }
+        )
+    )
+    assert nonfinite_tensors(path) == ["nan16", "inf_bf16", "nan64"]
+
+
+def test_a_damaged_weights_file_is_named(tmp_path):
+    import safetensors.numpy
+
+    path = tmp_path / "head.safetensors"
+    safetensors.numpy.save_file({"0.weight": np.ones((4, 4), np.float32)}, path)
+    path.write_bytes(path.read_bytes()[:-9])
+    with pytest.raises(WeightsFileError, match=f"{path}: cannot read the weights.*cut short"):
+        read_safetensors(path, safetensors.numpy.load_file)
 
 
 def test_weights_that_do_not_fit_are_named_with_both_shapes():

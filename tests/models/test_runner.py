@@ -209,7 +209,7 @@ def test_classifier_table_with_failures(catalog, tmp_path):
     failed = pd.read_csv(files.failed, dtype=str)
     assert failed.columns.tolist() == FAILED_COLUMNS
     assert failed["id_str"].tolist() == ["0004", "0015"]
-    assert "cannot decode" in failed["error"][0] and "cannot read" in failed["error"][1]
+    assert "not a JPEG or PNG" in failed["error"][0] and "cannot read" in failed["error"][1]
 
     parts = run(data, tmp_path / "r.parquet", (2, 1), settings)
     files = finish_predictions(

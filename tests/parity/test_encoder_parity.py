@@ -12,21 +12,31 @@ TF -> torch: a `zoobot.tf.FinetuneableZoobotClassifier` on a randomly initialise
 encoder (randomised and calibrated the same way), saved with `zoobot.tf.save_pretrained`; torch
 loads it with `zoobot.torch.from_pretrained` (features and logits).
 
+By name: each published Zoobot encoder (`zoobot.models.catalogue`), full size, randomised and
+calibrated the same way, laid out in an offline Hugging Face cache as its Hub repo holds it; both
+frameworks' `load_encoder(name)` against timm's own Hub loader.
+
 Inputs: 2 random images of 64 px (224 px for the deep EfficientNetV2s, see `LARGER_DEFAULT`), or of
 the model's own size for fixed-size models (MaxViT); the published Zoobot encoders' architectures
-(`PUBLISHED`) at the Hub input size, 224 px, and at the `test_input_size` timm's pretrained_cfg
-gives where it gives one. Tolerance (issue 8): 1e-4
-relative to the scale of the reference (max|a-b| / max|reference|). Which cases: the CI tier below
-by default (the whole session must fit CI's time limit on 2 cores), `PARITY_ARCHITECTURES=all` for
-every architecture in zoobot.tf's registry and timm's plus every published one at its Hub sizes,
-`published` for those only, or `PARITY_ARCHITECTURES=a,b` for a list (a published architecture at
-its Hub sizes). The report names the architectures not run.
+(`PUBLISHED`, from the catalogue) at the Hub input size, 224 px, and EfficientNetV2-S also at its
+timm `test_input_size`. Tolerance (issue 8): 1e-4 relative to the scale of the reference
+(max|a-b| / max|reference|). Which cases: the CI tier below by default (the whole session must fit
+CI's time limit on 2 cores), `PARITY_ARCHITECTURES=all` for every architecture in zoobot.tf's
+registry and timm's plus every published one at its Hub sizes and by name, `published` for those
+only, or `PARITY_ARCHITECTURES=a,b` for a list (a published architecture at its Hub sizes; a
+published encoder's name or architecture by name). The report names the architectures not run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import os
+import shutil
+import sys
+from collections import OrderedDict
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -39,6 +49,13 @@ from parity import (
     randomise_keras,
     randomise_torch,
 )
+
+from zoobot.models.catalogue import published_encoders
+
+# tests/contract's stand-ins of the published repos (their config.json as published)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contract"))
+
+import published  # noqa: E402
 
 IMAGE_SIZE = 64
 BATCH = 2
@@ -59,27 +76,23 @@ class Case(NamedTuple):
         return f"{self.architecture}{f'[{args}]' if args else ''}-{self.size}px"
 
 
-# The published Zoobot encoders' architectures (issue 18) -> (model_args, image sizes): the Hub
-# input size (224 px) and timm's test_input_size where its pretrained_cfg has one. MaxViT-Tiny is
-# timm's maxvit_rmlp_tiny_rw_256 built for 224 px; the Hub's maxvit_base_rw_224 is
-# maxvit_rmlp_base_rw_224. Each is full size, randomly initialised.
-PUBLISHED: dict[str, tuple[dict, tuple[int, ...]]] = {
-    "convnext_pico": ({}, (224,)),
-    "convnext_nano": ({}, (224,)),
-    "convnext_tiny": ({}, (224,)),
-    "convnext_small": ({}, (224,)),
-    "convnext_base": ({}, (224,)),
-    "convnext_large": ({}, (224,)),
-    "maxvit_rmlp_tiny_rw_256": ({"img_size": 224}, (224,)),
-    "maxvit_rmlp_small_rw_224": ({}, (224,)),
-    "maxvit_rmlp_base_rw_224": ({}, (224,)),
-    "maxvit_large_tf_224": ({}, (224,)),
-    "resnet18": ({}, (224,)),
-    "resnet50": ({}, (224,)),
-    "resnet101": ({}, (224,)),
-    "efficientnet_b0": ({}, (224,)),
-    "tf_efficientnetv2_s": ({}, (224, 384)),
-}
+# timm's test_input_size of the published EfficientNetV2-S, checked beside its Hub input size.
+TEST_SIZES = {"tf_efficientnetv2_s": (384,)}
+
+
+def _published() -> dict[str, tuple[dict, tuple[int, ...]]]:
+    """The published Zoobot encoders' architectures (`zoobot.models.catalogue`) -> (model_args,
+    image sizes): the Hub input size (224 px), and timm's test_input_size for EfficientNetV2-S.
+    Each is full size, randomly initialised."""
+    table: dict[str, tuple[dict, tuple[int, ...]]] = {}
+    for entry in published_encoders():
+        sizes = (entry.input_size, *TEST_SIZES.get(entry.architecture, ()))
+        row = table.setdefault(entry.architecture, (dict(entry.model_args), sizes))
+        assert row == (entry.model_args, sizes), f"{entry.architecture}: two published variants"
+    return table
+
+
+PUBLISHED = _published()
 
 # The CI tier: one architecture per code path at 64 px (TF-ported EfficientNet with SAME padding,
 # ConvNeXt overlapping stem / head norm first, ResNet deep stems with average-pool downsampling,
@@ -284,6 +297,118 @@ def test_tf_saved_model_loads_in_torch(recorder, tmp_path, case):
         compare(f"{label} classifier logits", logits, tf_logits, TOLERANCE, group="encoders",
                 note="FinetuneableZoobotClassifier(5) head, from_pretrained(folder)"),
     )  # fmt: skip
+
+
+# Every published encoder under its Hub name, through the offline cache (issue 18): the CI tier
+# takes the encoders whose full-size weights are under 50 MB (tests/contract does every one at a
+# test size); `PARITY_ARCHITECTURES=published` or `all` takes every row of the catalogue, a list
+# the rows whose name (with or without `zoobot-encoder-`) or architecture it names.
+CI_PUBLISHED_NAMES = (
+    "zoobot-encoder-convnext_pico",
+    "zoobot-encoder-greyscale-convnext_pico",
+    "zoobot-encoder-resnet18",
+    "zoobot-encoder-efficientnet_b0",
+)
+
+
+def published_rows() -> list:
+    """The catalogue rows this session loads by name (see `CI_PUBLISHED_NAMES`)."""
+    wanted = os.environ.get("PARITY_ARCHITECTURES", "ci").strip()
+    rows = list(published_encoders())
+    if wanted in ("all", "published"):
+        return rows
+    if wanted == "ci":
+        return [row for row in rows if row.name in CI_PUBLISHED_NAMES]
+    chosen = {w.strip() for w in wanted.split(",")}
+    return [
+        row
+        for row in rows
+        if {row.name, row.name.removeprefix("zoobot-encoder-"), row.architecture} & chosen
+    ]
+
+
+def cache_published_repo(cache: Path, entry, model) -> None:
+    """Lay out `entry`'s repo as the Hugging Face cache holds a download of it, with `model`'s
+    weights in the files the Hub repo has (`pytorch_model.bin` as torch.save writes it; the Euclid
+    one also `model.safetensors`) and config.json as published (stale ImageNet pretrained_cfg)."""
+    import safetensors.torch
+    import torch
+
+    repo = cache / f"models--{entry.repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / hashlib.sha1(entry.repo_id.encode()).hexdigest()
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    config = published.published_config(model.pretrained_cfg, model.num_features, entry.model_args)
+    for name in entry.files:
+        staged = repo / "blobs" / f".{name}.incomplete"
+        if name == "config.json":
+            staged.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        elif name == "pytorch_model.bin":
+            torch.save(OrderedDict(state), staged)
+        else:
+            safetensors.torch.save_file(state, staged, metadata={"format": "pt"})
+        digest = hashlib.sha256()
+        with open(staged, "rb") as file:
+            for chunk in iter(lambda: file.read(1 << 24), b""):
+                digest.update(chunk)
+        blob = repo / "blobs" / digest.hexdigest()
+        staged.rename(blob)  # moved, not copied: the largest repo holds 844 MB
+        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snapshot.name)
+
+
+@pytest.mark.parametrize("entry", published_rows(), ids=lambda entry: entry.name)
+def test_published_name_loads_in_both_frameworks(recorder, tmp_path_factory, monkeypatch, entry):
+    """`zoobot.torch.load_encoder(name)` and `zoobot.tf.load_encoder(name)` of a published encoder,
+    fetched from the offline Hugging Face cache, give the features timm's own Hub loader gives
+    (`timm.create_model(name, pretrained=True, num_classes=0)`, as zoobot 2.x loads them)."""
+    import huggingface_hub.constants
+    import timm
+    import torch
+
+    import zoobot.torch
+
+    tf_encoders = importlib.import_module("zoobot.tf.encoders")
+    cache = tmp_path_factory.mktemp("hf-cache")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    images = _images(entry.channels, seed=9, size=entry.input_size)
+    try:
+        torch.manual_seed(0)
+        model = timm.create_model(
+            entry.architecture, num_classes=0, in_chans=entry.channels, **entry.model_args
+        )
+        randomise_torch(model, seed=10)
+        calibrate_batchnorm_torch(model, _nchw(images))
+        cache_published_repo(cache, entry, model)
+        del model
+        with torch.no_grad():
+            timm_features = _features_of(
+                timm.create_model(
+                    entry.hub_name, pretrained=True, num_classes=0, in_chans=entry.channels
+                ),
+                images,
+            )
+            torch_features = _features_of(zoobot.torch.load_encoder(entry.hub_name), images)
+        tf_features = np.asarray(
+            tf_encoders.load_encoder(entry.hub_name)(_nhwc(images), training=False)
+        )
+    finally:
+        shutil.rmtree(cache)  # up to 1.7 GB per encoder: not kept for pytest's last three runs
+    note = f"load_encoder({entry.name!r}), {BATCH}x{entry.input_size}px {entry.channels}ch"
+    recorder.record(
+        compare(f"{entry.name} torch vs timm", torch_features, timm_features, TOLERANCE,
+                group="encoders", note=f"{note}; reference = timm's Hub loader"),
+        compare(f"{entry.name} tf vs timm", tf_features, timm_features, TOLERANCE,
+                group="encoders", note=f"{note}; reference = timm's Hub loader"),
+    )  # fmt: skip
+
+
+def _features_of(encoder, images: np.ndarray) -> np.ndarray:
+    """Pooled features of a torch encoder in eval mode (channels-last `images`)."""
+    return encoder.eval()(_nchw(images)).numpy()
 
 
 # One architecture per family, shrunk through timm model arguments (the grouping depends on the

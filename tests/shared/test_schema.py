@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from zoobot.shared import Schema, SchemaError, as_schema, get_schema, list_schemas
 
@@ -214,11 +216,51 @@ def test_from_label_cols_groups_by_question():
         (lambda: Schema({}), "no questions"),
         (lambda: Schema.from_label_cols(["shaperound"]), "not of the form 'question_answer'"),
         (lambda: Schema.from_dict({"name": "x"}), "needs 'questions'"),
+        (lambda: Schema({"shape": ["round", ""]}), "answer of 'shape' '' is blank"),
+        (lambda: Schema({"shape": ["round", "  "]}), "answer of 'shape' '  ' is blank"),
+        (lambda: Schema({"shape": ["round", " disk"]}), "' disk' is blank or has leading"),
+        (lambda: Schema({"shape": ["round", "_"]}), "answer of 'shape' '' is blank"),
+        (lambda: Schema({" ": ["a", "b"]}), "question name ' ' is blank"),
+        (lambda: Schema({"shape ": ["a", "b"]}), "question name 'shape ' is blank"),
+        (lambda: Schema({1: ["a", "b"]}), "question name 1 is not a string \\(a int\\)"),
+        (lambda: Schema({"shape": ["a", 2]}), "answer of 'shape' 2 is not a string"),
+        (lambda: Schema({"shape": ["a", None]}), "None is not a string"),
+        (lambda: Schema({"shape": 3}), "answers of 'shape' must be a list of names"),
+        (lambda: Schema([("shape", ["a", "b"])]), "must be a \\{question: \\[answers\\]\\}"),
+        (lambda: Schema(tiny_pairs(), {"bar": 7}), "parent answer of 'bar' 7 is not a string"),
+        (lambda: Schema(tiny_pairs(), ["bar"]), "dependencies must be a"),
+        (lambda: Schema.from_label_cols(["shape_round", 5]), "label column 1 5 is not a string"),
+        (lambda: Schema.from_label_cols(["shape_round", "shape_disk "]), "'shape_disk ' is blank"),
     ],
 )
 def test_invalid_trees_fail_clearly(build, message):
     with pytest.raises(SchemaError, match=message):
         build()
+
+
+NAMES = st.one_of(st.text(max_size=6), st.integers(), st.none(), st.just(" a"), st.just("_"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pairs=st.dictionaries(
+        st.one_of(st.text(max_size=6), st.integers()),
+        st.one_of(st.lists(NAMES, max_size=4), NAMES),
+        max_size=3,
+    ),
+    parents=st.dictionaries(st.text(max_size=6), NAMES, max_size=2),
+)
+def test_any_tree_builds_or_raises_schema_error(pairs, parents):
+    """Whatever names a user passes, the result is a schema whose names are clean text, or a
+    SchemaError (never an AttributeError or TypeError from deep inside)."""
+    try:
+        schema = Schema(pairs, parents)
+    except SchemaError:
+        return
+    for column in schema.label_cols:
+        assert isinstance(column, str) and column == column.strip()
+        question, answer = column.split("_", 1)
+        assert question.strip() and answer.strip()
 
 
 def test_schema_json_is_plain_data():

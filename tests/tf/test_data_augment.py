@@ -1,6 +1,8 @@
 """zoobot.tf.data training pipeline: in-graph augmentations, seeds, splits, no Python in the graph."""
 
 import math
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from zoobot.data.images import read_image
+from zoobot.data.labels import LabelRule
 from zoobot.data.shards import write_shards
 from zoobot.data.splits import assign_splits
 from zoobot.tf.data import (
@@ -27,6 +30,7 @@ from zoobot.tf.data.augment import (
     sky_noise,
     stretch_jitter,
 )
+from zoobot.tf.data.pipelines import UNUSABLE_IMAGE, BatchIds
 
 SIZE = 32
 PYTHON_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
@@ -250,3 +254,70 @@ def test_unseeded_training_leaves_images_on_disk_unchanged(catalog):
     before = {p: Path(p).read_bytes() for p in catalog["file_loc"]}
     list(train_dataset(catalog, ["row"], SIZE, batch_size=8, split=None, seed=None))
     assert before == {p: Path(p).read_bytes() for p in catalog["file_loc"]}
+
+
+def test_batch_ids_record_the_galaxies_of_each_batch_as_fit_sees_them(catalog, tmp_path):
+    write_shards(catalog, tmp_path / "shards", label_cols=["row"], workers=1, progress=False)
+    for source in (catalog, tmp_path / "shards"):
+        recorded = BatchIds()
+        dataset = train_dataset(
+            source, ["row"], SIZE, batch_size=4, seed=0, split=None, batch_ids=recorded,
+            splits=None if source is not catalog else {"train": 1.0},
+        )  # fmt: skip
+        for _ in range(2):  # each epoch reshuffles; batch numbers start again at 0
+            for number, (_, labels) in enumerate(dataset):
+                ids = [f"g{int(row):02d}" for row in labels.numpy()[:, 0]]
+                assert recorded.get(number) == ids
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("constant", "the image carries no signal"),
+        ("fits", "not a JPEG or PNG file: a FITS file"),
+        ("text", "not a JPEG or PNG file"),
+        ("huge", "too large"),
+    ],
+)
+def test_training_images_follow_the_one_image_rule_and_are_named(
+    catalog, tmp_path, content, problem
+):
+    path = tmp_path / f"{content}.jpg"
+    if content == "constant":
+        Image.new("RGB", (48, 48), (30, 30, 30)).save(path)
+    elif content == "fits":
+        path.write_bytes(b"SIMPLE  =                    T" + b" " * 2850)
+    elif content == "text":
+        path.write_text("id_str,file_loc\n")
+    else:
+        header = struct.pack(">IIBBBBB", 30_000, 30_000, 8, 0, 0, 0, 0)
+        ihdr = b"IHDR" + header
+        path.write_bytes(
+            b"\x89PNG\r\n\x1a\n"
+            + struct.pack(">I", 13)
+            + ihdr
+            + struct.pack(">I", zlib.crc32(ihdr))
+        )
+    bad = catalog.copy()
+    bad.loc[5, "file_loc"] = str(path)
+    dataset = train_dataset(bad, ["row"], SIZE, batch_size=4, seed=0, splits={"train": 1.0})
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=rf"\[{UNUSABLE_IMAGE}\] \[{path}\] \[{problem}"
+    ):
+        list(dataset)
+
+
+def test_training_labels_follow_the_rule_given(catalog, tmp_path):
+    bad = catalog.astype({"votes": float})
+    bad.loc[4, "votes"] = np.nan
+    with pytest.raises(ValueError, match=r"column 'votes' is NaN or infinite in 1 row\(s\): row 4"):
+        train_dataset(bad, ["votes"], SIZE, splits={"train": 1.0})  # finite, without a rule
+    with pytest.raises(ValueError, match=r"column 'votes' is not a class index 0 to 9.* row 4 "):
+        train_dataset(catalog, ["votes"], SIZE, label_rule=LabelRule.classes("votes", 10))
+    write_shards(catalog, tmp_path / "shards", label_cols=["votes"], workers=1, progress=False)
+    with pytest.raises(
+        ValueError, match=r"shards: label columns must hold class indices[\s\S]*row\(s\)"
+    ):
+        train_dataset(
+            tmp_path / "shards", ["votes"], SIZE, label_rule=LabelRule.classes("votes", 40)
+        )

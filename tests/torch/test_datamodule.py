@@ -10,8 +10,10 @@ import torch
 from PIL import Image
 
 from zoobot.data.images import read_image
+from zoobot.data.labels import LabelRule
 from zoobot.data.splits import split_tables
 from zoobot.torch import GalaxyDataModule
+from zoobot.torch.data.datamodule import batch_ids
 from zoobot.torch.data.transforms import (
     MaskedRegions,
     PSFBlur,
@@ -163,5 +165,53 @@ def test_hugging_face_dataset_matches_catalog(catalog):
 def test_missing_split_or_label_column_is_named(catalog):
     with pytest.raises(KeyError, match="validation"):
         GalaxyDataModule({"train": catalog}, LABELS, num_workers=0).setup("fit")
-    with pytest.raises(KeyError, match="question_c"):
-        GalaxyDataModule(catalog, ["question_c"], num_workers=0).setup("fit")
+    with pytest.raises(ValueError, match=r"missing 1 label column\(s\): \['question_c'\]"):
+        GalaxyDataModule(catalog, ["question_c"], num_workers=0)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [(np.nan, "NaN or infinite"), (-1.0, "negative"), (2.5, "not a whole number"), (1e12, "over")],
+)
+def test_vote_counts_are_checked_when_the_module_is_made(catalog, value, problem):
+    bad = catalog.astype({"question_b": float})
+    bad.loc[7, "question_b"] = value
+    votes = LabelRule.votes(LABELS)
+    with pytest.raises(
+        ValueError, match=rf"column 'question_b' is {problem}.*row 7 \(id_str '7'\)"
+    ):
+        GalaxyDataModule(bad, LABELS, num_workers=0, label_rule=votes)
+    splits = {"train": catalog, "validation": bad}
+    with pytest.raises(
+        ValueError, match=rf"split 'validation'[\s\S]*column 'question_b' is {problem}"
+    ):
+        GalaxyDataModule(splits, LABELS, num_workers=0, label_rule=votes)
+    dataset = datasets.Dataset.from_pandas(bad, preserve_index=False)
+    with pytest.raises(
+        ValueError, match=rf"column 'question_b' is {problem}.*row 7 \(id_str '7'\)"
+    ):
+        GalaxyDataModule(dataset, LABELS, num_workers=0, label_rule=votes)
+
+
+def test_without_a_rule_labels_must_be_finite_and_workers_not_negative(catalog):
+    bad = catalog.astype({"question_a": float})
+    bad.loc[3, "question_a"] = np.inf
+    with pytest.raises(ValueError, match=r"column 'question_a' is NaN or infinite.*row 3"):
+        GalaxyDataModule(bad, LABELS, num_workers=0)
+    GalaxyDataModule(
+        catalog.assign(question_a=0.5), LABELS, num_workers=0
+    )  # targets may be fractional
+    with pytest.raises(ValueError, match="num_workers=-1"):
+        GalaxyDataModule(catalog, LABELS, num_workers=-1)
+
+
+def test_the_training_loader_names_the_galaxies_of_each_batch(catalog):
+    dm = GalaxyDataModule(catalog, LABELS, image_size=16, batch_size=4, num_workers=1)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    by_label = dict(zip(catalog["question_a"], catalog["id_str"], strict=True))
+    for epoch in range(2):  # batches are reshuffled each epoch and recorded afresh
+        for batch, (_, labels) in enumerate(loader):
+            expected = [by_label[int(a)] for a in labels[:, 0]]
+            assert batch_ids(loader, batch) == expected, epoch
+    assert batch_ids(dm.val_dataloader(), 0) is None

@@ -2,7 +2,7 @@
 
 A catalog is a DataFrame with `id_str` (text), `file_loc` (an image path) and label columns, the
 same in every Zoobot package. Validation errors name the rows (position and `id_str`) and the
-columns; `describe_rows` and `row_label` are how every zoobot-data error names rows. Splitting a
+columns (`zoobot.data.rows`), label columns are checked by `zoobot.data.labels`. Splitting a
 catalog is in `zoobot.data.splits`.
 """
 
@@ -16,20 +16,32 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from zoobot.data.labels import LabelRule, label_problems
+from zoobot.data.rows import CatalogError, describe_rows, problems_error, row_label
 from zoobot.data.sources import DataSource, get_source, list_sources
 from zoobot.shared import Schema, as_schema
 
+__all__ = [
+    "SPLIT_COLUMN",
+    "CatalogError",
+    "build_file_locs",
+    "describe_rows",
+    "file_problems",
+    "id_problems",
+    "load_catalog",
+    "read_catalog_file",
+    "row_label",
+    "validate_catalog",
+]
+
 SPLIT_COLUMN = "split"  # the column holding each row's split, as load_catalog writes it
-MAX_ROWS_LISTED = 5
 TEXT_COLUMNS = {"id_str": str, "file_loc": str}
-
-
-class CatalogError(ValueError):
-    """A catalog that cannot be used as given; `problems` lists each issue found."""
-
-    def __init__(self, message: str, problems: Iterable[str] = ()):
-        super().__init__(message)
-        self.problems = list(problems)
+# pandas' default missing-value markers (its read_csv documentation), kept for the other columns:
+# in `id_str` and `file_loc` only an empty field is missing, so a galaxy named "NA" keeps its id.
+CSV_NA_VALUES = (
+    *("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN"),
+    *("<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"),
+)
 
 
 def read_catalog_file(path: str | os.PathLike) -> pd.DataFrame:
@@ -43,8 +55,12 @@ def read_catalog_file(path: str | os.PathLike) -> pd.DataFrame:
             return pd.read_parquet(path)
         if ".csv" in suffixes or ".tsv" in suffixes:
             sep = "\t" if ".tsv" in suffixes else ","
+            columns = pd.read_csv(path, sep=sep, nrows=0).columns
+            missing = {c: [""] if c in TEXT_COLUMNS else list(CSV_NA_VALUES) for c in columns}
             # Read ids as text: numeric ids such as "007" would otherwise lose their leading zeros.
-            return pd.read_csv(path, sep=sep, dtype=TEXT_COLUMNS)
+            return pd.read_csv(
+                path, sep=sep, dtype=TEXT_COLUMNS, keep_default_na=False, na_values=missing
+            )
     except (ValueError, OSError) as err:  # pandas' parser and pyarrow errors are ValueErrors
         raise CatalogError(f"catalog file {path} cannot be read: {err}") from err
     raise CatalogError(f"catalog file {path}: unknown format; use .csv, .tsv or .parquet")
@@ -158,24 +174,6 @@ def load_catalog(
     return validate_catalog(catalog, schema, label_cols=label_cols, check_files=check_files)
 
 
-def row_label(position: int, id_str: object = None) -> str:
-    """`row 3 (id_str 'x')`: how every zoobot-data error names a catalog row (0-based position)."""
-    return f"row {position}" + ("" if id_str is None else f" (id_str {id_str!r})")
-
-
-def describe_rows(catalog: pd.DataFrame, mask: np.ndarray) -> str:
-    """'N rows: row 3 (id_str 'x'), ...' for the first few rows where `mask` holds (0-based)."""
-    positions = np.flatnonzero(mask)
-    ids = catalog["id_str"] if "id_str" in catalog.columns else None
-    shown = [
-        row_label(pos, None if ids is None else ids.iloc[pos])
-        for pos in positions[:MAX_ROWS_LISTED]
-    ]
-    more = len(positions) - len(shown)
-    tail = f" and {more} more" if more else ""
-    return f"{len(positions)} row(s): {', '.join(shown)}{tail}"
-
-
 def _missing_text(values: pd.Series) -> np.ndarray:
     return (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
 
@@ -186,7 +184,7 @@ def id_problems(catalog: pd.DataFrame) -> list[str]:
     if "id_str" not in catalog.columns:
         return ["no id_str column (a unique text id per galaxy)"]
     ids = catalog["id_str"]
-    if pd.api.types.is_float_dtype(ids):
+    if pd.api.types.is_float_dtype(ids) and len(ids):
         problems.append(
             "id_str is floating point, so long numeric ids may have lost digits; "
             "store id_str as text (e.g. read the CSV with dtype={'id_str': str})"
@@ -194,6 +192,13 @@ def id_problems(catalog: pd.DataFrame) -> list[str]:
     empty = _missing_text(ids)
     if empty.any():
         problems.append(f"id_str is empty in {describe_rows(catalog, empty)}")
+    text = ids.astype(str)
+    padded = ~empty & (text != text.str.strip()).to_numpy()
+    if padded.any():
+        problems.append(
+            f"id_str has leading or trailing spaces in {describe_rows(catalog, padded)} "
+            "(an id must match exactly; strip them in the catalog if they are not part of it)"
+        )
     duplicated = ids.duplicated(keep=False).to_numpy() & ~empty
     if duplicated.any():
         problems.append(f"id_str repeats in {describe_rows(catalog, duplicated)}")
@@ -220,29 +225,6 @@ def file_problems(catalog: pd.DataFrame, check_files: bool) -> list[str]:
     return problems
 
 
-def _check_counts(catalog: pd.DataFrame, column: str, problems: list[str]) -> None:
-    raw = catalog[column]
-    if pd.api.types.is_bool_dtype(raw):
-        return
-    values = pd.to_numeric(raw, errors="coerce")
-    not_numbers = (values.isna() & raw.notna()).to_numpy()
-    if not_numbers.any():
-        problems.append(f"column {column!r}: not a number in {describe_rows(catalog, not_numbers)}")
-    array = values.to_numpy(dtype=float, na_value=np.nan)
-    nan = np.isnan(array) & ~not_numbers
-    if nan.any():
-        problems.append(f"column {column!r}: NaN (missing count) in {describe_rows(catalog, nan)}")
-    with np.errstate(invalid="ignore"):
-        negative = array < 0
-        fractional = np.isinf(array) | (np.isfinite(array) & (array != np.floor(array)))
-    if negative.any():
-        problems.append(f"column {column!r}: negative count in {describe_rows(catalog, negative)}")
-    if fractional.any():
-        problems.append(
-            f"column {column!r}: not a whole number of votes in {describe_rows(catalog, fractional)}"
-        )
-
-
 def validate_catalog(
     catalog: pd.DataFrame,
     schema: Schema | str | None = None,
@@ -252,28 +234,23 @@ def validate_catalog(
 ) -> pd.DataFrame:
     """A checked copy of `catalog` with `id_str` and `file_loc` as text; `CatalogError` otherwise.
 
-    Checks: `id_str` present, non-empty, unique and not a float; `file_loc` present (and pointing to
-    files if `check_files`); every label column of `schema` (a `Schema` or a registry name) and of
-    `label_cols` present, numeric, not NaN, non-negative and a whole number (vote counts).
+    Checks: at least one row; `id_str` present, non-empty, unique, without surrounding spaces and
+    not a float; `file_loc` present (and pointing to files if `check_files`); every label column
+    of `schema` (a `Schema` or a registry name) and of `label_cols` (which must be answers of the
+    schema, if one is given) present and holding vote counts (`zoobot.data.labels`: finite,
+    non-negative whole numbers of at most `zoobot.shared.MAX_VOTES`).
     """
     schema = as_schema(schema) if schema is not None else None
     columns = list(schema.label_cols) if schema is not None else []
-    columns += [c for c in (label_cols or ()) if c not in columns]
-    problems = [*id_problems(catalog), *file_problems(catalog, check_files)]
-    missing = [c for c in columns if c not in catalog.columns]
-    if missing:
-        problems.append(f"missing {len(missing)} label column(s): {missing}")
-    for column in columns:
-        if column in catalog.columns:
-            _check_counts(catalog, column, problems)
+    extra = [c for c in (label_cols or ()) if c not in columns]
+    problems = [] if len(catalog) else ["the catalog has no rows"]
+    if schema is not None and extra:
+        problems.append(f"label column(s) {extra} are not answers of schema {schema.name!r}")
+    problems += [*id_problems(catalog), *file_problems(catalog, check_files)]
+    problems += label_problems(catalog, LabelRule.votes(columns + extra))
     if problems:
         against = f" against schema {schema.name!r}" if schema is not None else ""
-        listing = "\n".join(f"  - {p}" for p in problems)
-        raise CatalogError(
-            f"catalog failed validation{against} ({len(problems)} problem(s), rows are 0-based "
-            f"positions):\n{listing}",
-            problems,
-        )
+        raise problems_error(problems, f"catalog failed validation{against}")
     checked = catalog.copy()
     for column in TEXT_COLUMNS:
         checked[column] = checked[column].astype(str)

@@ -12,13 +12,16 @@ import sys
 from collections.abc import Sequence
 
 from zoobot.data.commands import catalogs, datasets, images
-from zoobot.data.commands.common import HelpFormatter
+from zoobot.data.commands.common import HelpFormatter, as_flags
 
 DESCRIPTION = """\
 The framework-free data tools of Zoobot: get a Galaxy Zoo catalog, check it, turn survey cutouts
 into images, and write the TFRecord shards and Hugging Face datasets Zoobot trains on.
 Run `zoobot-data COMMAND --help` for what each command reads, writes and an example.
 """
+
+# How the library's messages name options, and the flags of this command that set them.
+FLAGS = {"overwrite=True": "--overwrite", "workers=": "--workers "}
 
 EPILOG = """\
 a typical run on the embedded synthetic survey:
@@ -69,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if args.debug or not _is_reported(err):
             raise
-        print(f"zoobot-data {args.command}: error: {err}", file=sys.stderr)
+        message = as_flags(str(err), FLAGS)
+        print(f"zoobot-data {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 

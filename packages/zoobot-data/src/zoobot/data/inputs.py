@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from zoobot.data.catalog import load_catalog, validate_catalog
+from zoobot.data.labels import LabelRule, check_labels
 from zoobot.data.shards import SIDECAR, ShardError
 from zoobot.data.shards.example import decode_example
 from zoobot.data.shards.layout import load_sidecar
@@ -100,6 +101,18 @@ def resolve_label_cols(label_cols: LabelCols, schema: Schema | str | None) -> tu
     return cols
 
 
+def _rule(label_cols: tuple[str, ...], rule: LabelRule | None) -> LabelRule:
+    """The rule the labels are checked by: `rule` (for `label_cols`), else targets (finite)."""
+    if rule is None:
+        return LabelRule.targets(label_cols)
+    if tuple(rule.columns) != tuple(label_cols):
+        raise ValueError(
+            f"the label rule checks columns {list(rule.columns)}, but the label columns asked for "
+            f"are {list(label_cols)}"
+        )
+    return rule
+
+
 def _catalog(
     catalog: pd.DataFrame,
     name: str,
@@ -107,6 +120,7 @@ def _catalog(
     split: str | None,
     splits: Splits,
     split_seed: int,
+    rule: LabelRule | None = None,
 ) -> CatalogSource:
     missing = [c for c in ("id_str", "file_loc") if c not in catalog.columns]
     if missing:
@@ -120,6 +134,7 @@ def _catalog(
             f"{name} has no label column(s) {absent}; its columns are {list(catalog.columns)}"
         )
     checked = validate_catalog(catalog.loc[:, ["id_str", "file_loc"]])
+    check_labels(catalog, _rule(label_cols, rule), name)
     positions = np.arange(len(catalog), dtype=np.int64)
     if split is not None:
         members = assign_splits(catalog, splits, split_seed)
@@ -138,7 +153,11 @@ def _catalog(
 
 
 def _shards(
-    folder: Path, label_cols: tuple[str, ...], schema: Schema | None, split: str | None
+    folder: Path,
+    label_cols: tuple[str, ...],
+    schema: Schema | None,
+    split: str | None,
+    rule: LabelRule | None = None,
 ) -> ShardSource:
     sidecar = load_sidecar(folder)
     stored = list(sidecar.get("label_cols", []))
@@ -168,7 +187,33 @@ def _shards(
                     raise ShardError(f"{path} is listed in {SIDECAR} but missing")
                 files.append(str(path.resolve()))
                 counts.append(int(shard["count"]))
-    return ShardSource(folder, split, tuple(files), tuple(counts), label_cols, sidecar)
+    source = ShardSource(folder, split, tuple(files), tuple(counts), label_cols, sidecar)
+    if rule is not None:
+        check_shard_labels(source, _rule(label_cols, rule))
+    return source
+
+
+def check_shard_labels(source: ShardSource, rule: LabelRule) -> None:
+    """Check the labels of every record of `source` by `rule` (`zoobot.data.labels`), naming
+    records by position in the shard order and `id_str`.
+
+    Vote counts the writer checked (its sidecar says `label_rule: votes` with the same bound) are
+    not read again; otherwise every record is parsed, in Python.
+    """
+    written = source.sidecar.get("label_rule") or {}
+    if rule.kind == "votes" and written == {"kind": "votes", "max_votes": rule.max_votes}:
+        return
+    ids, labels = [], []
+    for path in source.files:
+        for record in read_records(path):
+            example = decode_example(record)
+            ids.append(example["id_str"][1][0].decode("utf-8"))
+            labels.append([example[c][1][0] for c in rule.columns])
+    table = pd.DataFrame(
+        np.array(labels, np.float64).reshape(-1, len(rule.columns)), columns=list(rule.columns)
+    )
+    table.insert(0, "id_str", ids)
+    check_labels(table, rule, f"shard folder {source.folder}")
 
 
 def open_source(
@@ -179,6 +224,7 @@ def open_source(
     split: str | None = None,
     splits: Splits = None,
     split_seed: int = 0,
+    rule: LabelRule | None = None,
 ) -> CatalogSource | ShardSource:
     """The rows of `source` (one `split`, or all with `split=None`) with `label_cols` checked.
 
@@ -188,6 +234,10 @@ def open_source(
     the sidecar's label columns, else `LabelColumnError` names them and the catalog / folder.
     A catalog's `split` is taken by `assign_splits(catalog, splits, split_seed)`; shards hold
     their split as written, so `splits` must be None for them.
+    The labels of a catalog (every row, not only the split's) are checked by `rule` (a
+    `zoobot.data.labels.LabelRule` for `label_cols`: vote counts, class indices or targets), or
+    else must be finite numbers; those of shards by `rule` when given (`check_shard_labels`).
+    `CatalogError` names the column and rows.
     """
     if isinstance(source, CatalogSource | ShardSource):
         return source
@@ -199,14 +249,15 @@ def open_source(
                 f"{source} holds shards whose splits were fixed when written; "
                 "choose one with split=, not splits="
             )
-        return _shards(Path(source).expanduser(), cols, schema, split)
+        return _shards(Path(source).expanduser(), cols, schema, split, rule)
     if isinstance(source, pd.DataFrame):
-        return _catalog(source, "the catalog", cols, split, splits, split_seed)
+        return _catalog(source, "the catalog", cols, split, splits, split_seed, rule)
     if isinstance(source, str | os.PathLike):
         path = Path(source).expanduser()
         if path.is_dir():
             raise ShardError(f"{path} is a folder without {SIDECAR}: not a finished shard folder")
-        return _catalog(load_catalog(path), f"catalog {path}", cols, split, splits, split_seed)
+        catalog = load_catalog(path)
+        return _catalog(catalog, f"catalog {path}", cols, split, splits, split_seed, rule)
     raise TypeError(
         "source must be a catalog DataFrame, a catalog file or a shard folder, "
         f"not {type(source).__name__}"

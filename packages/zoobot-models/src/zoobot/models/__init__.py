@@ -1,6 +1,7 @@
 """The framework-free model layer of Zoobot, shared by `zoobot.torch` and `zoobot.tf`.
 
 - `zoobot.models.layout`, `zoobot.models.hub`: the Hub model format and where models live;
+- `zoobot.models.catalogue`: the published Zoobot encoders (`list_pretrained`);
 - `zoobot.models.pretrained`: save, reload and publish models (`PretrainedMixin`);
 - `zoobot.models.tasks`: the task protocol and registry; `zoobot.models.settings`: training settings;
 - `zoobot.models.runner`, `zoobot.models.inference`: resumable `predict` / `get_representations`;
@@ -23,6 +24,7 @@ _EXPORTS = {
     "RunSettings": "zoobot.models.runner",
     "TrainingSettings": "zoobot.models.settings",
     "WeightsMismatchError": "zoobot.models.layout",
+    "list_pretrained": "zoobot.models.catalogue",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, {})

@@ -1,4 +1,5 @@
-"""The `zoobot-torch` and `zoobot-tf` commands, written once: train, finetune, predict, represent, push.
+"""The `zoobot-torch` and `zoobot-tf` commands, written once: train, finetune, predict, represent, push,
+models.
 
 Both commands take the same arguments and run the same code; each framework package supplies only a
 `ModelCommand`: its name, the module of its `Backend`, and the few help texts that differ. The
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -27,13 +29,16 @@ from zoobot.data.commands.common import (
     add_no_progress,
     add_split_options,
     add_subcommand,
+    as_flags,
     load_input_catalog,
     positive_int,
     schema_type,
     splits_of,
 )
 
-COMMANDS = ("train", "finetune", "predict", "represent", "push")
+COMMANDS = ("train", "finetune", "predict", "represent", "push", "models")
+FRAMEWORK_FREE = ("models",)
+"""Subcommands that run without importing the framework."""
 RUN_OPTIONS = ("batch_size", "num_workers", "image_size", "precision", "channels_last")
 """Options of predict and represent passed to the library under the same names."""
 TRAINING_OPTIONS = (
@@ -49,6 +54,17 @@ TRAINING_OPTIONS = (
     "progress",
 )
 """Options of train and finetune passed to `Backend.fit_catalog` (plus `splits`)."""
+FLAGS = {
+    "resume=False": "--no-resume",
+    "overwrite=True": "--overwrite",
+    "hash_images=True": "--hash-images",
+    "num_workers=": "--num-workers ",
+    "n_components=": "--n-components ",
+    "pca_fit_rows=": "--pca-fit-rows ",
+    "device=": "--device ",
+    "accelerator=": "--accelerator ",
+}
+"""How the library's messages name options (Python arguments), and the flags that set them."""
 HELP_KEYS = (
     "architecture",  # --architecture of train
     "train_precision",  # --precision of train and finetune
@@ -98,17 +114,30 @@ def devices_type(text: str) -> int | str:
     return text if text == "auto" else positive_int(text)
 
 
-def components_type(text: str) -> int | float:
-    """A number of PCA components, or a fraction of variance in (0, 1)."""
+def non_negative_int(text: str) -> int:
+    """An integer of at least 0."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a whole number of components or a fraction in (0, 1), got {text!r}"
-            ) from None
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
+    return value
+
+
+def components_type(text: str) -> int | float:
+    """A number of PCA components (at least 1), or a fraction of variance in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value.is_integer() and value >= 1 and "." not in text:
+        return int(value)
+    if 0 < value < 1:
+        return value
+    raise argparse.ArgumentTypeError(
+        f"expected a whole number of components (at least 1) or a fraction in (0, 1), got {text!r}"
+    )
 
 
 def class_labels(catalog, column: str):
@@ -116,6 +145,13 @@ def class_labels(catalog, column: str):
     import pandas as pd
 
     values = catalog[column]
+    missing = values.isna().to_numpy()
+    if missing.any():
+        from zoobot.data.rows import CatalogError, describe_rows
+
+        raise CatalogError(
+            f"--label-col {column} has no class in {describe_rows(catalog, missing)}"
+        )
     if pd.api.types.is_integer_dtype(values):
         names = [str(i) for i in range(int(values.max()) + 1)]
         return catalog, names
@@ -202,6 +238,8 @@ def _run_options(args: argparse.Namespace, backend) -> dict:
         "resume": args.resume,
         "progress": args.progress,
         "device": backend.device(args.device),
+        "overwrite": args.overwrite,
+        "hash_images": args.hash_images,
     }
 
 
@@ -294,12 +332,24 @@ def run_push(args: argparse.Namespace, backend) -> int:
     return 0
 
 
+def run_models(args: argparse.Namespace, backend=None) -> int:
+    """Print the published Zoobot encoders."""
+    from zoobot.models import catalogue
+
+    if args.format == "json":
+        print(json.dumps(catalogue.records(), indent=2))
+    else:
+        print(catalogue.markdown_table() if args.format == "markdown" else catalogue.format_table())
+    return 0
+
+
 RUNNERS = {
     "train": run_train,
     "finetune": run_finetune,
     "predict": run_predict,
     "represent": run_represent,
     "push": run_push,
+    "models": run_models,
 }
 
 
@@ -321,7 +371,9 @@ def _add_training_options(
     parser.add_argument(
         "--devices", type=devices_type, default="auto", help=command.help["devices"]
     )
-    parser.add_argument("--num-workers", type=int, default=4, help=command.help["train_workers"])
+    parser.add_argument(
+        "--num-workers", type=non_negative_int, default=4, help=command.help["train_workers"]
+    )
     parser.add_argument(
         "--patience",
         type=positive_int,
@@ -335,7 +387,7 @@ def _add_training_options(
 def _add_run_options(parser: argparse.ArgumentParser, command: ModelCommand) -> None:
     """Options shared by `predict` and `represent`: speed, numerics, resuming."""
     parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch")
-    parser.add_argument("--num-workers", type=int, help=command.help["run_workers"])
+    parser.add_argument("--num-workers", type=non_negative_int, help=command.help["run_workers"])
     parser.add_argument("--image-size", type=positive_int, default=224, help="pixels per side")
     parser.add_argument(
         "--precision",
@@ -356,6 +408,16 @@ def _add_run_options(parser: argparse.ArgumentParser, command: ModelCommand) -> 
         dest="resume",
         action="store_false",
         help="discard the parts of an interrupted run instead of carrying on from them",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in SAVE_LOC (and the files it wrote beside)",
+    )
+    parser.add_argument(
+        "--hash-images",
+        action="store_true",
+        help="resume only if every image's content is unchanged (default: size and time)",
     )
     parser.add_argument("--device", help=command.help["device"])
     parser.add_argument(
@@ -445,7 +507,8 @@ def _register_predict(commands, command: ModelCommand) -> None:
         "interrupted run. A tree model writes SAVE_LOC (every answer's Dirichlet concentrations\n"
         "per pass) and <stem>_friendly.parquet (vote fractions with credible intervals); a\n"
         "classifier <class>_probability columns; a regressor <label>_prediction columns.\n"
-        "Unreadable images are listed in SAVE_LOC.failed.csv.",
+        "Unreadable images are listed in SAVE_LOC.failed.csv. An earlier run's files are\n"
+        "replaced only with --overwrite; files zoobot did not write are never replaced.",
         f"  {command.prog} predict data/survey/catalog.parquet runs/pretrain/best preds.parquet \\\n"
         "      --n-samples 5 --precision bf16",
     )
@@ -504,12 +567,32 @@ def _register_push(commands, command: ModelCommand) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list the files, upload nothing")
 
 
+def _register_models(commands, command: ModelCommand) -> None:
+    parser = add_subcommand(
+        commands,
+        "models",
+        "list the published pretrained encoders",
+        "List every pretrained Zoobot encoder published on the Hugging Face Hub: its name (load it\n"
+        "by that name or as hf_hub:mwalmsley/<name>), timm architecture, input channels and size,\n"
+        "parameters, licence and training data. --format json gives every field of\n"
+        "list_pretrained(), including the files each repo holds and which fields are inferred.",
+        f"  {command.prog} models\n  {command.prog} models --format markdown",
+    )
+    parser.add_argument(
+        "--format",
+        choices=["table", "markdown", "json"],
+        default="table",
+        help="output format (default: %(default)s)",
+    )
+
+
 _REGISTER = {
     "train": _register_train,
     "finetune": _register_finetune,
     "predict": _register_predict,
     "represent": _register_represent,
     "push": _register_push,
+    "models": _register_models,
 }
 
 
@@ -535,7 +618,7 @@ def build_parser(command: ModelCommand) -> argparse.ArgumentParser:
 
 def _is_reported(err: Exception) -> bool:
     """Whether `err` is a failure to report in one message rather than a bug to trace back."""
-    return isinstance(err, (ValueError, OSError, ImportError, KeyError))
+    return isinstance(err, (ValueError, OSError, ImportError, KeyError, FloatingPointError))
 
 
 @contextlib.contextmanager
@@ -561,7 +644,8 @@ def run_command(command: ModelCommand, argv: Sequence[str] | None = None) -> int
     args = build_parser(command).parse_args(argv)
     try:
         with zoobot_log_lines(command.prog):
-            return args.run(args, command.load_backend(args))
+            framework_free = args.command in FRAMEWORK_FREE
+            return args.run(args, None if framework_free else command.load_backend(args))
     except KeyboardInterrupt:
         print(f"{command.prog} {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -569,5 +653,6 @@ def run_command(command: ModelCommand, argv: Sequence[str] | None = None) -> int
         if args.debug or not _is_reported(err):
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        message = as_flags(str(message), FLAGS)
         print(f"{command.prog} {args.command}: error: {message}", file=sys.stderr)
         return 1

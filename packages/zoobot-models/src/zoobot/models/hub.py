@@ -1,13 +1,13 @@
 """Where a Zoobot model lives — a local folder or a Hugging Face Hub repo — and the one-commit push.
 
 `ModelSource` parses the names every framework accepts (`hf_hub:owner/repo[@revision]`, a folder,
-`local-dir:<folder>`), fetches files through the Hugging Face cache, and turns offline or missing
-files into `HubUnavailableError` messages that say how to fix them.
+`local-dir:<folder>`, or a published encoder's repo name such as `zoobot-encoder-convnext_nano`),
+fetches files through the Hugging Face cache, and turns offline or missing files into
+`HubUnavailableError` messages that say how to fix them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -24,7 +24,14 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from zoobot.models.layout import CONFIG_NAME, LEGACY_NAME, SAFETENSORS_NAME, WEIGHTS_NAMES
+from zoobot.models import catalogue
+from zoobot.models.layout import (
+    CONFIG_NAME,
+    LEGACY_NAME,
+    SAFETENSORS_NAME,
+    WEIGHTS_NAMES,
+    parse_config,
+)
 
 HUB_PREFIXES = ("hf_hub:", "hf-hub:")
 LOCAL_PREFIX = "local-dir:"
@@ -56,16 +63,26 @@ class ModelSource:
                 return cls(repo_id=repo_id, revision=revision or None)
         if text.startswith(LOCAL_PREFIX):
             text = text[len(LOCAL_PREFIX) :]
-        elif not (isinstance(name, os.PathLike) or any(c in text for c in "/\\")) and (
-            is_architecture(text.split(".", 1)[0]) or not Path(text).is_dir()
-        ):
-            return None
+        elif not (isinstance(name, os.PathLike) or any(c in text for c in "/\\")):
+            if is_architecture(text.split(".", 1)[0]):
+                return None
+            if not Path(text).is_dir():
+                return cls._published(text)
         folder = Path(text).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(
                 f"no model folder at {str(folder)!r}; for a Hub repo write hf_hub:{text}"
             )
         return cls(folder=folder)
+
+    @classmethod
+    def _published(cls, text: str) -> ModelSource | None:
+        """The Hub repo of a published encoder's name (`zoobot-encoder-convnext_nano[@revision]`);
+        None for other names, an error naming the close ones for a misspelt encoder name."""
+        name, _, revision = text.partition("@")
+        if not catalogue.is_published_name(name):
+            return None
+        return cls(repo_id=catalogue.published_encoder(name).repo_id, revision=revision or None)
 
     def __str__(self) -> str:
         if self.folder is not None:
@@ -119,12 +136,8 @@ class ModelSource:
             raise FileNotFoundError(
                 f"{self} has no {CONFIG_NAME}: not a model in the timm Hub layout"
             )
-        config = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(config, dict) or "architecture" not in config:
-            raise ValueError(
-                f"{self}/{CONFIG_NAME} names no 'architecture': not the timm Hub layout"
-            )
-        return config
+        where = str(path) if self.folder is not None else f"{self}/{CONFIG_NAME} ({path})"
+        return parse_config(path, where)
 
     def _not_cached_message(self, filename: str) -> str:
         revision = f" --revision {self.revision}" if self.revision else ""

@@ -20,8 +20,11 @@ the principal components `feat_pca_0` ... instead, and the projection beside as
 `<save_loc>.pca.npz` (`PCAProjection(**np.load(path))` projects other galaxies the same way).
 
 While running, finished chunks live in `<save_loc>.parts/` (`zoobot.models.runner`); run the same
-call again after an interruption and it carries on from them. The framework packages bind these
-functions to their `Backend` (`zoobot.torch.predict`, `zoobot.tf.predict`, ...).
+call again after an interruption and it carries on from them. The files of a run are one set
+(`zoobot.models.outputs`): a second run into the same `save_loc` at the same time is refused, the
+results of an earlier run are replaced only with `overwrite=True` (its files this run does not
+write are removed), and files zoobot did not write are never replaced. The framework packages bind
+these functions to their `Backend` (`zoobot.torch.predict`, `zoobot.tf.predict`, ...).
 """
 
 from __future__ import annotations
@@ -30,13 +33,17 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from zoobot.models.outputs import OutputSet, check_save_loc, claim, remove_stale, run_lock
 from zoobot.models.pretrained import from_pretrained
 from zoobot.models.runner import (
     PredictionFiles,
     RepresentationFiles,
     RunSettings,
+    failures_path,
     finish_predictions,
     finish_representations,
+    friendly_path,
+    pca_path,
 )
 from zoobot.models.tasks import n_outputs, output_names, output_table
 
@@ -64,6 +71,8 @@ def predict(
     progress: bool = True,
     chunk_rows: int = 4096,
     device: Any = None,
+    overwrite: bool = False,
+    hash_images: bool = False,
 ) -> PredictionFiles:
     """Predict every galaxy of `catalog` with `model` and write the tables of this module.
 
@@ -82,8 +91,11 @@ def predict(
     threads (default: half the CPUs, 1 to 8); `precision="bf16"` runs the encoder in bfloat16 where
     the device supports it (the framework logs the path it takes); `channels_last` chooses the
     memory layout (torch; None picks the faster); `device` where the model runs (default: where it
-    is). `resume=False` discards parts of an earlier run; `chunk_rows` galaxies go in each part file.
+    is). `resume=False` discards parts of an earlier run; `chunk_rows` galaxies go in each part file;
+    a run resumes only with the same images (sizes and modification times; their contents with
+    `hash_images=True`). `overwrite=True` replaces the results of an earlier run at `save_loc`.
     """
+    check_save_loc(save_loc)
     settings = RunSettings(
         batch_size,
         num_workers,
@@ -93,10 +105,42 @@ def predict(
         chunk_rows,
         resume,
         progress,
-        device,
+        backend.device(device),
+        hash_images,
     )
     if n_samples < 1:
         raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    with run_lock(OutputSet.of(save_loc)):
+        return _predict(
+            backend,
+            catalog,
+            model,
+            save_loc,
+            n_samples,
+            settings,
+            label_cols=label_cols,
+            friendly_loc=friendly_loc,
+            mc_dropout=mc_dropout,
+            seed=seed,
+            overwrite=overwrite,
+        )
+
+
+def _predict(
+    backend: Backend,
+    catalog: Any,
+    model: Any,
+    save_loc: str | os.PathLike,
+    n_samples: int,
+    settings: RunSettings,
+    *,
+    label_cols: Sequence[str] | None,
+    friendly_loc: str | os.PathLike | None,
+    mc_dropout: bool | None,
+    seed: int,
+    overwrite: bool,
+) -> PredictionFiles:
+    """`predict` once its `save_loc` is locked."""
     rows, table = backend.open_rows(catalog)
     model_name = os.fspath(model) if isinstance(model, str | os.PathLike) else type(model).__name__
     if isinstance(model, str | os.PathLike):
@@ -106,11 +150,15 @@ def predict(
     class_names = getattr(model, "class_names", None)
     names = output_names(kind, n_outputs(model, kind), label_cols, schema, class_names)
     mc_dropout = n_samples > 1 if mc_dropout is None else bool(mc_dropout)
+    friendly = (friendly_loc or friendly_path(save_loc)) if kind == "tree" else None
+    outputs = OutputSet.of(save_loc, friendly=friendly, failed=failures_path(save_loc))
+    stale = claim(outputs, overwrite)
     run = {
         "task": kind,
         "model": type(model).__qualname__,
         "n_samples": n_samples,
         "mc_dropout": mc_dropout,
+        "outputs": outputs.run_record(),
     }
     parts = backend.run_predictions(
         rows,
@@ -124,9 +172,20 @@ def predict(
         run,
         seed,
     )
-    return finish_predictions(
-        table, parts, save_loc, kind, names, n_samples, model_name, schema, friendly_loc
+    files = finish_predictions(
+        table,
+        parts,
+        save_loc,
+        kind,
+        names,
+        n_samples,
+        model_name,
+        schema,
+        friendly,
+        outputs.metadata(),
     )
+    remove_stale(stale)
+    return files
 
 
 def get_representations(
@@ -146,6 +205,8 @@ def get_representations(
     progress: bool = True,
     chunk_rows: int = 4096,
     device: Any = None,
+    overwrite: bool = False,
+    hash_images: bool = False,
 ) -> RepresentationFiles:
     """Embed every galaxy of `catalog` with `encoder`'s pooled features and write the table of this
     module.
@@ -156,6 +217,10 @@ def get_representations(
     the features by PCA fitted on up to `pca_fit_rows` galaxies spread over the catalog. The other
     arguments are those of `predict`.
     """
+    check_save_loc(save_loc)
+    check_components(n_components)
+    if pca_fit_rows < 1:
+        raise ValueError(f"pca_fit_rows must be at least 1, got pca_fit_rows={pca_fit_rows}")
     settings = RunSettings(
         batch_size,
         num_workers,
@@ -165,14 +230,36 @@ def get_representations(
         chunk_rows,
         resume,
         progress,
-        device,
+        backend.device(device),
+        hash_images,
     )
-    rows, table = backend.open_rows(catalog)
-    if isinstance(encoder, str | os.PathLike):
-        encoder = backend.load_encoder(encoder)
-    encoder = getattr(encoder, "encoder", encoder)
-    shape = (backend.encoder_dim(encoder),)
-    parts = backend.run_features(
-        rows, table, encoder, shape, save_loc, settings, {"task": "encoder"}
-    )
-    return finish_representations(table, parts, save_loc, n_components, pca_fit_rows)
+    pca = pca_path(save_loc) if n_components is not None else None
+    outputs = OutputSet.of(save_loc, pca=pca, failed=failures_path(save_loc))
+    with run_lock(outputs):
+        stale = claim(outputs, overwrite)
+        rows, table = backend.open_rows(catalog)
+        if isinstance(encoder, str | os.PathLike):
+            encoder = backend.load_encoder(encoder)
+        encoder = getattr(encoder, "encoder", encoder)
+        shape = (backend.encoder_dim(encoder),)
+        run = {"task": "encoder", "outputs": outputs.run_record()}
+        parts = backend.run_features(rows, table, encoder, shape, save_loc, settings, run)
+        files = finish_representations(
+            table, parts, save_loc, n_components, pca_fit_rows, outputs.metadata()
+        )
+        remove_stale(stale)
+        return files
+
+
+def check_components(n_components: int | float | None) -> None:
+    """`n_components` as PCA takes it: None, a whole number of at least 1, or a fraction of the
+    variance in (0, 1)."""
+    if n_components is None:
+        return
+    whole = isinstance(n_components, int) and not isinstance(n_components, bool)
+    fraction = isinstance(n_components, float) and 0 < n_components < 1
+    if not ((whole and n_components >= 1) or fraction):
+        raise ValueError(
+            "n_components must be a whole number of components (at least 1) or a fraction of the "
+            f"variance in (0, 1); got n_components={n_components!r}"
+        )

@@ -8,12 +8,16 @@ checks a config and a set of tensors must pass, atomic folder writes, and the ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
 
 from zoobot.shared.schema import Schema
 
@@ -23,6 +27,8 @@ LEGACY_NAME = "pytorch_model.bin"
 WEIGHTS_NAMES = (SAFETENSORS_NAME, LEGACY_NAME)
 HEAD_NAME = "head.safetensors"
 CARD_NAME = "README.md"
+LAYOUT_FILES = (CONFIG_NAME, SAFETENSORS_NAME, HEAD_NAME, "README.md")
+"""Every file `save_pretrained` writes: a folder holding anything else is never replaced."""
 RESERVED_KEYS = ("task", "zoobot_version")
 CARD_KEYS = ("description", "training_data", "metrics", "license")
 # mkdtemp and safetensors create owner-only paths; a saved model gets the usual permissions.
@@ -32,6 +38,120 @@ os.umask(_UMASK)
 
 class WeightsMismatchError(ValueError):
     """Checkpoint tensors that do not fit the model; the message names each tensor and both shapes."""
+
+
+class WeightsFileError(ValueError):
+    """A weights file that cannot be read (truncated, damaged) or tensors that must not be saved
+    (NaN or infinite); the message names the file and the tensors."""
+
+
+class ConfigError(ValueError):
+    """A model's `config.json` that is not valid JSON or not the timm Hub layout; names the file."""
+
+
+def check_config(config: object, where: str) -> dict:
+    """`config` (parsed from `where`) if it is a timm Hub-layout config: an object with a string
+    `architecture`, and `model_args`, `pretrained_cfg` and `zoobot` objects where present (keys
+    of `model_args` are names of the architecture's arguments)."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{where}: not a JSON object but {type(config).__name__}")
+    if not isinstance(config.get("architecture"), str):
+        raise ConfigError(f"{where}: names no 'architecture', so it is not the timm Hub layout")
+    for key in ("model_args", "pretrained_cfg", "zoobot"):
+        value = config.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key!r} must be an object, not {type(value).__name__}")
+    bad = [
+        k for k in config.get("model_args") or {} if not (isinstance(k, str) and k.isidentifier())
+    ]
+    if bad:
+        raise ConfigError(f"{where}: model_args keys {bad} are not argument names")
+    return config
+
+
+def parse_config(path: Path, where: str) -> dict:
+    """The checked config at `path` (`where` names it in errors, e.g. its Hub repo)."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{where}: not valid JSON ({err})") from err
+    return check_config(config, where)
+
+
+@contextlib.contextmanager
+def building_encoder(config: Mapping, where: str) -> Iterator[None]:
+    """Within the block, an argument of `config["model_args"]` the architecture does not take
+    (a `ConfigError`, or timm's `TypeError`) becomes a `ConfigError` naming `where` and the
+    arguments."""
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
+    except TypeError as err:
+        args = sorted(config.get("model_args") or {})
+        if not args:
+            raise
+        raise ConfigError(
+            f"{where}: the model_args {args} do not fit architecture {config.get('architecture')!r}"
+            f" ({err})"
+        ) from err
+
+
+def read_safetensors(path: str | os.PathLike, load: Callable[[Path], dict]) -> dict:
+    """`load(path)` of a `.safetensors` file; a truncated or damaged file raises
+    `WeightsFileError` naming it."""
+    try:
+        return load(Path(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsFileError(
+            f"{path}: cannot read the weights ({err}); the file is damaged or was cut short: "
+            "download or save it again"
+        ) from err
+
+
+# safetensors dtypes that hold floating-point numbers; numpy has no bfloat16, so those are read as
+# the high half of float32 (which is what bfloat16 is).
+_FLOATS = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
+
+
+def nonfinite_tensors(path: str | os.PathLike) -> list[str]:
+    """The names of the tensors of a `.safetensors` file holding NaN or infinity.
+
+    Read from the format's documented layout (an 8-byte header length, a JSON header, the data)
+    rather than with `safetensors.numpy`, which cannot represent bfloat16.
+    """
+    data = Path(path).read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    body = memoryview(data)[8 + size :]
+    bad = []
+    for name, info in header.items():
+        dtype = _FLOATS.get(info.get("dtype")) if isinstance(info, dict) else None
+        if dtype is None:
+            continue
+        begin, end = info["data_offsets"]
+        values = np.frombuffer(body[begin:end], dtype)
+        if info["dtype"] == "BF16":
+            values = (values.astype(np.uint32) << 16).view(np.float32)
+        if not np.isfinite(values).all():
+            bad.append(name)
+    return bad
+
+
+def check_finite(tensors: Mapping[str, np.ndarray], what: str) -> None:
+    """Refuse (`WeightsFileError`) to save tensors holding NaN or infinity, naming them."""
+    bad = [name for name, value in tensors.items() if not np.isfinite(np.asarray(value)).all()]
+    if bad:
+        raise WeightsFileError(nonfinite_message(what, bad))
+
+
+def nonfinite_message(what: str, names: list[str]) -> str:
+    """Why a model with non-finite weights is not saved."""
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (
+        f"refusing to save {what}: {len(names)} tensor(s) hold NaN or infinity ({shown}); "
+        "training diverged or the weights were damaged"
+    )
 
 
 def check_weights_fit(
@@ -88,12 +208,12 @@ def checkpoint_channels(
 def write_model_folder(folder: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Let `write` fill a staging folder beside `folder`, then rename it into place atomically.
 
-    Readers never see half a model; an existing model folder is replaced, any other non-empty
-    folder is refused.
+    Readers never see half a model. An existing folder is replaced only if it is empty or a model
+    zoobot saved (a config with a `zoobot` key, and nothing but `LAYOUT_FILES`); any other is
+    refused, naming what is in the way.
     """
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not (folder / CONFIG_NAME).is_file():
-        raise FileExistsError(f"{folder} exists and is not a saved model; refusing to replace it")
+    check_replaceable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
     try:
@@ -105,6 +225,32 @@ def write_model_folder(folder: str | os.PathLike, write: Callable[[Path], object
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def check_replaceable(folder: Path) -> None:
+    """Refuse to replace `folder` unless it is absent, empty, or a model folder zoobot wrote."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder; refusing to replace it")
+    names = sorted(p.name for p in folder.iterdir())
+    if not names:
+        return
+    others = [n for n in names if n not in LAYOUT_FILES]
+    if others:
+        raise FileExistsError(
+            f"{folder} holds files a saved model does not ({', '.join(others[:10])}); refusing to "
+            "replace it: move them away or save to another folder"
+        )
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    if not isinstance(config, dict) or "zoobot" not in config:
+        raise FileExistsError(
+            f"{folder} is not a model zoobot saved (its {CONFIG_NAME} has no 'zoobot' entry); "
+            "refusing to replace it: move it away or save to another folder"
+        )
 
 
 def replace_folder(new: Path, destination: Path) -> None:

@@ -24,7 +24,14 @@ from zoobot.models.layout import (
     CARD_NAME,
     CONFIG_NAME,
     HEAD_NAME,
+    SAFETENSORS_NAME,
+    WeightsFileError,
+    building_encoder,
+    check_finite,
     model_card,
+    nonfinite_message,
+    nonfinite_tensors,
+    read_safetensors,
     write_model_folder,
 )
 from zoobot.models.tasks import TaskRegistry
@@ -41,15 +48,22 @@ def _write_layout(
     title: str,
     repo_id: str | None = None,
 ) -> str:
-    """Write every file of the layout into the (new, empty) `folder`; return the task name."""
+    """Write every file of the layout into the (new, empty) `folder`; return the task name.
+
+    Weights holding NaN or infinity are refused (`WeightsFileError` naming the tensors).
+    """
     zoobot = backend.tasks.zoobot_config(model, backend.version())
     is_encoder = zoobot["task"] == "encoder"
     encoder = model if is_encoder else model.encoder
     config = backend.write_encoder(encoder, folder)
+    bad = nonfinite_tensors(folder / SAFETENSORS_NAME)
+    if bad:
+        raise WeightsFileError(nonfinite_message(f"{title} (encoder)", bad))
     config["zoobot"] = zoobot
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     if not is_encoder:
         state = backend.head_state(model.head)
+        check_finite(state, f"{title} (head)")
         safetensors.numpy.save_file(state, folder / HEAD_NAME, metadata={"format": "pt"})
     text = model_card(config, backend.encoder_dim(encoder), card, title, backend.package, repo_id)
     (folder / CARD_NAME).write_text(text, encoding="utf-8")
@@ -62,8 +76,10 @@ def save_pretrained(
     """Write `model` (an encoder or a registered task model) to `folder` in the Hub layout.
 
     The folder is written beside its destination and renamed into place, so readers never see half
-    a model; an existing model folder is replaced, any other non-empty folder refused. `card` may
-    give `description`, `training_data`, `metrics` (name -> value) and `license`.
+    a model; an existing model folder zoobot saved is replaced, any other non-empty folder refused
+    (`zoobot.models.layout.write_model_folder`), and weights holding NaN or infinity are never
+    written. `card` may give `description`, `training_data`, `metrics` (name -> value) and
+    `license`.
     """
     title = Path(folder).name
     return write_model_folder(
@@ -114,10 +130,17 @@ def from_pretrained(backend: Backend, name: str | os.PathLike) -> Any:
     zoobot = config.get("zoobot") or {}
     task = zoobot.get("task", "encoder")
     cls = None if task == "encoder" else backend.tasks.lookup(task, source)
-    encoder = backend.encoder_from_config(config, source.weights_path(), None)
+    encoder = _encoder(backend, config, source, None)
     if cls is None:
         return encoder
     return _rebuild(backend, cls, TaskRegistry.task_config(zoobot), encoder, source, task)
+
+
+def _encoder(backend: Backend, config: dict, source: ModelSource, channels: int | None):
+    """The encoder of a model folder or repo; arguments of its config the architecture does not
+    take are named with the config file."""
+    with building_encoder(config, f"{source}/{CONFIG_NAME}"):
+        return backend.encoder_from_config(config, source.weights_path(), channels)
 
 
 def _rebuild(backend: Backend, cls: type, task_config: dict, encoder, source, task: str):
@@ -128,7 +151,7 @@ def _rebuild(backend: Backend, cls: type, task_config: dict, encoder, source, ta
     head_path = source.fetch(HEAD_NAME)
     if head_path is None:
         raise FileNotFoundError(f"{source} is a {task!r} model but has no {HEAD_NAME}")
-    state = safetensors.numpy.load_file(head_path)
+    state = read_safetensors(head_path, safetensors.numpy.load_file)
     backend.load_head_state(model.head, state, f"{task} head of {source}")
     return model
 
@@ -193,9 +216,7 @@ class PretrainedMixin:
                 f"{source} is a saved {task!r} model, rebuilt as saved; it takes no arguments "
                 f"(got {sorted(kwargs)})"
             )
-        encoder = backend.encoder_from_config(
-            config, source.weights_path(), kwargs.pop("channels", None)
-        )
+        encoder = _encoder(backend, config, source, kwargs.pop("channels", None))
         if saved_cls is None:
             return cls(encoder=encoder, **kwargs)
         return _rebuild(backend, saved_cls, TaskRegistry.task_config(zoobot), encoder, source, task)

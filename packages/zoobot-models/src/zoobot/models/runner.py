@@ -7,8 +7,9 @@ framework's engine (`Backend.run_predictions` / `run_features`) decodes each bat
 and hands the results to a `ChunkWriter`, which writes each finished chunk atomically as
 `<save_loc>.parts/part-000012.parquet` (`Parts`). A run stopped at any moment, even by SIGKILL,
 loses at most the chunk in flight and resumes from the parts on disk. `manifest.json` in the parts
-folder fingerprints the catalog, the model weights and every setting that changes the numbers
-(`start_parts`), so parts of another run are never mixed in; the Monte Carlo randomness of each
+folder fingerprints the catalog, each image's identity (size and modification time, or contents),
+the model weights and every setting that changes the numbers (`start_parts`), so parts of another
+run are never mixed in; the Monte Carlo randomness of each
 chunk is seeded from the run's seed and the chunk number (`chunk_seed`), so a resumed run gives the
 numbers of an uninterrupted one.
 
@@ -39,7 +40,7 @@ from tqdm import tqdm
 
 from zoobot.data.catalog import load_catalog, validate_catalog
 from zoobot.data.images import ImageDecodeError, read_image
-from zoobot.shared.io import atomic_path, atomic_write_text
+from zoobot.shared.io import atomic_path, atomic_write_text, file_digest
 from zoobot.shared.schema import Schema
 from zoobot.shared.tables import PCAProjection, PredictionWriter
 
@@ -49,6 +50,7 @@ MANIFEST = "manifest.json"
 FORMAT = "zoobot-parts/1"
 FAILED_COLUMNS = ["id_str", "file_loc", "error"]
 TABLE_FORMAT = "zoobot-predictions-table/1"
+REPRESENTATIONS_FORMAT = "zoobot-representations/1"
 PRECISIONS = ("32", "bf16")
 SUFFIXES = {"classifier": "probability", "regressor": "prediction"}
 
@@ -59,7 +61,8 @@ class RunSettings:
 
     `num_workers=None` takes half the CPUs (1 to 8, `default_workers`). `precision` is "32" or
     "bf16"; `channels_last=None` lets the framework choose its memory layout; `device=None` runs the
-    model where it already is (each framework reads `device` its own way).
+    model where it already is (each framework reads `device` its own way). A resumed run must have
+    the same images: their sizes and modification times, or with `hash_images` their contents.
     """
 
     batch_size: int = 128
@@ -71,6 +74,7 @@ class RunSettings:
     resume: bool = True
     progress: bool = True
     device: Any = None
+    hash_images: bool = False
 
     def __post_init__(self):
         if str(self.precision) not in PRECISIONS:
@@ -78,6 +82,11 @@ class RunSettings:
         for name in ("batch_size", "image_size", "chunk_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(
+                f"num_workers must be 0 (decode in this process) or more, or None for half the "
+                f"CPUs; got num_workers={self.num_workers}"
+            )
 
     @property
     def workers(self) -> int:
@@ -103,6 +112,25 @@ def catalog_digest(catalog: pd.DataFrame) -> str:
     """A digest of the `id_str` and `file_loc` columns in order."""
     hashed = pd.util.hash_pandas_object(catalog[["id_str", "file_loc"]], index=False)
     return hashlib.blake2b(hashed.to_numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def images_digest(file_locs: Sequence[str], content: bool = False) -> str:
+    """A digest of each image's identity in order: its size and modification time, or with
+    `content` its bytes, so a resumed run never mixes in parts computed from other images. A
+    location that is not a file counts by its name only (a shard record: the shards' own
+    checksums cover it)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for location in file_locs:
+        try:
+            if content:
+                identity = file_digest(location, "blake2b")
+            else:
+                stat = os.stat(location)
+                identity = f"{stat.st_size}|{stat.st_mtime_ns}"
+        except OSError:
+            identity = "-"
+        digest.update(f"{location}|{identity}\n".encode())
+    return digest.hexdigest()
 
 
 def arrays_digest(arrays: Iterator[tuple[str, np.ndarray]] | Mapping[str, np.ndarray]) -> str:
@@ -262,7 +290,7 @@ def open_parts(folder: Path, fingerprint: Mapping, resume: bool) -> bool:
             changed = sorted(k for k in {*old, *fingerprint} if old.get(k) != fingerprint.get(k))
             raise ValueError(
                 f"{folder} holds parts of a different run (differs in: {', '.join(changed)}); "
-                "pass resume=False to start again, or the same model, catalog and settings"
+                "pass resume=False to start again, or the same model, catalog, images and settings"
             )
         for stale in folder.glob(".*.part"):
             stale.unlink()
@@ -291,6 +319,7 @@ def start_parts(
     fingerprint = {
         **run,
         "catalog": catalog_digest(catalog),
+        "images": images_digest(catalog["file_loc"], settings.hash_images),
         "rows": len(catalog),
         "shape": [int(s) for s in shape],
         "chunk_rows": settings.chunk_rows,
@@ -394,6 +423,22 @@ def write_failures(path: str | os.PathLike, catalog: pd.DataFrame, parts: Parts)
 # --- prediction tables -------------------------------------------------------------------------
 
 
+def friendly_path(save_loc: str | os.PathLike) -> Path:
+    """Where a tree's friendly table goes by default: `<save_loc stem>_friendly.parquet`."""
+    save_loc = Path(save_loc)
+    return save_loc.with_name(f"{save_loc.stem}_friendly.parquet")
+
+
+def failures_path(save_loc: str | os.PathLike) -> Path:
+    """Where a run lists its unreadable images: `<save_loc>.failed.csv`."""
+    return Path(f"{os.fspath(save_loc)}.failed.csv")
+
+
+def pca_path(save_loc: str | os.PathLike) -> Path:
+    """Where `get_representations` writes its PCA projection: `<save_loc>.pca.npz`."""
+    return Path(f"{os.fspath(save_loc)}.pca.npz")
+
+
 @dataclass(frozen=True)
 class PredictionFiles:
     """What `predict` wrote: its files, and how many galaxies were predicted or could not be read."""
@@ -405,15 +450,23 @@ class PredictionFiles:
     n_failed: int
 
 
-def table_schema(names: Sequence[str], suffix: str, n_samples: int, model_name: str) -> pa.Schema:
-    """Arrow schema of a classifier/regressor table: id_str, means, then passes if several."""
+def table_schema(
+    names: Sequence[str],
+    suffix: str,
+    n_samples: int,
+    model_name: str,
+    metadata: Mapping[str, str] | None = None,
+) -> pa.Schema:
+    """Arrow schema of a classifier/regressor table: id_str, means, then passes if several;
+    `metadata` joins the table's own key-value metadata."""
     fields = [pa.field("id_str", pa.string(), nullable=False)]
     fields += [pa.field(f"{name}_{suffix}", pa.float32()) for name in names]
     if n_samples > 1:
         passes = pa.list_(pa.float32(), n_samples)
         fields += [pa.field(f"{name}_{suffix}_passes", passes) for name in names]
-    metadata = {"zoobot.format": TABLE_FORMAT, "zoobot.model_name": model_name}
-    return pa.schema(fields, metadata=metadata | {"zoobot.n_passes": str(n_samples)})
+    own = {"zoobot.format": TABLE_FORMAT, "zoobot.model_name": model_name}
+    own["zoobot.n_passes"] = str(n_samples)
+    return pa.schema(fields, metadata={**(metadata or {}), **own})
 
 
 def write_table(path, parts: Parts, ids: np.ndarray, schema: pa.Schema, n_samples: int) -> None:
@@ -432,10 +485,18 @@ def write_table(path, parts: Parts, ids: np.ndarray, schema: pa.Schema, n_sample
 
 
 def write_tree(
-    path, friendly: Path, parts: Parts, ids: np.ndarray, schema: Schema, n_samples, name
+    path,
+    friendly: Path,
+    parts: Parts,
+    ids: np.ndarray,
+    schema: Schema,
+    n_samples,
+    name,
+    metadata: Mapping[str, str] | None = None,
 ):
     """Stream every part into the full and friendly tables of `zoobot.shared.tables`."""
-    with PredictionWriter(path, schema, name, n_samples, friendly_path=friendly) as writer:
+    options = {"friendly_path": friendly, "metadata": metadata}
+    with PredictionWriter(path, schema, name, n_samples, **options) as writer:
         for part in parts.read():
             writer.write(ids[part.positions], part.values)
 
@@ -450,24 +511,26 @@ def finish_predictions(
     model_name: str,
     schema: Schema | None = None,
     friendly_loc: str | os.PathLike | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> PredictionFiles:
     """Write the final prediction files of a finished run from its parts, then delete the parts.
 
     Parts hold (output, pass) values per galaxy. A tree (`schema` given) writes the full table at
-    `save_loc` and the friendly one at `friendly_loc` (default `<stem>_friendly.parquet`); a
-    classifier or regressor the `<name>_probability` / `<name>_prediction` table.
+    `save_loc` and the friendly one at `friendly_loc` (default `friendly_path(save_loc)`); a
+    classifier or regressor the `<name>_probability` / `<name>_prediction` table. The failures
+    go first and the table at `save_loc` last, with `metadata` in its parquet metadata.
     """
     ids = catalog["id_str"].to_numpy()
     save_loc = Path(save_loc)
+    failed = failures_path(save_loc)
+    n_failed = write_failures(failed, catalog, parts)
     friendly = None
     if table == "tree":
-        friendly = Path(friendly_loc or save_loc.with_name(f"{save_loc.stem}_friendly.parquet"))
-        write_tree(save_loc, friendly, parts, ids, schema, n_samples, model_name)
+        friendly = Path(friendly_loc or friendly_path(save_loc))
+        write_tree(save_loc, friendly, parts, ids, schema, n_samples, model_name, metadata)
     else:
-        arrow = table_schema(names, SUFFIXES[table], n_samples, model_name)
+        arrow = table_schema(names, SUFFIXES[table], n_samples, model_name, metadata)
         write_table(save_loc, parts, ids, arrow, n_samples)
-    failed = Path(f"{save_loc}.failed.csv")
-    n_failed = write_failures(failed, catalog, parts)
     parts.remove()
     return PredictionFiles(save_loc, friendly, failed, len(catalog) - n_failed, n_failed)
 
@@ -498,14 +561,20 @@ def pca_sample(parts: Parts, max_rows: int) -> np.ndarray:
 
 
 def write_representations(
-    path, parts: Parts, ids: np.ndarray, prefix: str, projection: PCAProjection | None
+    path,
+    parts: Parts,
+    ids: np.ndarray,
+    prefix: str,
+    projection: PCAProjection | None,
+    metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Stream every part, projected if asked, into `id_str` + `<prefix><i>` float32 columns."""
     width = parts.shape[0] if projection is None else len(projection.components)
     names = ["id_str", *(f"{prefix}{i}" for i in range(width))]
     schema = pa.schema(
         [pa.field("id_str", pa.string(), nullable=False)]
-        + [pa.field(name, pa.float32()) for name in names[1:]]
+        + [pa.field(name, pa.float32()) for name in names[1:]],
+        metadata={**(metadata or {}), "zoobot.format": REPRESENTATIONS_FORMAT},
     )
     with parquet_stream(path, schema) as writer:
         for part in parts.read():
@@ -523,19 +592,21 @@ def finish_representations(
     save_loc: str | os.PathLike,
     n_components: int | float | None = None,
     pca_fit_rows: int = 50_000,
+    metadata: Mapping[str, str] | None = None,
 ) -> RepresentationFiles:
     """Write the representations table (PCA-compressed if `n_components`) from a finished run's
-    parts, the projection as `<save_loc>.pca.npz`, the failures; then delete the parts."""
+    parts, the projection as `<save_loc>.pca.npz`, the failures; then delete the parts. The table
+    goes last, with `metadata` in its parquet metadata."""
     ids = catalog["id_str"].to_numpy()
     save_loc, pca_loc, projection = Path(save_loc), None, None
+    failed = failures_path(save_loc)
+    n_failed = write_failures(failed, catalog, parts)
     if n_components is not None:
         projection = PCAProjection.fit(pca_sample(parts, pca_fit_rows), n_components)
-        pca_loc = Path(f"{save_loc}.pca.npz")
+        pca_loc = pca_path(save_loc)
         with atomic_path(pca_loc) as tmp, open(tmp, "wb") as f:
             np.savez(f, **vars(projection))
     prefix = "feat_" if projection is None else "feat_pca_"
-    write_representations(save_loc, parts, ids, prefix, projection)
-    failed = Path(f"{save_loc}.failed.csv")
-    n_failed = write_failures(failed, catalog, parts)
+    write_representations(save_loc, parts, ids, prefix, projection, metadata)
     parts.remove()
     return RepresentationFiles(save_loc, pca_loc, failed, len(catalog) - n_failed, n_failed)

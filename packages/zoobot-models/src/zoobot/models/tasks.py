@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping, Sequence
 
+from zoobot.data.labels import LabelRule
 from zoobot.models.layout import RESERVED_KEYS
 from zoobot.shared.schema import Schema
 
@@ -189,3 +190,35 @@ def resolve_encoder(backend, name, encoder, channels: int | None):
     if (name is None) == (encoder is None):
         raise ValueError("pass exactly one of name= (architecture, hf_hub: or folder) and encoder=")
     return encoder if encoder is not None else backend.load_encoder(name, channels)
+
+
+def label_rule(model: object, label_cols: Sequence[str]) -> LabelRule:
+    """What the `label_cols` a task model trains on must hold (`zoobot.data.labels`): a tree's
+    schema answers (in order) as vote counts, a classifier's one column of class indices, or a
+    regressor's one column per output of finite targets."""
+    table = output_table(model)
+    cols = [label_cols] if isinstance(label_cols, str) else list(label_cols)
+    n = n_outputs(model, table)
+    if table == "tree":
+        expected = list(model.schema.label_cols)
+        unknown = [c for c in cols if c not in expected]
+        if unknown:
+            raise ValueError(
+                f"label columns {unknown} are not answers of the model's schema "
+                f"{model.schema.name!r}"
+            )
+        if cols != expected:
+            raise ValueError(
+                f"a tree model trains on every answer of its schema {model.schema.name!r}, in "
+                f"order; got {len(cols)} of its {len(expected)} label columns"
+            )
+        return LabelRule.votes(cols)
+    if table == "classifier":
+        if len(cols) != 1:
+            raise ValueError(f"a classifier trains on one column of class indices, got {cols}")
+        return LabelRule.classes(cols[0], n)
+    if len(cols) != n:
+        raise ValueError(
+            f"a regressor with {n} output(s) trains on {n} label column(s), got {cols}"
+        )
+    return LabelRule.targets(cols)

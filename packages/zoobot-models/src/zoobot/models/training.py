@@ -8,13 +8,37 @@ function as its own `train` (`zoobot.torch.train`, `zoobot.tf.train`).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zoobot.shared import Schema, as_schema
 
 if TYPE_CHECKING:
     from zoobot.models.backend import Backend
+
+MAX_IDS_SHOWN = 10
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped at a step whose loss was NaN or infinite; names the step and its galaxies."""
+
+
+def nonfinite_loss_message(
+    loss: float, step: int, epoch: int, batch: int, ids: Sequence[str] | None, weights: str
+) -> str:
+    """Why training stopped: the loss, where (optimizer step, epoch, batch within it), the
+    `id_str` of the batch's galaxies (None: not known), and what became of the `weights`."""
+    if ids:
+        shown = ", ".join(repr(str(i)) for i in ids[:MAX_IDS_SHOWN])
+        more = f" and {len(ids) - MAX_IDS_SHOWN} more" if len(ids) > MAX_IDS_SHOWN else ""
+        rows = f"the batch held id_str {shown}{more}"
+    else:
+        rows = "its galaxies cannot be named (the data pipeline does not record them)"
+    return (
+        f"training stopped: the loss was {loss} at step {step} (epoch {epoch}, batch {batch}); "
+        f"{rows}. {weights}; nothing was exported. Check those galaxies' labels and images, or "
+        "lower the learning rate"
+    )
 
 
 def train(

@@ -29,7 +29,13 @@ from zoobot.shared.tables import (
     write_friendly,
     write_predictions_full,
 )
-from zoobot.shared.votes import answer_totals, question_sums, vote_fractions
+from zoobot.shared.votes import (
+    MAX_VOTES,
+    answer_totals,
+    count_problems,
+    question_sums,
+    vote_fractions,
+)
 
 __all__ = [
     "Answer",
@@ -60,7 +66,9 @@ __all__ = [
     "read_predictions_full",
     "write_friendly",
     "write_predictions_full",
+    "MAX_VOTES",
     "answer_totals",
+    "count_problems",
     "question_sums",
     "vote_fractions",
 ]

@@ -78,6 +78,19 @@ def _answer_name(raw: str) -> str:
     return raw[1:] if raw.startswith("_") else raw
 
 
+def _check_name(schema: str, what: str, name: object) -> str:
+    """`name` if it can name a question or answer (text, not blank, no surrounding spaces)."""
+    if not isinstance(name, str):
+        raise SchemaError(
+            f"schema {schema!r}: {what} {name!r} is not a string (a {type(name).__name__})"
+        )
+    if not name.strip() or name != name.strip():
+        raise SchemaError(
+            f"schema {schema!r}: {what} {name!r} is blank or has leading/trailing spaces"
+        )
+    return name
+
+
 class Schema:
     """A Galaxy Zoo decision tree.
 
@@ -92,11 +105,24 @@ class Schema:
         name: str = "custom",
         description: str = "",
     ):
+        if not isinstance(question_answer_pairs, Mapping):
+            raise SchemaError(
+                f"schema {name!r}: questions must be a {{question: [answers]}} mapping, "
+                f"got a {type(question_answer_pairs).__name__}"
+            )
+        if dependencies is not None and not isinstance(dependencies, Mapping):
+            raise SchemaError(
+                f"schema {name!r}: dependencies must be a {{question: parent answer}} mapping, "
+                f"got a {type(dependencies).__name__}"
+            )
         dependencies = dict(dependencies or {})
         self.name = name
         self.description = description
         if not question_answer_pairs:
             raise SchemaError(f"schema {name!r} has no questions")
+        for qname, parent in dependencies.items():
+            if parent is not None:
+                _check_name(name, f"the parent answer of {qname!r}", parent)
         unknown = sorted(set(dependencies) - set(question_answer_pairs))
         if unknown:
             raise SchemaError(
@@ -105,7 +131,8 @@ class Schema:
         questions: list[Question] = []
         index = 0
         for qname, raw_answers in question_answer_pairs.items():
-            if not qname or "_" in qname:
+            _check_name(name, "question name", qname)
+            if "_" in qname:
                 raise SchemaError(
                     f"schema {name!r}: question name {qname!r} must be non-empty and contain no '_' "
                     "(label columns are 'question_answer')"
@@ -114,7 +141,16 @@ class Schema:
                 raise SchemaError(
                     f"schema {name!r}: answers of {qname!r} must be a list of names, got a string"
                 )
-            answers = [_answer_name(a) for a in raw_answers]
+            if not isinstance(raw_answers, Sequence):
+                raise SchemaError(
+                    f"schema {name!r}: answers of {qname!r} must be a list of names, "
+                    f"got a {type(raw_answers).__name__}"
+                )
+            what = f"an answer of {qname!r}"
+            answers = [
+                _check_name(name, what, _answer_name(_check_name(name, what, a)))
+                for a in raw_answers
+            ]
             if len(answers) < 2:
                 raise SchemaError(
                     f"schema {name!r}: question {qname!r} has {len(answers)} answer(s); "
@@ -147,6 +183,7 @@ class Schema:
             raise SchemaError(f"schema {name!r}: duplicate label columns {duplicates}")
         previous = None
         for i, col in enumerate(label_cols):
+            _check_name(name, f"label column {i}", col)
             if "_" not in col:
                 raise SchemaError(
                     f"schema {name!r}: label column {i} {col!r} is not of the form 'question_answer'"

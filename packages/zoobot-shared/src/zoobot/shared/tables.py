@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -123,12 +124,15 @@ def write_friendly(path: str | os.PathLike, df: pd.DataFrame) -> None:
             df.to_parquet(tmp, index=False, engine="pyarrow")
 
 
-def _full_schema(schema: Schema, model_name: str, n_passes: int) -> pa.Schema:
+def _full_schema(
+    schema: Schema, model_name: str, n_passes: int, extra: Mapping[str, str] | None = None
+) -> pa.Schema:
     fields = [pa.field("id_str", pa.string(), nullable=False)]
     fields += [
         pa.field(col, pa.list_(pa.float32(), n_passes), nullable=False) for col in schema.label_cols
     ]
     metadata = {
+        **{key.encode(): value.encode() for key, value in (extra or {}).items()},
         _KEYS["format"]: FORMAT.encode(),
         _KEYS["schema"]: schema.to_json().encode(),
         _KEYS["model_name"]: model_name.encode(),
@@ -148,7 +152,9 @@ class PredictionWriter:
     Use as a context manager, or call `close()` to finish (the files appear under their final
     names) or `abort()` to discard them. An exception inside the `with` block discards both files.
     `friendly_path` ending in .csv writes CSV, otherwise parquet; `level` and
-    `min_probability_asked` are passed to `friendly_table`.
+    `min_probability_asked` are passed to `friendly_table`. `metadata` adds key-value pairs to the
+    full file's parquet metadata. The friendly table is moved into place first, the full file
+    last.
     """
 
     def __init__(
@@ -160,6 +166,7 @@ class PredictionWriter:
         friendly_path: str | os.PathLike | None = None,
         level: float = 0.9,
         min_probability_asked: float = 0.5,
+        metadata: Mapping[str, str] | None = None,
     ):
         if (
             isinstance(n_passes, bool)
@@ -172,7 +179,7 @@ class PredictionWriter:
         self.schema = schema
         self.n_passes = int(n_passes)
         self._friendly_options = {"level": level, "min_probability_asked": min_probability_asked}
-        self._arrow_schema = _full_schema(schema, model_name, self.n_passes)
+        self._arrow_schema = _full_schema(schema, model_name, self.n_passes, metadata)
         self._stack = contextlib.ExitStack()
         self._friendly = None
         try:

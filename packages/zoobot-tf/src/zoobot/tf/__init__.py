@@ -24,6 +24,7 @@ _EXPORTS = {
     "FinetuneableZoobotRegressor": "zoobot.tf.finetune",
     "FinetuneableZoobotTree": "zoobot.tf.finetune",
     "PushResult": "zoobot.models.hub",
+    "list_pretrained": "zoobot.models.catalogue",
     "from_pretrained": "zoobot.tf.pretrained",
     "push_to_hub": "zoobot.tf.pretrained",
     "register_task": "zoobot.tf.pretrained",

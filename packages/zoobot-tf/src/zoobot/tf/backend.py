@@ -149,8 +149,8 @@ class KerasBackend(Backend):
 
     def device(self, name: str | None) -> str | None:
         """`name` (torch-style `cpu`, `cuda`, `cuda:1`, or the backend's own, e.g. TensorFlow's
-        `/GPU:1`), checked: the engine runs in `zoobot.tf.runtime.device_scope(name)`."""
-        runtime.device_scope(name)
+        `/GPU:1`), checked to exist here; the engine runs in `runtime.device_scope(name)`."""
+        runtime.device_name(name)
         return name
 
     def set_threads(self, threads: int) -> None:

@@ -31,8 +31,10 @@ from zoobot.models.layout import (
     CONFIG_NAME,
     SAFETENSORS_NAME,
     WeightsMismatchError,
+    building_encoder,
     checkpoint_channels,
     first_convs,
+    read_safetensors,
 )
 from zoobot.models.legacy import LegacyWeightsError, load_torch_state_dict
 from zoobot.tf import architectures
@@ -83,7 +85,7 @@ def load_state_dict_file(path: str | os.PathLike, name: str | None = None) -> di
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        return safetensors.numpy.load_file(path)
+        return read_safetensors(path, safetensors.numpy.load_file)
     name = name or str(path.parent)
     logger.warning(
         "%s: no %s, reading the legacy PyTorch pickle %s with zoobot.tf's restricted reader "
@@ -254,8 +256,9 @@ def load_encoder(
     """A Keras feature extractor returning pooled features of width `encoder_dim(encoder)`.
 
     `name` is a timm architecture zoobot.tf implements (random init; `torchvision:resnet50` gives
-    the same network), `hf_hub:owner/repo[@revision]`, or a folder in the timm Hub layout (write
-    `./name` for a folder named like an architecture). `channels` defaults to the checkpoint's (3
+    the same network), `hf_hub:owner/repo[@revision]`, a published Zoobot encoder's repo name
+    (e.g. `zoobot-encoder-convnext_nano`; `list_pretrained()` lists them), or a folder in the timm
+    Hub layout (write `./name` for a folder named like an architecture). `channels` defaults to the checkpoint's (3
     for architecture names); a different count adapts the first conv as timm does.
     `pretrained=False` builds a Hub/folder architecture without loading its weights. Keyword
     arguments are timm model arguments (e.g. `drop_path_rate=0.1`). Takes channels-last images.
@@ -273,7 +276,8 @@ def load_encoder(
         return _architecture_encoder(text, channels, model_args)
     config = source.read_config()
     state = read_weights(source) if pretrained else None
-    return encoder_from_config(config, state, channels, **model_args)
+    with building_encoder(config, f"{source}/{CONFIG_NAME}"):
+        return encoder_from_config(config, state, channels, **model_args)
 
 
 def encoder_dim(encoder: keras.Model) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 __all__ = [
     "NAMES",
     "compiled",
+    "device_name",
     "device_scope",
     "float64_enabled",
     "gpu_count",
@@ -115,22 +116,47 @@ def gpu_count() -> int:
     return len(tf.config.list_physical_devices("GPU"))
 
 
-def device_scope(name: str | None):
-    """A context running work on a device named torch-style (`cpu`, `cuda`, `cuda:1`) or as the
-    backend names it (TensorFlow's `/GPU:1`, JAX's `gpu:1`); None: the backend's choice."""
+def _devices() -> list[str]:
+    """The devices the backend has, as `device_name` names them ("/CPU:0", "gpu:1")."""
+    if on_jax():
+        import jax
+
+        platforms = dict.fromkeys(["cpu", jax.default_backend()])
+        return [f"{p}:{i}" for p in platforms for i in range(len(jax.devices(p)))]
+    import tensorflow as tf
+
+    return ["/" + d.name.rsplit("device:", 1)[-1] for d in tf.config.list_logical_devices()]
+
+
+def device_name(name: str | None) -> str | None:
+    """The backend's name for a device named torch-style (`cpu`, `cuda`, `cuda:1`) or as the
+    backend names it (TensorFlow's `/GPU:1`, JAX's `gpu:1`), checked to exist here; None: the
+    backend's choice."""
     if name is None:
-        return contextlib.nullcontext()
+        return None
     if name.startswith("/"):
         if on_jax():
             raise ValueError(f"{name!r} is a TensorFlow device name; on JAX use cpu, cuda:N, gpu:N")
-        return keras.device(name)
-    kind, _, index = name.lower().partition(":")
-    kinds = {"cpu": "CPU", "cuda": "GPU", "gpu": "GPU"}
-    if kind not in kinds or (index and not index.isdigit()):
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or a TensorFlow name")
-    if on_jax():
-        return keras.device(f"{kinds[kind].lower()}:{index or 0}")
-    return keras.device(f"/{kinds[kind]}:{index or 0}")
+        device = "/" + name.rsplit("device:", 1)[-1].lstrip("/").upper()
+    else:
+        kind, _, index = name.lower().partition(":")
+        kinds = {"cpu": "CPU", "cuda": "GPU", "gpu": "GPU"}
+        if kind not in kinds or (index and not index.isdigit()):
+            raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or a TensorFlow name")
+        kind = kinds[kind]
+        device = f"{kind.lower()}:{index or 0}" if on_jax() else f"/{kind}:{index or 0}"
+    found = _devices()
+    if device not in found:
+        backend = "JAX" if on_jax() else "TensorFlow"
+        raise ValueError(f"device={name!r}, but {backend} has only {found}")
+    return device
+
+
+def device_scope(name: str | None):
+    """A context running work on the device `name` (as `device_name` takes it); None: the
+    backend's choice."""
+    device = device_name(name)
+    return contextlib.nullcontext() if device is None else keras.device(device)
 
 
 def compiled(

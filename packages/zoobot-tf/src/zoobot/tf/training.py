@@ -18,18 +18,27 @@ import importlib.util
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 
+from zoobot.data.images import ImageDecodeError
 from zoobot.data.splits import Splits
 from zoobot.models import fast_paths, training
 from zoobot.models.backend import bind
+from zoobot.models.layout import check_replaceable
+from zoobot.models.tasks import label_rule
+from zoobot.models.training import NonFiniteLossError, nonfinite_loss_message
 from zoobot.tf import runtime
 from zoobot.tf.module import ZoobotModel
 from zoobot.tf.runner import input_channels
+
+if TYPE_CHECKING:
+    from zoobot.tf.data.pipelines import BatchIds
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +268,39 @@ def _writes_files(model: keras.Model) -> bool:
     return model.distribute_strategy.extended.should_checkpoint
 
 
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop fitting at the first batch whose loss is NaN or infinite (`NonFiniteLossError`), naming
+    the step and, with the `BatchIds` its training dataset records, the batch's galaxies. Keras
+    has applied that step's update, so the model's weights are no longer usable; raising keeps
+    `ExportBest` and the checkpoints from saving them."""
+
+    def __init__(self, batch_ids: BatchIds | None = None):
+        super().__init__()
+        self.batch_ids, self.epoch = batch_ids, 0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is None or math.isfinite(float(loss)):
+            return
+        ids = self.batch_ids.get(batch) if self.batch_ids is not None else None
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) - 1
+        weights = "Keras applied that step, so the model's weights are not usable"
+        message = nonfinite_loss_message(float(loss), step, self.epoch, batch, ids, weights)
+        raise NonFiniteLossError(message)
+
+
+def unusable_image(err: Exception) -> ImageDecodeError | None:
+    """The `ImageDecodeError` a training pipeline's image check stopped with (tf.data's
+    `InvalidArgumentError`, on either Keras backend), or None."""
+    from zoobot.tf.data.pipelines import UNUSABLE_IMAGE
+
+    found = re.search(rf"\[{UNUSABLE_IMAGE}\] \[(.*?)\] \[(.*?)\]", str(err))
+    return None if found is None else ImageDecodeError(f"{found[1]}: {found[2]}")
+
+
 class LearningRateLogger(keras.callbacks.Callback):
     """Add the optimizer's current learning rate to each epoch's logs (`learning_rate`)."""
 
@@ -281,7 +323,8 @@ def get_callbacks(
 
     In `save_dir`: `checkpoints/best.weights.h5` and `last.weights.h5`, `best/` (Hub layout, when
     fitting ends, if `export_best`), `logs/metrics.csv` and `tensorboard/`. `tensorboard=None` logs
-    to TensorBoard when its package is installed; True requires it. `callbacks` come first.
+    to TensorBoard when its package is installed; True requires it. `callbacks` come first; a
+    `StopOnNonFiniteLoss` is among them.
     """
     save_dir = Path(save_dir)
     (save_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -289,8 +332,11 @@ def get_callbacks(
     have_tensorboard = importlib.util.find_spec("tensorboard") is not None
     if tensorboard and not have_tensorboard:
         raise ImportError("tensorboard=True needs the tensorboard package: pip install tensorboard")
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks):
+        callbacks.append(StopOnNonFiniteLoss())
     result = [
-        *(callbacks or []),
+        *callbacks,
         LearningRateLogger(),
         keras.callbacks.ModelCheckpoint(
             str(save_dir / "checkpoints" / "best.weights.h5"),
@@ -361,8 +407,12 @@ def _datasets(
     seed: int,
     splits: Splits = None,
     num_workers: int | None = None,
+    rule=None,
+    batch_ids: BatchIds | None = None,
 ) -> tuple:
-    """(train, validation) datasets of (images, labels) from what `fit_catalog` accepts."""
+    """(train, validation) datasets of (images, labels) from what `fit_catalog` accepts; sources
+    it opens have their labels checked by `rule` and their training batches recorded in
+    `batch_ids`."""
     if runtime.is_tf_dataset(data):
         return data, None
     if isinstance(data, tuple) and len(data) == 2:
@@ -375,12 +425,15 @@ def _datasets(
         "batch_size": batch_size,
         "splits": splits,
         "split_seed": seed,
+        "label_rule": rule,
     }
     if num_workers is not None:
         common["num_parallel_calls"] = max(1, num_workers)
 
     def train_split(source, split):
-        return pipelines.train_dataset(source, label_cols, seed=seed, split=split, **common)
+        return pipelines.train_dataset(
+            source, label_cols, seed=seed, split=split, batch_ids=batch_ids, **common
+        )
 
     def eval_split(source, split):
         return pipelines.eval_dataset(
@@ -434,29 +487,60 @@ def fit_catalog(
     `tf.distribute.Strategy`, on JAX a `keras.distribution.DataParallel`, or their names), else
     from `accelerator` and `devices`. `num_workers` images are decoded at once (default: tf.data's
     choice). Other keyword arguments go to `fit` (e.g. `tensorboard`, `callbacks`,
-    `steps_per_epoch`).
+    `steps_per_epoch`). Labels are checked first by the rule of the model's task
+    (`zoobot.models.tasks.label_rule`: vote counts, class indices or targets), naming the column
+    and rows; an unusable training image stops the fit with `ImageDecodeError` naming it, a
+    non-finite loss with `NonFiniteLossError` naming the step and its galaxies.
     """
+    import tensorflow as tf  # tf.data reads the data on either Keras backend
+
+    from zoobot.tf.data.pipelines import BatchIds
+
+    check_replaceable(Path(save_dir) / BEST_FOLDER)  # ExportBest writes there: refuse now, not then
+    if num_workers is not None and num_workers < 0:
+        raise ValueError(
+            f"num_workers must be 0 or more (None: tf.data's choice), got num_workers={num_workers}"
+        )
     distribution = distribution_for(strategy, accelerator, devices)
     keras.utils.set_random_seed(seed)
     with dtype_policy(precision), _scope(distribution):
         model = build()
         model.compile(gradient_clip_val=gradient_clip_val)
+    rule = label_rule(model, label_cols)
     channels = input_channels(model)
+    batch_ids = BatchIds()
     train_data, validation_data = _datasets(
-        data, label_cols, image_size, channels, batch_size, seed, splits, num_workers
+        data,
+        label_cols,
+        image_size,
+        channels,
+        batch_size,
+        seed,
+        splits,
+        num_workers,
+        rule,
+        batch_ids,
     )
     fit_kwargs.setdefault("verbose", 1 if progress else 2)
+    callbacks = [StopOnNonFiniteLoss(batch_ids), *(fit_kwargs.pop("callbacks", None) or [])]
     # A Keras distribution (JAX) shards the data at fit time; a tf.distribute strategy is the model's.
-    with _scope(distribution) if runtime.on_jax() else contextlib.nullcontext():
-        fit(
-            model,
-            train_data,
-            validation_data,
-            save_dir=save_dir,
-            epochs=epochs,
-            patience=patience,
-            **fit_kwargs,
-        )
+    try:
+        with _scope(distribution) if runtime.on_jax() else contextlib.nullcontext():
+            fit(
+                model,
+                train_data,
+                validation_data,
+                save_dir=save_dir,
+                epochs=epochs,
+                patience=patience,
+                callbacks=callbacks,
+                **fit_kwargs,
+            )
+    except tf.errors.InvalidArgumentError as err:
+        image = unusable_image(err)
+        if image is None:
+            raise
+        raise image from err
     return model
 
 

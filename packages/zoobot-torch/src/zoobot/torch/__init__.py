@@ -28,6 +28,7 @@ _EXPORTS = {
     "from_pretrained": "zoobot.torch.pretrained",
     "get_representations": "zoobot.torch.representations",
     "get_trainer": "zoobot.torch.training",
+    "list_pretrained": "zoobot.models.catalogue",
     "load_encoder": "zoobot.torch.encoders",
     "predict": "zoobot.torch.predictions",
     "push_to_hub": "zoobot.torch.pretrained",

@@ -113,8 +113,23 @@ class TorchBackend(Backend):
         finally:
             model.train(training)
 
-    def device(self, name: str | None) -> torch.device | None:
-        return None if name is None else torch.device(name)
+    def device(self, name: str | torch.device | None) -> torch.device | None:
+        """The torch device `name` (cpu, cuda, cuda:N, mps), checked to exist here."""
+        if name is None:
+            return None
+        try:
+            device = torch.device(name)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"unknown device={name!r}; use cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if (device.index or 0) >= count:
+                raise ValueError(f"device={name!r}, but torch sees {count} CUDA device(s)")
+        elif device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device={name!r}, but MPS is not available here")
+        elif device.type != "cpu":
+            raise ValueError(f"device={name!r} is not supported; use cpu, cuda, cuda:N or mps")
+        return device
 
     def set_threads(self, threads: int) -> None:
         torch.set_num_threads(threads)

@@ -25,9 +25,12 @@ from zoobot.models.hub import HubUnavailableError as HubUnavailableError  # re-e
 from zoobot.models.hub import ModelSource
 from zoobot.models.layout import (
     CONFIG_NAME,
+    WeightsFileError,
+    building_encoder,
     check_weights_fit,
     checkpoint_channels,
     first_convs,
+    read_safetensors,
 )
 from zoobot.models.layout import WeightsMismatchError as WeightsMismatchError  # re-exported
 
@@ -57,13 +60,18 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors from a `.safetensors` file, or from a legacy `.bin`/`.pth` with `weights_only=True`."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        return safetensors.torch.load_file(path, device="cpu")
+        return read_safetensors(path, lambda p: safetensors.torch.load_file(p, device="cpu"))
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"refusing to unpickle {path}: it holds objects other than tensors. Convert it to "
             "safetensors on a machine where you trust the file."
+        ) from err
+    except (RuntimeError, OSError, EOFError) as err:  # torch's zip reader on a damaged file
+        raise WeightsFileError(
+            f"{path}: cannot read the weights ({err}); the file is damaged or was cut short: "
+            "download or save it again"
         ) from err
     if not isinstance(state_dict, Mapping):
         raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state dict of tensors")
@@ -176,8 +184,9 @@ def load_encoder(
     """A feature extractor returning pooled features of width `encoder_dim(encoder)`.
 
     `name` is a timm architecture (random init), `torchvision:resnet50` (torchvision's implementation,
-    random init), `hf_hub:owner/repo[@revision]`, or a folder in the timm Hub layout (write `./name`
-    for a folder named like an architecture). `channels` defaults to the checkpoint's (3 for
+    random init), `hf_hub:owner/repo[@revision]`, a published Zoobot encoder's repo name (e.g.
+    `zoobot-encoder-convnext_nano`; `list_pretrained()` lists them), or a folder in the timm Hub
+    layout (write `./name` for a folder named like an architecture). `channels` defaults to the checkpoint's (3 for
     architecture names); a different count adapts the first conv as timm does. `pretrained=False`
     builds a Hub/folder architecture without loading its weights. Extra keyword arguments go to
     `timm.create_model` (e.g. `drop_path_rate`).
@@ -190,7 +199,8 @@ def load_encoder(
         return _timm_encoder(text, channels, timm_kwargs)
     config = source.read_config()
     state_dict = read_weights(source) if pretrained else None
-    return encoder_from_config(config, state_dict, channels, **timm_kwargs)
+    with building_encoder(config, f"{source}/{CONFIG_NAME}"):
+        return encoder_from_config(config, state_dict, channels, **timm_kwargs)
 
 
 def encoder_dim(encoder: nn.Module) -> int:

@@ -13,6 +13,7 @@ from torch import nn
 
 from zoobot.models.pretrained import PretrainedMixin
 from zoobot.models.settings import FINETUNING, TrainingSettings
+from zoobot.models.training import NonFiniteLossError, nonfinite_loss_message
 from zoobot.torch.backend import BACKEND
 from zoobot.torch.blocks import block_parameters, encoder_blocks, matches
 from zoobot.torch.cpu import reused_memory
@@ -70,9 +71,11 @@ class ZoobotModule(PretrainedMixin, pl.LightningModule):
     BatchNorm statistics never move. AdamW (fused where torch has the kernel); the learning rate
     warms up linearly, then follows a cosine to 0 over the rest of training. `task_args` are the
     task's own arguments, saved with the settings as the task config. Fitting on CPU is sped up by
-    `FastCPUTraining`. `predict_step` makes `n_samples` passes per batch, with the head's dropout on
-    if `mc_dropout` (attributes: set them before `trainer.predict`). Models save, reload and
-    publish themselves (`save_pretrained`, `from_pretrained`, `push_to_hub`).
+    `FastCPUTraining`. A training step whose loss is NaN or infinite stops the fit before its
+    gradients reach the weights (`NonFiniteLossError` names the step and, from a `GalaxyDataModule`,
+    the batch's galaxies). `predict_step` makes `n_samples` passes per batch, with the head's
+    dropout on if `mc_dropout` (attributes: set them before `trainer.predict`). Models save,
+    reload and publish themselves (`save_pretrained`, `from_pretrained`, `push_to_hub`).
     """
 
     backend = BACKEND
@@ -151,6 +154,28 @@ class ZoobotModule(PretrainedMixin, pl.LightningModule):
             optimizer, WarmupCosine(warmup, total, settings.cosine)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._batch_idx = batch_idx
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        """Stop before a non-finite loss's gradients reach the weights, naming the batch."""
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        from zoobot.torch.data.datamodule import batch_ids
+
+        batch = getattr(self, "_batch_idx", -1)
+        ids = batch_ids(self.trainer.train_dataloader, batch)
+        weights = "The weights are those before this step"
+        message = nonfinite_loss_message(
+            float(loss.detach().float().mean()),
+            self.global_step,
+            self.current_epoch,
+            batch,
+            ids,
+            weights,
+        )
+        raise NonFiniteLossError(message)
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """`FastCPUTraining`, whatever Trainer fits this module."""

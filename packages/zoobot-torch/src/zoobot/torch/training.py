@@ -16,11 +16,14 @@ from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.plugins import LayerSync
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from zoobot.data.splits import Splits
 from zoobot.models import fast_paths, training
 from zoobot.models.backend import bind
+from zoobot.models.layout import check_replaceable
+from zoobot.models.tasks import label_rule
 from zoobot.torch.cpu import input_channels
 from zoobot.torch.data.datamodule import Data, GalaxyDataModule
 from zoobot.torch.module import ZoobotModule
@@ -277,12 +280,21 @@ def fit_catalog(
     and `seed`, and the model's input channels), or a ready `GalaxyDataModule`. Trainer settings and
     the `save_dir` layout are those of `get_trainer`, which gets the remaining keyword arguments.
     `compile=True` compiles the model with `torch.compile` (inductor); a string names another
-    `torch.compile` backend.
+    `torch.compile` backend. The labels are checked first, by the rule of the model's task
+    (`zoobot.models.tasks.label_rule`: vote counts, class indices or targets), naming the column
+    and rows; a step whose loss is not finite stops the fit (`NonFiniteLossError`).
     """
+    check_replaceable(Path(save_dir) / BEST_FOLDER)  # ExportBest writes there: refuse now, not then
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"accelerator={accelerator!r}, but torch sees no CUDA GPU; use cpu or auto"
+        )
     pl.seed_everything(seed, workers=True)
     model = build()
+    rule = label_rule(model, label_cols)
     if isinstance(data, GalaxyDataModule):
         datamodule = data
+        datamodule.check_labels(rule)
     else:
         datamodule = GalaxyDataModule(
             data,
@@ -293,21 +305,25 @@ def fit_catalog(
             num_workers=num_workers,
             splits=splits,
             seed=seed,
+            label_rule=rule,
         )
     if compile:
         model.compile(**({} if compile is True else {"backend": compile}))
-    trainer = get_trainer(
-        save_dir,
-        epochs=epochs,
-        accelerator=accelerator,
-        devices=devices,
-        nodes=nodes,
-        precision=precision,
-        strategy=strategy,
-        patience=patience,
-        wandb=wandb,
-        **{"enable_progress_bar": progress, **trainer_kwargs},
-    )
+    try:
+        trainer = get_trainer(
+            save_dir,
+            epochs=epochs,
+            accelerator=accelerator,
+            devices=devices,
+            nodes=nodes,
+            precision=precision,
+            strategy=strategy,
+            patience=patience,
+            wandb=wandb,
+            **{"enable_progress_bar": progress, **trainer_kwargs},
+        )
+    except MisconfigurationException as err:  # Lightning's word for bad trainer settings
+        raise ValueError(f"cannot set up training: {err}") from err
     trainer.fit(model, datamodule)
     best = trainer.checkpoint_callback.best_model_path
     if best and trainer.is_global_zero:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,15 @@ from zoobot.shared import Schema, get_schema, list_schemas
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the line breaks of descriptions and examples; wraps option help as usual."""
+
+
+def as_flags(message: str, flags: Mapping[str, str]) -> str:
+    """A library message for the command line: each Python spelling of an option in `flags`
+    (`overwrite=True`) replaced by its flag (`--overwrite`). The library's messages name the
+    Python arguments, which the commands share; users of a command need its flags."""
+    for python, flag in flags.items():
+        message = message.replace(python, flag)
+    return message
 
 
 def schema_type(name: str) -> Schema:

@@ -50,6 +50,7 @@ def run_shards(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         progress=args.progress,
+        overwrite=args.overwrite,
     )
     splits = sidecar["splits"]
     shards = sum(len(entry["shards"]) for entry in splits.values())
@@ -159,7 +160,10 @@ def _add_shards(commands: argparse._SubParsersAction) -> None:
         "channels, id_str and one float per label column of --schema) into OUT_DIR/<split>-NNNNN-\n"
         "of-NNNNN.tfrecord, plus OUT_DIR/shards.json (label columns, schema, counts, checksums,\n"
         "split seed). Shards are written in parallel, each atomically: rerun after an interruption\n"
-        f"to resume. Rows are shuffled within each split.\n{SPLITS_NOTE}",
+        "to resume. Rows are shuffled within each split. Every image is checked (JPEG or PNG by\n"
+        "content, decodable, not blank): unusable ones fail the run, listed in OUT_DIR/failed.csv.\n"
+        "Files in OUT_DIR that zoobot-data did not write are never touched.\n"
+        f"{SPLITS_NOTE}",
         "  zoobot-data shards data/survey/catalog.parquet data/shards --schema decals_dr5 \\\n"
         "      --shard-size 4096 --splits train=0.8,validation=0.1,test=0.1 --seed 42",
     )
@@ -177,6 +181,11 @@ def _add_shards(commands: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=4096,
         help="galaxies per shard at most (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the finished shards of an earlier run with other inputs in OUT_DIR",
     )
     add_split_options(parser)
     add_workers(parser)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from zoobot.data.commands.common import (
@@ -13,7 +14,6 @@ from zoobot.data.commands.common import (
     positive_int,
     schema_type,
 )
-from zoobot.shared.io import atomic_write_text
 
 STRETCHES = ("asinh", "linear", "lupton")
 CONVERTED_CATALOG = "catalog.csv"
@@ -25,10 +25,14 @@ def _hdu(text: str) -> int | str:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    """Convert every row's FITS/.npy file to JPEG/PNG and write the catalog of the images."""
+    """Convert every row's FITS/.npy file to JPEG/PNG and write the catalog of the images; exit
+    code 1 if no input could be converted."""
     from zoobot.data.images import Stretch, convert_catalog
+    from zoobot.data.images.convert import REPORT_NAME, claim_outputs, write_owned_text
 
     catalog = load_input_catalog(args)
+    out_catalog = args.out_dir / CONVERTED_CATALOG
+    claim_outputs(args.out_dir, [out_catalog])
     low, high = args.clip
     stretch = Stretch(method=args.stretch, low=low, high=high, softening=args.softening)
     result = convert_catalog(
@@ -45,13 +49,16 @@ def run_convert(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     status = result.pop("status")
-    out_catalog = args.out_dir / CONVERTED_CATALOG
-    atomic_write_text(out_catalog, result[status != "failed"].to_csv(index=False))
+    write_owned_text(args.out_dir, out_catalog, result[status != "failed"].to_csv(index=False))
     counts = status.value_counts()
+    report = args.out_dir / REPORT_NAME
     print(
         f"{counts.get('converted', 0)} converted, {counts.get('existing', 0)} already there, "
-        f"{counts.get('failed', 0)} failed (listed in {args.out_dir / 'conversion_failures.csv'})"
+        f"{counts.get('failed', 0)} failed (listed in {report})"
     )
+    if len(status) and (status == "failed").all():
+        print(f"zoobot-data convert: error: every input failed; see {report}", file=sys.stderr)
+        return 1
     print(f"catalog of the images: {out_catalog}")
     return 0
 
@@ -100,9 +107,11 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
         "Convert each catalog row's file_loc (a FITS image or g,r,z cube, or a .npy array) to an\n"
         "8-bit image OUT_DIR/<id_str>.jpg (or .png), stretched as astronomers do: arcsinh\n"
         "(default), linear percentile clipping, or Lupton RGB for g,r,z cubes. Runs in parallel\n"
-        "and resumes: complete outputs are kept. Unreadable inputs are skipped and listed in\n"
-        "OUT_DIR/conversion_failures.csv; the others convert. Writes OUT_DIR/catalog.csv, the input\n"
-        "catalog with file_loc pointing at the images (input paths in source_loc).",
+        "and resumes: complete outputs of the same inputs and settings are kept. Unreadable inputs\n"
+        "and inputs with no signal (all NaN or constant) are skipped and listed in\n"
+        "OUT_DIR/conversion_failures.csv; the others convert (exit code 1 if none does). Writes\n"
+        "OUT_DIR/catalog.csv, the input catalog with file_loc pointing at the images (input paths\n"
+        "in source_loc). Files in OUT_DIR that convert did not write are never replaced.",
         "  zoobot-data convert cutouts.csv data/images --stretch lupton --size 224 --workers 4",
     )
     add_catalog_input(parser)
@@ -135,7 +144,11 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=positive_int, help="resize to SIZE x SIZE pixels")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality (default: 90)")
     parser.add_argument("--hdu", type=_hdu, help="FITS HDU index or name (default: first image)")
-    parser.add_argument("--overwrite", action="store_true", help="convert again existing outputs")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="convert again the outputs of an earlier run (of other inputs or settings)",
+    )
     add_workers(parser, default="1")
     parser.set_defaults(run=run_convert)
 

@@ -21,7 +21,8 @@ from datasets.exceptions import DatasetGenerationError
 
 from zoobot.data.catalog import validate_catalog
 from zoobot.data.hf.errors import HubDatasetError
-from zoobot.data.images import pil_format
+from zoobot.data.images import ImageDecodeError, check_image
+from zoobot.data.rows import row_label
 from zoobot.data.splits import STANDARD_SPLITS, Splits, assign_splits
 from zoobot.shared import Schema, as_schema, question_sums, vote_fractions
 
@@ -69,14 +70,35 @@ def _check_extras(catalog: pd.DataFrame, schema: Schema, extra_columns: list[str
     return catalog[extra_columns]
 
 
-def _image(path: str) -> dict:
-    """The `Image` value of a file: its bytes unchanged, after checking Pillow can decode them."""
-    data = Path(path).read_bytes()
-    if pil_format(data) is None:
+MAX_FAILURES_SHOWN = 10
+
+
+def check_images(catalog: pd.DataFrame) -> None:
+    """Every `file_loc` an image `zoobot.data.images.check_image` accepts, else `HubDatasetError`
+    listing each unusable one (row, id, file, reason) before anything is built."""
+    failures = []
+    for position, (id_str, path) in enumerate(
+        zip(catalog["id_str"], catalog["file_loc"], strict=True)
+    ):
+        where = f"{row_label(position, id_str)}, file {path}"
+        try:
+            check_image(Path(path).read_bytes(), where)
+        except OSError as err:
+            failures.append(f"{where}: cannot read: {err.strerror or err}")
+        except ImageDecodeError as err:
+            failures.append(str(err))
+    if failures:
+        shown = "\n".join(f"  - {f}" for f in failures[:MAX_FAILURES_SHOWN])
+        more = len(failures) - MAX_FAILURES_SHOWN
         raise HubDatasetError(
-            f"{path} is not an image Pillow can read; convert it to PNG or JPEG first"
+            f"{len(failures)} image(s) of the catalog cannot be used; fix the files or drop those "
+            f"rows:\n{shown}" + (f"\n  ... and {more} more" if more > 0 else "")
         )
-    return {"bytes": data, "path": Path(path).name}
+
+
+def _image(path: str) -> dict:
+    """The `Image` value of a file (checked by `check_images`): its bytes unchanged."""
+    return {"bytes": Path(path).read_bytes(), "path": Path(path).name}
 
 
 def _rows(records: list[dict], paths: list[str]) -> Iterator[dict]:
@@ -116,7 +138,8 @@ def to_hf_dataset(
 ) -> DatasetDict:
     """A `DatasetDict` of the catalog's galaxies: image bytes as stored, counts, totals and fractions.
 
-    The catalog is checked with `validate_catalog` (`CatalogError` lists every problem). `splits`
+    The catalog is checked with `validate_catalog` (`CatalogError` lists every problem) and its
+    images by `zoobot.data.images`' rules (`HubDatasetError` lists every unusable one). `splits`
     follows `zoobot.data.splits.assign_splits` (the same galaxies per split as `write_shards` with
     the same catalog, splits and seed), restricted to `train`/`validation`/`test`: None uses the
     catalog's `split` column if it has one, else 80/10/10; a string names the split column; a dict
@@ -128,6 +151,7 @@ def to_hf_dataset(
     schema = as_schema(schema)
     catalog = validate_catalog(catalog, schema, check_files=True)
     extras = _check_extras(catalog, schema, list(extra_columns))
+    check_images(catalog)
     features = dataset_features(schema, extras)
     splits_out = {}
     for name, positions in assign_splits(catalog, splits, seed, allowed=STANDARD_SPLITS).items():

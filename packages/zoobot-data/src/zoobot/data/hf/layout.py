@@ -17,7 +17,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, Image, SplitInfo
 from datasets.table import embed_table_storage
 
-from zoobot.data.hf.card import CARD_FILE, DATA_DIR, build_card
+from zoobot.data.hf.card import CARD_FILE, DATA_DIR, build_card, read_card
 from zoobot.data.hf.errors import HubDatasetError
 from zoobot.data.splits import SPLIT_NAME
 from zoobot.shared import Schema, as_schema
@@ -88,12 +88,21 @@ def _write_split(
 
 
 def _is_replaceable(folder: Path) -> bool:
-    # Only an earlier Hub layout (or an empty folder) is ever deleted to make way for a new one.
+    """Only a Hub layout zoobot-data wrote (its card carries our `zoobot` key, and the folder
+    holds nothing but the card and shards), or an empty folder, is ever deleted for a new one."""
     names = {p.name for p in folder.iterdir()}
+    if not names:
+        return True
     if not names <= {CARD_FILE, DATA_DIR, ".gitattributes"}:
         return False
     data = folder / DATA_DIR
-    return not data.exists() or all(SHARD_NAME.fullmatch(p.name) for p in data.iterdir())
+    if data.exists() and not all(SHARD_NAME.fullmatch(p.name) for p in data.iterdir()):
+        return False
+    try:
+        card = read_card(folder)
+    except (OSError, ValueError):  # an unreadable card is not one of ours
+        return False
+    return card is not None and "zoobot" in card.data.to_dict()
 
 
 def _sibling(folder: Path, suffix: str) -> Path:
@@ -133,7 +142,8 @@ def save_hub_layout(
     `card` adds `license` (an SPDX-style Hub id such as `cc-by-4.0`; default `unknown`), `citation`
     (BibTeX, after the Galaxy Zoo release's), `description`, `pretty_name` and `tags`. Splits larger
     than `max_shard_size` bytes are cut into several parquet shards. `overwrite` replaces an earlier
-    Hub-layout folder; any other existing folder is left alone and an error raised.
+    Hub-layout folder written by zoobot-data; any other existing folder is left alone and an error
+    raised.
     """
     schema = as_schema(schema)
     _check_dataset(dataset, schema)
@@ -147,7 +157,8 @@ def save_hub_layout(
             raise FileExistsError(f"{folder} exists; pass overwrite=True to replace it")
         if not folder.is_dir() or not _is_replaceable(folder):
             raise HubDatasetError(
-                f"{folder} exists and is not a Hub-layout dataset folder; refusing to replace it"
+                f"{folder} exists and is not a Hub-layout dataset folder written by zoobot-data; "
+                "refusing to replace it (move it away or choose another folder)"
             )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(folder, ".part")

@@ -9,7 +9,7 @@ from zoobot.data.images.convert import (
     read_array,
     write_image,
 )
-from zoobot.data.images.decode import read_image, read_images
+from zoobot.data.images.decode import check_image, decode_image, read_image, read_images
 from zoobot.data.images.errors import ImageDecodeError
 from zoobot.data.images.headers import pil_format, read_header, sniff_format
 from zoobot.data.images.stretch import (
@@ -32,9 +32,11 @@ __all__ = [
     "Stretch",
     "array_to_image",
     "asinh_stretch",
+    "check_image",
     "clip_to_unit",
     "convert_catalog",
     "convert_file",
+    "decode_image",
     "is_complete",
     "linear_stretch",
     "lupton_rgb",

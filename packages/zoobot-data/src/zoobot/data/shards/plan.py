@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from zoobot.data.catalog import CatalogError, file_problems, id_problems, row_label
+from zoobot.data.labels import LabelRule, check_labels
 from zoobot.data.shards.errors import ShardError
 from zoobot.data.shards.example import FIXED_FEATURES
 from zoobot.data.shards.layout import FORMAT_VERSION, shard_name
@@ -78,33 +79,24 @@ def _ids_and_paths(catalog: pd.DataFrame) -> tuple[list[str], list[str]]:
     return column.astype(str).tolist(), paths
 
 
-def _labels(catalog: pd.DataFrame, cols: list[str], ids: list[str]) -> np.ndarray:
-    missing = [c for c in cols if c not in catalog.columns]
-    if missing:
-        raise ShardError(f"catalog has no label column(s) {missing}")
-    labels = np.empty((len(catalog), len(cols)), dtype=np.float32)
-    for j, col in enumerate(cols):
-        try:
-            values = catalog[col].to_numpy(dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise ShardError(f"label column {col!r} is not numeric: {err}") from err
-        bad = np.flatnonzero(~np.isfinite(values))
-        if len(bad):
-            row = int(bad[0])
-            raise ShardError(
-                f"{where(row, ids[row])}: label column {col!r} is {values[row]} "
-                f"({len(bad)} row(s) in this column are not finite numbers)"
-            )
-        labels[:, j] = values
-    return labels
+def label_rule(label_cols: list[str], schema_name: str | None) -> LabelRule:
+    """What the stored labels must be: a schema's vote counts, else finite numbers."""
+    return LabelRule.votes(label_cols) if schema_name is not None else LabelRule.targets(label_cols)
 
 
-def read_catalog(
-    catalog: pd.DataFrame, label_cols: list[str]
-) -> tuple[list[str], list[str], np.ndarray]:
+def _labels(catalog: pd.DataFrame, rule: LabelRule) -> np.ndarray:
+    """float32 labels, checked by `rule` (`zoobot.data.labels`), which keeps them exact."""
+    try:
+        check_labels(catalog, rule)
+    except CatalogError as err:
+        raise ShardError(str(err)) from err
+    return catalog[list(rule.columns)].to_numpy(dtype=np.float32).reshape(len(catalog), -1)
+
+
+def read_catalog(catalog: pd.DataFrame, rule: LabelRule) -> tuple[list[str], list[str], np.ndarray]:
     """(id_str, absolute image path, float32 labels) per row, or an error naming the row and column."""
     ids, paths = _ids_and_paths(catalog)
-    return ids, paths, _labels(catalog, label_cols, ids)
+    return ids, paths, _labels(catalog, rule)
 
 
 def split_rows(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,11 @@ def _galaxy(data: bytes, label_cols: list[str], split: str, where: str) -> dict:
     image_format = value["format"].decode()
     if sniff_format(value["image"]) != image_format:
         raise CorruptShardError(f"{where}: image bytes are not {image_format!r} as recorded")
+    bad = [col for col in label_cols if not math.isfinite(value[col])]
+    if bad:
+        raise CorruptShardError(
+            f"{where}: label(s) {', '.join(f'{c}={value[c]}' for c in bad)} are not finite"
+        )
     return {
         "id_str": value["id_str"].decode("utf-8"),
         "image": value["image"],

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from zoobot.models.layout import ConfigError
 from zoobot.tf.depthwise import DepthwiseConv2D
 
 
@@ -30,7 +31,7 @@ def merge_model_args(
     given = dict(model_args or {})
     unknown = sorted(set(given) - set(defaults))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{architecture}: model_args {unknown} are not supported by zoobot.tf; "
             f"supported: {sorted(defaults)}"
         )
