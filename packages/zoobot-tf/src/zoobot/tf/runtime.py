@@ -136,13 +136,13 @@ def device_name(name: str | None) -> str | None:
         return None
     if name.startswith("/"):
         if on_jax():
-            raise ValueError(f"{name!r} is a TensorFlow device name; on JAX use cpu, cuda:N, gpu:N")
+            raise ValueError(f"device={name!r} is TensorFlow's name; on JAX use cpu, cuda:N, gpu:N")
         device = "/" + name.rsplit("device:", 1)[-1].lstrip("/").upper()
     else:
         kind, _, index = name.lower().partition(":")
         kinds = {"cpu": "CPU", "cuda": "GPU", "gpu": "GPU"}
         if kind not in kinds or (index and not index.isdigit()):
-            raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or a TensorFlow name")
+            raise ValueError(f"unknown device={name!r}; use cpu, cuda, cuda:N or a TensorFlow name")
         kind = kinds[kind]
         device = f"{kind.lower()}:{index or 0}" if on_jax() else f"/{kind}:{index or 0}"
     found = _devices()
