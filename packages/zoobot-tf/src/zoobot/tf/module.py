@@ -24,7 +24,7 @@ from zoobot.models.settings import FINETUNING, TrainingSettings
 from zoobot.tf.backend import BACKEND
 from zoobot.tf.blocks import LayerBlocks, encoder_blocks, freeze_blocks, lr_multipliers
 from zoobot.tf.optimizers import WarmupCosine, layerwise_adamw
-from zoobot.tf.runtime import is_tf_dataset, on_jax, replicas, strategy_scope
+from zoobot.tf.runtime import is_tf_dataset, on_jax, replicas, stateless_step, strategy_scope
 
 logger = logging.getLogger(__name__)
 
@@ -296,8 +296,16 @@ class ZoobotModel(PretrainedMixin, keras.Model):
         ]
         return ops.stack(passes, axis=-1)
 
-    def predict_step(self, data):
-        """`predict_samples` of the batch's images with the `n_samples` and `mc_dropout` set."""
+    def predict_step(self, *args):
+        """`predict_samples` of the batch's images with the `n_samples` and `mc_dropout` set. Keras
+        on JAX passes the variables' values first and takes the assigned ones back (dropout seeds)."""
+        if on_jax():
+            state, data = args
+            return stateless_step(self, state, lambda: self._predict_batch(data))
+        (data,) = args
+        return self._predict_batch(data)
+
+    def _predict_batch(self, data):
         images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         if isinstance(images, dict):
             images = images["image"] if "image" in images else images["images"]

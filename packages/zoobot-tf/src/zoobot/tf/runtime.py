@@ -31,6 +31,7 @@ __all__ = [
     "on_jax",
     "replicas",
     "set_threads",
+    "stateless_step",
     "strategy_scope",
 ]
 
@@ -97,6 +98,20 @@ def strategy_scope(model: keras.Model):
     if on_jax():
         return contextlib.nullcontext()
     return model.distribute_strategy.scope()
+
+
+def stateless_step(model: keras.Model, state: tuple, compute: Callable):
+    """`compute()` as a step of Keras's JAX trainer: `model`'s variables read from `state`
+    (trainable, non-trainable values); returns (outputs, the non-trainable values after it), as
+    Keras's own `stateless_call` does for `call`."""
+    trainable, non_trainable = state
+    mapping = [
+        *zip(model.trainable_variables, trainable, strict=True),
+        *zip(model.non_trainable_variables, non_trainable, strict=True),
+    ]
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        outputs = compute()
+    return outputs, [scope.get_current_value(v) for v in model.non_trainable_variables]
 
 
 def is_tf_dataset(data) -> bool:
