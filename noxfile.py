@@ -25,6 +25,16 @@ TF = str(ROOT / "packages" / "zoobot-tf")
 TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
 # TensorFlow 2.21 with Keras 3: the wheel runs on the CPU when no GPU is present.
 TF_PINS = ["tensorflow==2.21.0"]
+# JAX for CPU, what zoobot-tf[jax] installs (Keras on JAX: KERAS_BACKEND=jax).
+JAX_PINS = ["jax==0.10.2", "jaxlib==0.10.2"]
+# The parity checks zoobot.tf computes, run a second time with Keras on JAX (preprocessing is
+# tf.data on either backend, and the machinery tests are the report's own).
+PARITY_JAX = [
+    "tests/parity/test_loss_parity.py",
+    "tests/parity/test_encoder_parity.py",
+    "tests/parity/test_prediction_parity.py",
+    "tests/parity/test_training_parity.py",
+]
 # The original Zoobot, measured against ours in the benchmarks (its own environment: it is a
 # regular `zoobot` package, which would shadow our PEP 420 namespace).
 PEER = ["zoobot[pytorch]==2.9.0"]
@@ -120,27 +130,49 @@ def tests_tf(session: nox.Session) -> None:
     )
 
 
+@nox.session(name="tests-jax", tags=["tests"])
+def tests_jax(session: nox.Session) -> None:
+    """zoobot-tf with Keras on JAX (`KERAS_BACKEND=jax`); torch must be absent. TensorFlow is
+    installed only because the input pipeline is `tf.data` (zoobot.tf.data)."""
+    session.install(
+        *TF_PINS, *JAX_PINS, SHARED, f"{DATA}[synthetic]", MODELS, f"{TF}[jax]", *TEST_DEPS
+    )
+    assert_absent(session, "torch")
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "KERAS_BACKEND": "jax",
+        "ZOOBOT_BACKEND": "jax",
+    }
+    session.run("pytest", "tests/tf", "tests/contract", *session.posargs, env=env)
+
+
 @nox.session(tags=["tests"])
 def parity(session: nox.Session) -> None:
     """Both frameworks in one environment: the same inputs and weights give the same numbers.
 
     triton (pulled in by torch) segfaults when its native module loads after TensorFlow's, so this
     environment uninstalls it (nothing here compiles GPU kernels); tests/parity/conftest.py also
-    blocks its import. The report goes to parity-report.md and parity-report.json; the README code
-    blocks and the demo (quick mode) are tested here as well.
+    blocks its import. JAX is installed too: Keras picks its backend once per process, so the
+    checks of zoobot.tf run twice, with Keras on TensorFlow and then on JAX (torch, TensorFlow and
+    jaxlib share that process), and the report puts the two runs side by side. The report goes to
+    parity-report.md and parity-report.json; the README code blocks and the demo (quick mode) are
+    tested here as well.
     """
     session.install(
         *TORCH_PINS,
         *TF_PINS,
+        *JAX_PINS,
         SHARED,
         f"{DATA}[synthetic,hubble,reference]",
         MODELS,
         TORCH,
-        TF,
+        f"{TF}[jax]",
         "matplotlib>=3.8",
         *TEST_DEPS,
     )
     session.run_install("python", "-m", "pip", "uninstall", "--yes", "--quiet", "triton")
+    report = {"PARITY_REPORT_DIR": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     # The README's code blocks and the demo's quick mode need both frameworks too, so they run here.
     session.run(
         "pytest",
@@ -148,7 +180,16 @@ def parity(session: nox.Session) -> None:
         "tests/readme",
         "tests/demo",
         *session.posargs,
-        env={"PARITY_REPORT_DIR": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env={**report, "KERAS_BACKEND": "tensorflow"},
+    )
+    # The checks zoobot.tf computes, with Keras on JAX; added to the report of the run above.
+    session.run(
+        "pytest",
+        *PARITY_JAX,
+        "-k",
+        "not test_torch_loss_matches_reference",  # torch alone: the first run's rows
+        *session.posargs,
+        env={**report, "KERAS_BACKEND": "jax"},
     )
     # Its report goes to the session's scratch folder: parity-report.* is the full run's.
     session.run(
@@ -156,7 +197,12 @@ def parity(session: nox.Session) -> None:
         "tests/parity/test_prediction_parity.py",
         "tests/parity/test_training_parity.py",
         *session.posargs,
-        env={"PARITY_REPORT_DIR": session.create_tmp(), "TF_CPP_MIN_LOG_LEVEL": "2", **AVX2_ONLY},
+        env={
+            "PARITY_REPORT_DIR": session.create_tmp(),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "KERAS_BACKEND": "tensorflow",
+            **AVX2_ONLY,
+        },
     )
 
 

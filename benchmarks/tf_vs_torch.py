@@ -173,6 +173,9 @@ class Step:
 
 
 class Bench:
+    benchmark_name = "zoobot.tf vs zoobot.torch"
+    ours_is = "zoobot.tf"
+
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.figures: dict[str, Figure] = {}
@@ -401,6 +404,14 @@ class Bench:
 
     # ------------------------------------------------------------------------------- main
 
+    def start_sides(self, log: Path) -> dict[str, Side]:
+        """The workers: torch first (it saves the models every side loads), then TF."""
+        sides = {"torch": Side("torch", self.args.threads, self.scratch, log)}
+        if "predict" in self.args.figures:
+            self.save_models(sides["torch"])
+        sides["tf"] = Side("tf", self.args.threads, self.scratch, log)
+        return sides
+
     def main(self) -> int:
         a = self.args
         a.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -412,10 +423,7 @@ class Bench:
         hello = {}
         try:
             self.prepare()
-            sides["torch"] = Side("torch", a.threads, self.scratch, log)
-            if "predict" in a.figures:
-                self.save_models(sides["torch"])
-            sides["tf"] = Side("tf", a.threads, self.scratch, log)
+            sides.update(self.start_sides(log))
             for name, side in sides.items():
                 reply = side.ask({"task": "hello"})
                 if not reply["ok"]:
@@ -460,7 +468,7 @@ class Bench:
                 print(f"  error: {error}")
         for name, diffs in self.agreement.items():
             print(f"same model: max |vote fraction difference|, {name}: {max(diffs):.1e}")
-        print(f"ours is zoobot.tf; medians of {a.rounds} alternating rounds.")
+        print(f"ours is {self.ours_is}; medians of {a.rounds} alternating rounds.")
         busiest = max(self.loads, default=idle_load)
         note = (
             f"load average {idle_load:.2f} before starting, up to {busiest:.2f} during the run "
@@ -479,7 +487,7 @@ class Bench:
                         diffs
                     )
             payload = {
-                "benchmark": "zoobot.tf vs zoobot.torch",
+                "benchmark": self.benchmark_name,
                 "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
                 "sides": hello,
                 "machine": platform.machine(),

@@ -1,7 +1,8 @@
-"""One side of `benchmarks/tf_vs_torch.py`: `zoobot.tf` or `zoobot.torch`, never both in one process.
+"""One side of `benchmarks/tf_vs_torch.py` (and `jax_vs_tf_torch.py`): `zoobot.tf` or
+`zoobot.torch`, never both in one process; `--framework jax` is `zoobot.tf` with Keras on JAX.
 
-The driver starts this script twice with the same Python (`--framework torch` and `--framework tf`)
-and sends both the same tasks, alternating between them. Protocol: one JSON task per line on stdin,
+The driver starts this script once per framework with the same Python (`--framework torch`, `tf`,
+`jax`) and sends each the same tasks, alternating between them. Protocol: one JSON task per line on stdin,
 one JSON result per line on this process's original stdout; whatever the libraries print (Lightning
 banners, TensorFlow logs, warnings) goes to stderr, which the driver keeps in a log.
 
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-FRAMEWORKS = ("torch", "tf")
+FRAMEWORKS = ("torch", "tf", "jax")
 SCHEMA = "decals_dr5"
 
 
@@ -165,7 +166,9 @@ class TF:
         schema = get_schema(SCHEMA)
         keras.utils.set_random_seed(0)
         model = ZoobotTree(schema, architecture=task["architecture"])
-        model.compile()  # its default optimizer (layer-wise AdamW), gradient clipping 1.0, no XLA
+        # its default optimizer (layer-wise AdamW), gradient clipping 1.0; no XLA on TensorFlow,
+        # jax.jit on JAX
+        model.compile()
         dataset = train_dataset(
             catalog,
             schema.label_cols,
@@ -204,9 +207,29 @@ class TF:
         }
 
 
+class JAX(TF):
+    """`zoobot.tf` with Keras on JAX (train and predict steps compiled with `jax.jit`);
+    TensorFlow reads the data and has `threads` threads for it."""
+
+    name = "jax"
+
+    def __init__(self, threads: int):
+        os.environ["KERAS_BACKEND"] = "jax"
+        super().__init__(threads)
+
+    def versions(self) -> dict:
+        import jax
+        import keras
+
+        if keras.backend.backend() != "jax":
+            raise RuntimeError(f"Keras runs on {keras.backend.backend()}, not jax")
+        return {**super().versions(), "jax": jax.__version__, "jaxlib": _version("jaxlib")}
+
+
 class Worker:
     def __init__(self, framework: str, threads: int, scratch: Path):
-        self.side = Torch(threads) if framework == "torch" else TF(threads)
+        sides = {"torch": Torch, "tf": TF, "jax": JAX}
+        self.side = sides[framework](threads)
         self.scratch = scratch
         self.models: dict[str, object] = {}
         self.warm: set[tuple] = set()

@@ -99,12 +99,19 @@ def settings_for(quick: bool, **overrides) -> Settings:
     return Settings(**values)
 
 
-class Run:
-    """The output folder of a demo run and its settings."""
+KERAS_STEPS = ("compare", "tf_finetune", "tf_predict")
+"""Steps that run zoobot.tf, on the Keras backend of the run (`--backend`)."""
 
-    def __init__(self, out: str | os.PathLike, settings: Settings):
+
+class Run:
+    """The output folder of a demo run, its settings and the backend Keras runs on."""
+
+    def __init__(
+        self, out: str | os.PathLike, settings: Settings, keras_backend: str = "tensorflow"
+    ):
         self.out = Path(out).resolve()
         self.settings = settings
+        self.keras_backend = keras_backend
 
     def path(self, relative: str) -> Path:
         return self.out / relative
@@ -121,6 +128,8 @@ class Run:
             record = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             return False
+        if step in KERAS_STEPS and record.get("keras_backend", "tensorflow") != self.keras_backend:
+            return False
         return record.get("settings") == self.settings.digest()
 
     def results(self, step: str) -> dict:
@@ -135,6 +144,8 @@ class Run:
         path = self.step_file(step)
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"step": step, "settings": self.settings.digest(), "seconds": seconds}
+        if step in KERAS_STEPS:
+            record["keras_backend"] = self.keras_backend
         record["results"] = results
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(jsonable(record), indent=2) + "\n", encoding="utf-8")

@@ -104,8 +104,10 @@ def vote_fraction_analysis(
 def finetune_runs(run: Run) -> pd.DataFrame:
     rows = []
     for step in ("torch_finetune", "tf_finetune"):
-        for record in run.results(step).get("runs", []):
-            rows.append({"framework": "torch" if step.startswith("torch") else "tf", **record})
+        results = run.results(step)
+        framework = results.get("framework", "torch" if step.startswith("torch") else "tf")
+        for record in results.get("runs", []):
+            rows.append({"framework": framework, **record})
     return pd.DataFrame(rows)
 
 

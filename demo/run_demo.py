@@ -13,7 +13,9 @@
 Each step runs in its own Python process, importing only the framework it needs, as a user would
 (step 3 alone imports both). Steps whose results exist (`DIR/steps/*.json`, same settings) are
 skipped, so an interrupted demo carries on; `--fresh` starts over. `--quick` is a ~2 minute version
-with tiny sizes, for tests. Step output goes to the terminal; library warnings to DIR/logs/.
+with tiny sizes, for tests. `--backend jax` runs the zoobot.tf steps with Keras on JAX (their
+results are redone when the backend changes). Step output goes to the terminal; library warnings
+to DIR/logs/.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 import traceback
 from pathlib import Path
 
-from common import Run, Settings, Timer, say, settings_for
+from common import KERAS_STEPS, Run, Settings, Timer, say, settings_for
 
 # name -> (what it does, steps it needs)
 STEPS = {
@@ -82,7 +84,7 @@ def run_one_step(run: Run, step: str) -> dict:
 def step_main(out: Path, step: str) -> int:
     """Entry point of a step's subprocess: run it and record its results."""
     settings = Settings.from_json((out / SETTINGS_FILE).read_text(encoding="utf-8"))
-    run = Run(out, settings)
+    run = Run(out, settings, os.environ.get("KERAS_BACKEND", "tensorflow"))
     timer = Timer()
     results = run_one_step(run, step)
     run.record(step, results, timer())
@@ -103,6 +105,8 @@ def launch(run: Run, step: str) -> tuple[bool, str, float]:
     log = run.path(f"logs/{step}.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    if step in KERAS_STEPS:
+        env["KERAS_BACKEND"] = run.keras_backend
     env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     env.setdefault("TQDM_DISABLE", "1")
     command = [sys.executable, str(Path(__file__).resolve()), "--out", str(run.out), "--step", step]
@@ -131,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--architecture", help="timm encoder (default test_resnet)")
     parser.add_argument("--n-galaxies", type=int, help="survey size")
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--backend",
+        choices=["tensorflow", "jax"],
+        default=os.environ.get("KERAS_BACKEND", "tensorflow"),
+        help="Keras backend of the zoobot.tf steps (default: KERAS_BACKEND, else tensorflow)",
+    )
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step in this process
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
@@ -148,13 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         clear(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / SETTINGS_FILE).write_text(settings.to_json() + "\n", encoding="utf-8")
-    run = Run(out, settings)
+    run = Run(out, settings, args.backend)
     chosen = list(STEPS) if not args.steps else [s.strip() for s in args.steps.split(",")]
     unknown = [s for s in chosen if s not in STEPS and s != "report"]
     if unknown:
         parser.error(f"unknown steps {unknown}; choose from {list(STEPS)}")
 
-    say(f"Zoobot demo ({settings.mode}) -> {out}")
+    say(f"Zoobot demo ({settings.mode}, zoobot.tf on Keras's {args.backend} backend) -> {out}")
     total = Timer()
     statuses: dict[str, dict] = {}
     for number, (step, (what, needs)) in enumerate(STEPS.items(), start=1):

@@ -1,4 +1,5 @@
-"""TensorFlow steps (zoobot.tf), run in their own process without PyTorch, as a user would.
+"""TensorFlow steps (zoobot.tf), run in their own process without PyTorch, as a user would; with
+Keras on TensorFlow, or on JAX (`run_demo.py --backend jax`, TensorFlow then only reads the data).
 
 - `finetune`: the same binary classifiers as the torch step (from the published encoder, which
   was trained and saved by zoobot.torch, and from scratch), trained with Keras `fit` on `tf.data`
@@ -55,7 +56,9 @@ def finetune(run: Run) -> dict:
     s = run.settings
     table = pd.read_csv(run.path(LABELS), dtype={"id_str": str})
     test = table[table["split"] == "test"]
-    results: dict = {"framework": "tf", "runs": []}
+    from zoobot.tf import runtime
+
+    results: dict = {"framework": runtime.name(), "runs": []}
     starts = {"pretrained": str(run.path(ENCODER)), "scratch": s.architecture}
     # The feature is rare: weight the classes so that missing it costs as much as a false alarm.
     class_weights = balanced_class_weights(table[table["split"] == "train"]["label"])

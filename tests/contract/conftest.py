@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import contract  # noqa: E402
 
+contract.select()  # Keras's backend, before any test module imports Keras
+
 from zoobot.data.synthetic import make_survey  # noqa: E402
 
 

@@ -2,10 +2,11 @@
 
 This module holds what the tests share: the framework under test (`framework()`) and helpers.
 
-`ZOOBOT_BACKEND` names the framework under test (`torch` or `tf`); nox's `tests-torch` and
-`tests-tf` sessions set it. Without it, the one framework installed is taken; with none (or an
-unknown name) the tests fail at collection rather than skip, so a missing framework is never
-mistaken for a passing suite.
+`ZOOBOT_BACKEND` names the framework under test: `torch`, `tf` (zoobot.tf with Keras on
+TensorFlow) or `jax` (zoobot.tf with Keras on JAX: `KERAS_BACKEND=jax`, set by `select()` before
+Keras is imported); nox's `tests-torch`, `tests-tf` and `tests-jax` sessions set it. Without it, the
+one framework installed is taken; with none (or an unknown name) the tests fail at collection
+rather than skip, so a missing framework is never mistaken for a passing suite.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import numpy as np
 
 from zoobot.shared import get_schema
 
-PACKAGES = {"torch": "zoobot.torch", "tf": "zoobot.tf"}
+PACKAGES = {"torch": "zoobot.torch", "tf": "zoobot.tf", "jax": "zoobot.tf"}
 FRAMEWORK_MODULES = {"torch": "torch", "tf": "tensorflow"}
+KERAS_BACKENDS = {"tf": "tensorflow", "jax": "jax"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ class Framework:
     package: ModuleType
     reader: tuple[str, str]
     """(module, attribute) through which the engine reads images: patched to slow or count reads."""
+    prog: str
+    """The framework's command."""
+    backend_args: tuple[str, ...] = ()
+    """Options every subcommand of the command gets to run on this framework."""
 
     @property
     def backend(self):
@@ -108,6 +114,14 @@ class Framework:
         return None
 
 
+def select() -> str:
+    """The framework under test, with Keras's backend set for it (before Keras is imported)."""
+    name = _chosen()
+    if name in KERAS_BACKENDS:
+        os.environ["KERAS_BACKEND"] = KERAS_BACKENDS[name]
+    return name
+
+
 def _chosen() -> str:
     name = os.environ.get("ZOOBOT_BACKEND")
     if name is None:
@@ -124,13 +138,16 @@ def _chosen() -> str:
 
 def framework() -> Framework:
     """The framework under test."""
-    name = _chosen()
+    name = select()
     package = importlib.import_module(PACKAGES[name])
     if name == "torch":
-        reader = ("zoobot.torch.runner", "read_image")
-    else:
-        reader = ("zoobot.tf.runner", "read_image")
-    return Framework(name, package, reader)
+        return Framework(name, package, ("zoobot.torch.runner", "read_image"), "zoobot-torch")
+    import keras
+
+    assert keras.backend.backend() == KERAS_BACKENDS[name], "Keras was imported before select()"
+    reader = ("zoobot.tf.runner", "read_image")  # predict decodes there (`catalog_batches`)
+    options = ("--backend", KERAS_BACKENDS[name]) if name == "jax" else ()
+    return Framework(name, package, reader, "zoobot-tf", options)
 
 
 SCHEMA = get_schema("decals_dr5")

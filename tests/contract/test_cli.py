@@ -15,18 +15,24 @@ from zoobot.models.cli import COMMANDS
 from zoobot.shared.tables import read_predictions_full
 
 SMALL = ["--image-size", "32", "--batch-size", "16", "--num-workers", "1", "--no-progress"]
-FRAMEWORK_IMPORTS = {"torch": ("torch", "pytorch_lightning", "timm"), "tf": ("tensorflow", "keras")}
+FRAMEWORK_IMPORTS = {
+    "torch": ("torch", "pytorch_lightning", "timm"),
+    "tf": ("tensorflow", "keras"),
+    "jax": ("tensorflow", "keras", "jax"),
+}
 
 
 def prog(fw) -> str:
-    return f"zoobot-{fw.name}"
+    return fw.prog
 
 
 def run(fw, capsys, *argv) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of the command with `argv`, usage errors included."""
+    """(exit code, stdout, stderr) of the command with `argv` (and the framework's backend
+    option, as a user would give it), usage errors included."""
     main = importlib.import_module(f"{fw.package.__name__}.cli").main
+    options = fw.backend_args if "--help" not in argv else ()
     try:
-        code = main([str(a) for a in argv])
+        code = main([str(a) for a in (*argv, *options)])
     except SystemExit as stop:
         code = stop.code
     out, err = capsys.readouterr()

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ if missing:  # fail loudly rather than skip: this runs in the parity session, wh
 
 STEPS = ("data", "torch_pretrain", "compare", "torch_finetune", "tf_finetune")
 STEPS += ("torch_predict", "tf_predict")
+KERAS_STEPS = ("compare", "tf_finetune", "tf_predict")  # what zoobot.tf runs
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +114,28 @@ def test_a_second_run_skips_finished_steps(demo: Path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("already done") == len(STEPS)
+
+
+def test_the_zoobot_tf_steps_run_on_jax(demo: Path, tmp_path):
+    """`--backend jax` on a finished demo redoes only the zoobot.tf steps, with Keras on JAX
+    (torch, TensorFlow for the data and JAX in one process for the comparison step)."""
+    out = tmp_path / "jax"
+    shutil.copytree(demo, out)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "demo" / "run_demo.py"), "--out", str(out), "--quick",
+         "--backend", "jax"],
+        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        timeout=3600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("already done") == len(STEPS) - len(KERAS_STEPS)
+    for step in KERAS_STEPS:
+        record = json.loads((out / "steps" / f"{step}.json").read_text(encoding="utf-8"))
+        assert record["keras_backend"] == "jax", step
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["comparison"]["features"]["max_rel_diff"] < 1e-4
+    assert report["comparison"]["tree_concentrations"]["max_rel_diff"] < 1e-4
+    for start in ("pretrained", "scratch"):
+        assert 0.0 <= report["finetune"]["jax"][start]["roc_auc"]["mean"] <= 1.0
+    assert 0.0 < report["vote_fractions"]["tf"]["fraction_mae"] < 0.5  # tf/: zoobot.tf's files
+    assert report["torch_vs_tf_fractions"] < 0.1

@@ -11,7 +11,12 @@ the first lines of their program (or `pip uninstall triton` on CPU-only machines
 
 Reduced precision is turned off on both sides before any check runs: TF32 matmuls/convolutions
 (torch.backends.*.allow_tf32, torch's float32 matmul precision "highest", TensorFlow's
-`enable_tensor_float_32_execution(False)`). The report records these settings and every version.
+`enable_tensor_float_32_execution(False)`, and on JAX `jax_default_matmul_precision` "highest").
+The report records these settings and every version.
+
+zoobot.tf runs on the backend `KERAS_BACKEND` names (TensorFlow unless set): the nox session runs
+these tests once per backend, the JAX run in the same environment (torch, TensorFlow and jaxlib
+share a process; TensorFlow reads the data there) and `parity.write_report` lines the runs up.
 """
 
 from __future__ import annotations
@@ -29,16 +34,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # parity tests never touch the net
 # tests/parity holds the machinery module `parity` (pytest's importlib mode puts nothing on path).
 sys.path.insert(0, str(Path(__file__).parent))
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import parity  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
 
+from zoobot.tf import runtime  # noqa: E402
+
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 torch.set_float32_matmul_precision("highest")
 tf.config.experimental.enable_tensor_float_32_execution(False)
+if runtime.on_jax():
+    import jax
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+
+KERAS = parity.keras_label(runtime.name())
+"""How check names call zoobot.tf in this run: "tf" or "jax"."""
 
 GROUPS = {
     "test_loss_parity": "loss",
@@ -51,17 +66,25 @@ GROUPS = {
 
 
 def _precision_settings() -> dict:
-    return {
+    settings = {
         "triton_blocked": sys.modules.get("triton", "imported") is None,
         "torch_allow_tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "torch_allow_tf32_cudnn": torch.backends.cudnn.allow_tf32,
         "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
         "tf_tensor_float_32_execution": tf.config.experimental.tensor_float_32_execution_enabled(),
         "torch_threads": torch.get_num_threads(),
+        "keras_backend": keras.backend.backend(),
     }
+    if runtime.on_jax():
+        import jax
+
+        settings["jax_default_matmul_precision"] = jax.config.jax_default_matmul_precision
+        settings["jax_enable_x64"] = jax.config.jax_enable_x64
+    return settings
 
 
 parity.RECORDER.environment = parity.environment_info(_precision_settings())
+parity.RECORDER.run = KERAS
 
 
 @pytest.fixture
@@ -77,7 +100,7 @@ def rng(request) -> np.random.Generator:
     """A NumPy generator seeded per test (stable across runs and test selections)."""
     seed = zlib.crc32(request.node.nodeid.encode())
     torch.manual_seed(seed)
-    tf.random.set_seed(seed)
+    keras.utils.set_random_seed(seed)
     return np.random.default_rng(seed)
 
 

@@ -19,6 +19,11 @@ NumPy float64 oracle) and records
 (an `AssertionError`) naming every failed one, so one test can record several quantities before
 failing. `write_report` turns every recorded check (failed ones included) into `parity-report.md`
 and `parity-report.json`; tests/parity/conftest.py calls it at the end of the session.
+
+Keras runs zoobot.tf on one backend per process, so the session runs twice: with Keras on
+TensorFlow (run "tf": it writes the report afresh), then on JAX (run "jax": it adds its checks to
+the report the "tf" run wrote). A check's name holds its run's name where zoobot.tf computed it
+(`keras_label`); `side_by_side` lines the runs up, with the torch-only checks, in one table.
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ import numpy as np
 REPORT_DIR_ENV = "PARITY_REPORT_DIR"
 REPORT_NAMES = ("parity-report.md", "parity-report.json")
 RELATIVE_MODES = ("scale", "elementwise", "abs")
+RUNS = {"tf": "TF", "jax": "JAX"}
+"""Run name (zoobot.tf.runtime.name()) -> its column in the side-by-side table."""
+
+
+def keras_label(run: str) -> str:
+    """How check names call zoobot.tf in a run: "tf" on TensorFlow, "jax" on JAX."""
+    if run not in RUNS:
+        raise ValueError(f"unknown run {run!r}; expected one of {sorted(RUNS)}")
+    return run
 
 
 class ParityFailure(AssertionError):
@@ -58,6 +72,7 @@ class Check:
     note: str = ""
     test: str = ""
     n_values: int = 0
+    run: str = ""
 
     def __post_init__(self):
         if not self.status:
@@ -164,11 +179,14 @@ class Recorder:
     started: float = field(default_factory=time.time)
     environment: dict = field(default_factory=dict)
     current_test: str = ""
+    run: str = ""
+    """The backend Keras runs zoobot.tf on in this session: "tf" or "jax" (`RUNS`)."""
 
     def record(self, *checks: Check) -> list[Check]:
         """Store `checks` (under the running test's id) and raise `ParityFailure` if any failed."""
         for check in checks:
             check.test = check.test or self.current_test
+            check.run = check.run or self.run
             self.checks.append(check)
         failed = [c for c in checks if not c.passed]
         if failed:
@@ -193,6 +211,7 @@ class Recorder:
                 status=status,
                 note=note,
                 test=test,
+                run=self.run,
             )
         )
 
@@ -237,6 +256,8 @@ def environment_info(extra: Mapping | None = None) -> dict:
         "tensorflow-cpu",
         "tensorflow",
         "keras",
+        "jax",
+        "jaxlib",
         "safetensors",
         "zoobot-shared",
         "zoobot-data",
@@ -255,41 +276,99 @@ def environment_info(extra: Mapping | None = None) -> dict:
     return info
 
 
-def markdown_report(recorder: Recorder) -> str:
-    """The report as Markdown: environment, summary, then one table row per check."""
+def _key(check: Check) -> tuple[str, str]:
+    """The row of `check` in the side-by-side table: its name with its run's label as "keras"."""
+    words = check.name.split(" ")
+    if check.run in RUNS:
+        words = ["keras" if w == check.run else w.replace(f"->{check.run}", "->keras")
+                 for w in words]  # fmt: skip
+        words = [w.replace(f"{check.run}->", "keras->") for w in words]
+    return check.group, " ".join(words)
+
+
+def _cell(check: Check | None) -> str:
+    if check is None:
+        return ""
+    measured = check.max_abs if check.relative == "abs" else check.max_rel
+    return f"{_fmt(measured)} {check.status}"
+
+
+def side_by_side(checks: list[Check]) -> list[str]:
+    """Markdown rows: each check once, with the torch-only value (torch vs the NumPy reference)
+    and the value of each run (zoobot.tf on TensorFlow, on JAX) in columns of their own."""
+    rows: dict[tuple[str, str], dict[str, Check]] = {}
+    for check in checks:
+        group, name = _key(check)
+        column = "torch" if name.startswith("torch ") else check.run
+        rows.setdefault((group, name), {})[column] = check
+    lines = [
+        "| group | check | tolerance | relative | torch | " + " | ".join(RUNS.values()) + " |",
+        "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in RUNS) + " |",
+    ]
+    for (group, name), cells in rows.items():
+        first = next(iter(cells.values()))
+        values = [_cell(cells.get("torch"))] + [_cell(cells.get(run)) for run in RUNS]
+        lines.append(
+            f"| {group} | {name} | {_fmt(first.tolerance)} | {first.relative} | "
+            + " | ".join(values)
+            + " |"
+        )
+    return lines
+
+
+def markdown_report(recorder: Recorder, runs: Mapping[str, Mapping] | None = None) -> str:
+    """The report as Markdown: the runs, the side-by-side table, every check, the environment."""
     env = recorder.environment
     summary = recorder.summary()
+    runs = runs or {}
     lines = [
-        "# Parity report: zoobot.torch vs zoobot.tf",
+        "# Parity report: zoobot.torch vs zoobot.tf (Keras on TensorFlow and on JAX)",
         "",
-        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, session "
-        f"{time.time() - recorder.started:.0f} s. "
-        + ", ".join(f"{n} {status}" for status, n in sorted(summary.items())),
+        ", ".join(f"{n} {status}" for status, n in sorted(summary.items())) + ". Runs: "
+        + "; ".join(
+            f"{RUNS.get(run, run)} generated {info.get('generated')}, {info.get('duration_s')} s"
+            for run, info in runs.items()
+        ) + ".",
         "",
         "Relative difference: `scale` = max|a-b| / max|reference| (features, outputs, weights); "
         "`elementwise` = max |a-b|/|reference|, exact zeros required where the reference is 0 "
-        "(loss); `abs` = the tolerance bounds max|a-b|.",
+        "(loss); `abs` = the tolerance bounds max|a-b|. In check names `keras` is zoobot.tf, "
+        "whose columns are Keras on TensorFlow (TF) and on JAX.",
         "",
-        "| group | check | max abs diff | max rel diff | tolerance | relative | status | note |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+        "## Side by side",
+        "",
+        *side_by_side(recorder.checks),
+        "",
+        "## Every check",
+        "",
+        "| run | group | check | max abs diff | max rel diff | tolerance | relative | status | note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]  # fmt: skip
     for c in recorder.checks:
         note = c.note.replace("|", "\\|").replace("\n", " ")
         lines.append(
-            f"| {c.group} | {c.name} | {_fmt(c.max_abs)} | {_fmt(c.max_rel)} | "
-            f"{_fmt(c.tolerance)} | {c.relative} | {c.status} | {note} |"
+            f"| {RUNS.get(c.run, c.run)} | {c.group} | {c.name} | {_fmt(c.max_abs)} | "
+            f"{_fmt(c.max_rel)} | {_fmt(c.tolerance)} | {c.relative} | {c.status} | {note} |"
         )
     lines += ["", "## Environment", "", "| item | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in env.items()]
     return "\n".join(lines) + "\n"
 
 
-def json_report(recorder: Recorder) -> dict:
-    checks = [{k: _json_number(v) for k, v in asdict(c).items()} for c in recorder.checks]
+def _run_info(recorder: Recorder) -> dict:
     return {
-        "format": "zoobot-parity-report/1",
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "duration_s": round(time.time() - recorder.started, 1),
+        "keras_backend": recorder.run,
+    }
+
+
+def json_report(recorder: Recorder, runs: Mapping[str, Mapping] | None = None) -> dict:
+    checks = [{k: _json_number(v) for k, v in asdict(c).items()} for c in recorder.checks]
+    return {
+        "format": "zoobot-parity-report/2",
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "runs": dict(runs or {recorder.run: _run_info(recorder)}),
         "summary": recorder.summary(),
         "passed": all(c.passed for c in recorder.checks),
         "environment": recorder.environment,
@@ -297,13 +376,42 @@ def json_report(recorder: Recorder) -> dict:
     }
 
 
+def _from_json(value):
+    return {"inf": math.inf, "-inf": -math.inf, None: math.nan}.get(value, value)
+
+
+def merged(recorder: Recorder, directory: Path) -> tuple[Recorder, dict]:
+    """`recorder` after the checks of the other runs in the report `directory` holds: a "jax" run
+    adds its checks to the report a "tf" run wrote; a "tf" run starts the report afresh."""
+    runs = {recorder.run: _run_info(recorder)}
+    path = directory / REPORT_NAMES[1]
+    if recorder.run == "tf" or not path.is_file():
+        return recorder, runs
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    if earlier.get("format") != "zoobot-parity-report/2":
+        return recorder, runs
+    kept = [c for c in earlier["checks"] if c.get("run") != recorder.run]
+    numbers = ("max_abs", "max_rel", "tolerance")
+    old = [Check(**{k: _from_json(v) if k in numbers else v for k, v in c.items()}) for c in kept]
+    combined = Recorder(
+        old + recorder.checks, recorder.started, recorder.environment, run=recorder.run
+    )
+    environment = dict(earlier.get("environment") or {})
+    environment.update({f"{k} ({recorder.run})": v for k, v in recorder.environment.items()
+                        if environment.get(k) != v})  # fmt: skip
+    combined.environment = environment
+    previous = {k: v for k, v in (earlier.get("runs") or {}).items() if k != recorder.run}
+    return combined, {**previous, **runs}
+
+
 def write_report(recorder: Recorder, directory: str | os.PathLike | None = None) -> list[Path]:
     """Write parity-report.md and parity-report.json into `directory` (default `report_dir()`)."""
     directory = Path(directory) if directory is not None else report_dir()
     directory.mkdir(parents=True, exist_ok=True)
+    recorder, runs = merged(recorder, directory)
     md, js = (directory / name for name in REPORT_NAMES)
-    md.write_text(markdown_report(recorder), encoding="utf-8")
-    js.write_text(json.dumps(json_report(recorder), indent=2) + "\n", encoding="utf-8")
+    md.write_text(markdown_report(recorder, runs), encoding="utf-8")
+    js.write_text(json.dumps(json_report(recorder, runs), indent=2) + "\n", encoding="utf-8")
     return [md, js]
 
 

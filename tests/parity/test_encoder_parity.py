@@ -217,10 +217,16 @@ def _nchw(images: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2), np.float32))
 
 
-def _nhwc(images: np.ndarray):
-    import tensorflow as tf
+def _nhwc(images: np.ndarray) -> np.ndarray:
+    """Channels-last float32 images, as Keras takes them on any backend."""
+    return np.ascontiguousarray(images, np.float32)
 
-    return tf.constant(images, tf.float32)
+
+def _keras() -> str:
+    """zoobot.tf's name in check labels: "tf" on TensorFlow, "jax" on JAX."""
+    from zoobot.tf import runtime
+
+    return runtime.name()
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
@@ -249,7 +255,7 @@ def test_torch_saved_model_loads_in_tf(recorder, tmp_path, case):
     tf_features = np.asarray(tf_encoder(_nhwc(images), training=False))
     tf_model = tf_hub.from_pretrained(folder)
     tf_concentrations = np.asarray(tf_model(_nhwc(images), training=False))
-    label = f"{case.id} torch->tf"
+    label = f"{case.id} torch->{_keras()}"
     recorder.record(
         compare(f"{label} features", tf_features, features, TOLERANCE, group="encoders",
                 note=f"pooled features, {BATCH}x{case.size}px 3ch, load_encoder(folder)"),
@@ -260,7 +266,7 @@ def test_torch_saved_model_loads_in_tf(recorder, tmp_path, case):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
 def test_tf_saved_model_loads_in_torch(recorder, tmp_path, case):
-    import tensorflow as tf
+    import keras
     import torch
 
     from zoobot.torch.pretrained import from_pretrained
@@ -269,7 +275,7 @@ def test_tf_saved_model_loads_in_torch(recorder, tmp_path, case):
     tf_finetune = importlib.import_module("zoobot.tf.finetune")
     tf_hub = importlib.import_module("zoobot.tf.pretrained")
 
-    tf.keras.utils.set_random_seed(3)
+    keras.utils.set_random_seed(3)
     encoder = tf_encoders.load_encoder(case.architecture, channels=1, **case.model_args)
     randomise_keras(encoder, seed=4)
     images = _images(1, seed=6, size=case.size)
@@ -284,10 +290,10 @@ def test_tf_saved_model_loads_in_torch(recorder, tmp_path, case):
     with torch.no_grad():
         features = torch_model.encoder(_nchw(images)).numpy()
         logits = torch_model(_nchw(images)).numpy()
-    label = f"{case.id} tf->torch"
+    label = f"{case.id} {_keras()}->torch"
     recorder.record(
         compare(f"{label} features", features, tf_features, TOLERANCE, group="encoders",
-                note=f"pooled features, {BATCH}x{case.size}px 1ch, reference = TF"),
+                note=f"pooled features, {BATCH}x{case.size}px 1ch, reference = zoobot.tf"),
         compare(f"{label} classifier logits", logits, tf_logits, TOLERANCE, group="encoders",
                 note="FinetuneableZoobotClassifier(5) head, from_pretrained(folder)"),
     )  # fmt: skip

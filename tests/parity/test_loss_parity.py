@@ -129,20 +129,79 @@ def _tf_loss_module():
     return importlib.import_module("zoobot.tf.loss")
 
 
+def _keras_values(tf_loss, counts, concentrations, schema, dtype):
+    """(loss, d sum(loss) / d concentrations, objective) of zoobot.tf on the backend Keras runs on."""
+    from zoobot.tf import runtime
+
+    if runtime.on_jax():
+        import jax
+        import jax.numpy as jnp
+
+        alpha, votes = jnp.asarray(concentrations, dtype), jnp.asarray(counts, dtype)
+
+        def total(a):
+            return jnp.sum(tf_loss.dirichlet_multinomial_loss(votes, a, schema))
+
+        loss = tf_loss.dirichlet_multinomial_loss(votes, alpha, schema)
+        grad = jax.grad(total)(alpha)
+    else:
+        import tensorflow as tf
+
+        alpha = tf.Variable(tf.constant(concentrations, dtype=dtype))
+        votes = tf.constant(counts, dtype=dtype)
+        with tf.GradientTape() as tape:
+            loss = tf_loss.dirichlet_multinomial_loss(votes, alpha, schema)
+            summed = tf.reduce_sum(loss)
+        grad = tape.gradient(summed, alpha)
+        alpha = tf.constant(alpha)
+    assert str(loss.dtype) == dtype
+    # A Keras Loss casts to its dtype (float32 by default); ask for the inputs' dtype, as torch keeps.
+    objective = tf_loss.DirichletMultinomialLoss(schema, dtype=dtype)(votes, alpha)
+    return loss, grad, objective
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("schema_name", SCHEMAS)
 def test_tf_loss_matches_reference(recorder, rng, schema_name, dtype):
-    import tensorflow as tf
+    """zoobot.tf's loss, on TensorFlow (which has float64) or on JAX with `jax_enable_x64` on: the
+    sums run in float64, as zoobot.torch's do."""
+    from zoobot.tf import runtime
 
     tf_loss = _tf_loss_module()
     schema, counts, concentrations, *reference = _case(schema_name, dtype, rng)
-    alpha = tf.Variable(tf.constant(concentrations, dtype=dtype))
-    votes = tf.constant(counts, dtype=dtype)
-    with tf.GradientTape() as tape:
-        loss = tf_loss.dirichlet_multinomial_loss(votes, alpha, schema)
-        total = tf.reduce_sum(loss)
-    grad = tape.gradient(total, alpha)
-    assert loss.dtype == tf.as_dtype(dtype)
-    # A Keras Loss casts to its dtype (float32 by default); ask for the inputs' dtype, as torch keeps.
-    objective = tf_loss.DirichletMultinomialLoss(schema, dtype=dtype)(votes, tf.constant(alpha))
-    _record(recorder, "tf", schema_name, dtype, (loss, grad, objective), reference)
+    if runtime.on_jax():
+        import jax
+
+        with jax.enable_x64(True):
+            values = _keras_values(tf_loss, counts, concentrations, schema, dtype)
+    else:
+        values = _keras_values(tf_loss, counts, concentrations, schema, dtype)
+    _record(recorder, runtime.name(), schema_name, dtype, values, reference)
+
+
+# JAX without `jax_enable_x64` computes float64 requests in float32, so there the sums run in
+# float32: each lgamma term (up to lgamma(701) ~ 3.9e3 at 600 votes, alpha 101) rounds by half a
+# float32 ulp, 1.2e-4, and a question sums up to 3 * 7 + 3 = 24 of them: |a-b| <= 3e-3.
+FLOAT32_SUMS = 3e-3
+
+
+@pytest.mark.parametrize("schema_name", SCHEMAS)
+def test_jax_loss_without_x64_is_within_float32_sums(recorder, rng, schema_name):
+    from zoobot.tf import runtime
+
+    if not runtime.on_jax():
+        pytest.skip("JAX only: TensorFlow always computes the sums in float64")
+    import jax
+
+    assert not jax.config.jax_enable_x64, "this check is of JAX's default, float64 off"
+    schema, counts, concentrations, *reference = _case(schema_name, "float32", rng)
+    loss, grad, objective = _keras_values(
+        _tf_loss_module(), counts, concentrations, schema, "float32"
+    )
+    label = f"jax {schema_name} float32 (x64 off, float32 sums)"
+    recorder.record(
+        compare(f"{label} loss", loss, reference[0], FLOAT32_SUMS, relative="abs", group="loss",
+                note="(batch, question) values; float32 sums: max |a-b| bounded, exact 0 kept"),
+        _row_scaled(f"{label} d loss / d concentrations", grad, reference[1], TOLERANCE["float32"],
+                    "loss"),
+    )  # fmt: skip

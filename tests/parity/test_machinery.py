@@ -76,6 +76,35 @@ def test_recorder_records_every_check_and_raises_on_failure(tmp_path):
     assert data["checks"][1]["test"] == "test_x"
 
 
+def test_a_jax_run_joins_the_tf_run_side_by_side(tmp_path):
+    """The TF run writes the report afresh; the JAX run adds its checks, and the side-by-side table
+    has one row per check with the torch-only value and each run's in its own column."""
+    tf_run = Recorder(run="tf")
+    tf_run.record(
+        compare("torch gz2 float32 loss", [1.0], [1.0], 1e-5, group="loss"),
+        compare("tf gz2 float32 loss", [1.0 + 1e-7], [1.0], 1e-5, group="loss"),
+        compare("m torch->tf features", [2.0], [2.0], 1e-4, group="encoders"),
+    )
+    write_report(tf_run, tmp_path)
+    jax_run = Recorder(run="jax")
+    jax_run.record(
+        compare("jax gz2 float32 loss", [1.0 + 2e-6], [1.0], 1e-5, group="loss"),
+        compare("m torch->jax features", [2.0], [2.0], 1e-4, group="encoders"),
+    )
+    md, js = write_report(jax_run, tmp_path)
+    data = json.loads(js.read_text())
+    assert sorted(data["runs"]) == ["jax", "tf"] and len(data["checks"]) == 5
+    text = md.read_text()
+    assert "| loss | torch gz2 float32 loss | 1.00e-05 | scale | 0 pass |  |  |" in text
+    assert (
+        "| loss | keras gz2 float32 loss | 1.00e-05 | scale |  | 1.00e-07 pass | 2.00e-06 pass |"
+        in text
+    )
+    assert "| encoders | m torch->keras features | 1.00e-04 | scale |  | 0 pass | 0 pass |" in text
+    write_report(tf_run, tmp_path)  # a new TF run starts afresh
+    assert sorted(json.loads(js.read_text())["runs"]) == ["tf"]
+
+
 def test_report_rows_escape_pipes_and_show_inf():
     recorder = Recorder(checks=[Check("g", "a|b", math.inf, math.inf, 0.0, "abs", False)])
     assert "| g | a|b | inf | inf | 0 | abs | FAIL |" in markdown_report(recorder)

@@ -21,7 +21,8 @@ timm Hub layout stands in for `hf_hub:mwalmsley/zoobot-encoder-convnext_nano`, w
 session in its `survey/` folder (100 galaxies, 64 pixels, seed 0): `make_survey` keeps images
 rendered with the same settings, so the block still runs in full, just without re-rendering.
 
-Runs where both frameworks are installed (the `parity` nox session); refuses to run elsewhere.
+Runs where both frameworks and JAX are installed (the `parity` nox session); refuses to run
+elsewhere. Recipe 4 (zoobot.tf) also runs a second time with `KERAS_BACKEND=jax`, unchanged.
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ PROGRAMS = ("zoobot-data", "zoobot-torch", "zoobot-tf")
 NETWORK = re.compile(r"needs the network", re.IGNORECASE)
 TIMEOUT = 1200  # seconds per chain: generous for a loaded 2-core machine
 
-_MISSING = [m for m in ("torch", "tensorflow") if importlib.util.find_spec(m) is None]
+_MISSING = [m for m in ("torch", "tensorflow", "jax") if importlib.util.find_spec(m) is None]
 if _MISSING:  # fail loudly rather than skip: a skipped README test would hide broken recipes
-    raise ImportError(f"the README shows both frameworks: run in the parity session ({_MISSING})")
+    raise ImportError(f"the README shows every framework: run in the parity session ({_MISSING})")
+ON_JAX = "4. Use the same weights from TensorFlow"  # the recipe also run with Keras on JAX
 
 
 @dataclass
@@ -409,11 +411,25 @@ def test_parser_chains_marked_blocks():
 
 @pytest.mark.parametrize("chain", CHAINS, ids=[c.name for c in CHAINS])
 def test_readme_chain_runs(chain: Chain, tmp_path, readme_env, request):
+    run_chain(chain, tmp_path, dict(readme_env), request)
+
+
+def test_the_tensorflow_recipe_runs_unchanged_on_jax(tmp_path, readme_env, request):
+    (chain,) = [
+        c
+        for c in CHAINS
+        if c.blocks[0].heading == ON_JAX and "KERAS_BACKEND" not in c.blocks[0].code
+    ]
+    assert "load_encoder(" in chain.blocks[0].code and "fit(" in chain.blocks[0].code
+    run_chain(chain, tmp_path, dict(readme_env, KERAS_BACKEND="jax"), request)
+
+
+def run_chain(chain: Chain, tmp_path: Path, env: dict, request) -> None:
+    """Run a chain's blocks in a fresh folder, consecutive Python blocks as one script."""
     cwd = tmp_path / "work"
     cwd.mkdir()
     if needs_survey(chain):
         shutil.copytree(request.getfixturevalue("survey_cache"), cwd / "survey")
-    env = dict(readme_env)
     pending: list[Block] = []
     for index, block in enumerate(chain.blocks):
         if block.lang in PYTHON_LANGS:

@@ -1,6 +1,7 @@
 """The `zoobot-tf` command's training wiring: train and finetune hand the library Keras models built
 in the strategy's scope and `tf.data` pipelines of the catalog's splits (the command line itself,
-written once, is tested in tests/contract/test_cli.py; training in test_training.py)."""
+written once, is tested in tests/contract/test_cli.py; training in test_training.py), and
+`--backend`, which chooses Keras's backend."""
 
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import keras
 import pytest
+from keras_backend import jax_only
 
 from zoobot.data.synthetic import make_survey
 from zoobot.shared import get_schema
@@ -116,3 +118,34 @@ def test_train_and_finetune_call_the_library(catalog_file, tree_dir, tmp_path, c
     assert isinstance(model, FinetuneableZoobotClassifier) and model.num_classes == 2
     assert options["save_dir"] == tmp_path / "kinds" and options["epochs"] == 1
     assert train.element_spec[1].shape.as_list()[1:] == [1]
+
+
+@jax_only
+def test_backend_option_runs_keras_on_jax(tree_dir):
+    """`--backend jax` chooses Keras's backend before Keras is imported, whatever the environment
+    said (KERAS_BACKEND removed here), and zoobot.tf's backend is then named "jax"."""
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    code = (
+        "from zoobot.tf.cli import main\n"
+        f"code = main(['push', {str(tree_dir)!r}, 'me/x', '--dry-run', '--backend', 'jax'])\n"
+        "import keras\n"
+        "from zoobot.tf.backend import BACKEND\n"
+        "print('exit', code, keras.backend.backend(), BACKEND.name)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "exit 0 jax jax"
+
+
+def test_backend_option_refuses_a_keras_already_on_another_backend(tree_dir, capsys):
+    other = "tensorflow" if keras.backend.backend() == "jax" else "jax"
+    code, _, err = run(capsys, "push", tree_dir, "me/x", "--dry-run", "--backend", other)
+    assert code == 1 and f"Keras already runs on {keras.backend.backend()}" in err
+
+
+def test_the_backend_is_named_after_keras_s():
+    from zoobot.tf.backend import BACKEND
+
+    assert BACKEND.name == ("jax" if keras.backend.backend() == "jax" else "tf")

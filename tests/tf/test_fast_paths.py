@@ -44,9 +44,9 @@ def test_bf16_predict_without_native_bf16_runs_float32(tmp_path, monkeypatch, ca
     options = {"image_size": 32, "batch_size": 4, "num_workers": 1, "progress": False}
     with caplog.at_level(logging.INFO, logger="zoobot"):
         asked = predict(survey, model, tmp_path / "bf16.parquet", precision="bf16", **options)
-    assert messages(caplog) == [
+    assert [m for m in messages(caplog) if m.startswith("cpu_bf16")] == [
         "cpu_bf16: off (forced unsupported; runs in float32, faster than emulated bf16)"
-    ]
+    ]  # on JAX also the xla_cpu_depthwise line (tests/tf/test_depthwise.py)
     fp32 = predict(survey, model, tmp_path / "fp32.parquet", precision="32", **options)
     # The same compiled float32 function on the same batches in one process: bit equal.
     np.testing.assert_array_equal(
@@ -88,8 +88,8 @@ def test_without_keras_internals_the_optimizer_is_keras_adamw_stepping_alike(
 
     def step(optimizer) -> np.ndarray:
         variable = keras.Variable(start)
-        optimizer.apply_gradients([(tf.constant(gradient), variable)])
-        return variable.numpy()
+        optimizer.apply_gradients([(gradient, variable)])
+        return np.asarray(variable)
 
     with caplog.at_level(logging.INFO, logger="zoobot"):
         layerwise = layerwise_adamw(1e-2, 0.05, None, 1.0)
@@ -119,7 +119,7 @@ def test_a_model_fits_with_the_keras_adamw_fallback(monkeypatch):
     rng = np.random.default_rng(0)
     images = rng.random((8, 32, 32, 3), dtype=np.float32)
     labels = rng.integers(0, 2, (8, 1)).astype(np.float32)
-    before = model.head.layers[1].kernel.numpy().copy()
+    before = np.asarray(model.head.layers[1].kernel).copy()
     history = model.fit(images, labels, batch_size=4, epochs=2, verbose=0).history
     assert type(model.optimizer) is keras.optimizers.AdamW
     assert (
@@ -127,7 +127,7 @@ def test_a_model_fits_with_the_keras_adamw_fallback(monkeypatch):
         model.optimizer.warmup_schedule.total_steps,
     ) == (1, 4)
     assert np.isfinite(history["loss"]).all()
-    assert not np.array_equal(before, model.head.layers[1].kernel.numpy())
+    assert not np.array_equal(before, np.asarray(model.head.layers[1].kernel))
 
 
 def test_the_optimizer_probe_passes_with_this_keras():

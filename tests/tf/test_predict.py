@@ -38,7 +38,7 @@ def tree() -> ZoobotTree:
 def direct(model, catalog: pd.DataFrame, n_samples: int = 1) -> np.ndarray:
     """The model's predictions, image by image through the evaluation transform, in one batch."""
     images = np.stack([read_image(path, SIZE) for path in catalog["file_loc"]])
-    x = eval_transform(tf.constant(images))
+    x = np.asarray(eval_transform(tf.constant(images)))
     return np.asarray(model.predict_samples(x, n_samples, False))
 
 

@@ -1,5 +1,6 @@
 """Training on votes with Keras: `train` from a catalog, the callbacks (best export, early stopping,
-CSV/TensorBoard logs), precision policies, and MirroredStrategy on two logical CPU devices.
+CSV/TensorBoard logs), precision policies, and data parallelism on two CPU devices (TensorFlow's
+MirroredStrategy, or Keras's DataParallel on JAX).
 
 Exact (bit-equal) comparisons here run the same weights on the same inputs with the same
 batch shapes in one process (or processes with the same threads): the same kernels, hence the
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from keras_backend import jax_only, tensorflow_only
 from PIL import Image
 
 from zoobot.models import fast_paths
@@ -111,7 +113,7 @@ def test_train_from_a_catalog_exports_the_best_epoch_and_logs(catalog, tmp_path)
     assert f"| val_loss | {best_loss}" in (best / "README.md").read_text()
     reloaded = from_pretrained(best)
     images = vote_arrays(n=4)[0]
-    np.testing.assert_allclose(reloaded(images).numpy(), model(images).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(reloaded(images)), np.asarray(model(images)), rtol=1e-6)
     assert json.loads((best / "config.json").read_text())["zoobot"]["task"] == "tree"
 
 
@@ -125,11 +127,13 @@ def test_export_best_writes_the_best_epoch_and_leaves_the_final_weights(tmp_path
     outputs = []
     for epoch, loss in enumerate([3.0, 1.0, 2.0]):
         bias.assign(np.full(bias.shape, float(epoch), np.float32))
-        outputs.append(model(images).numpy())
+        outputs.append(np.asarray(model(images)))
         exporter.on_epoch_end(epoch, {"val_loss": loss})
     exporter.on_train_end()
-    np.testing.assert_array_equal(from_pretrained(tmp_path / "best")(images).numpy(), outputs[1])
-    np.testing.assert_array_equal(model(images).numpy(), outputs[2])
+    np.testing.assert_array_equal(
+        np.asarray(from_pretrained(tmp_path / "best")(images)), outputs[1]
+    )
+    np.testing.assert_array_equal(np.asarray(model(images)), outputs[2])
     assert exporter.best == 1.0
     assert "| val_loss | 1.0 |" in (tmp_path / "best" / "README.md").read_text()
 
@@ -220,7 +224,7 @@ MIRRORED = textwrap.dedent(
     ]
     moved = max(float(np.abs(a - b).max()) for a, b in zip(start, mirrored.get_weights()))
     reloaded = from_pretrained(sys.argv[1])
-    exported = float(np.abs(reloaded(images[:2]).numpy() - mirrored(images[:2]).numpy()).max())
+    exported = float(np.abs(np.asarray(reloaded(images[:2])) - np.asarray(mirrored(images[:2]))).max())
     print(json.dumps({
         "replicas": strategy.num_replicas_in_sync,
         "max_difference": max(differences),
@@ -232,6 +236,91 @@ MIRRORED = textwrap.dedent(
 )
 
 
+DATA_PARALLEL = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", 2)
+
+    import keras
+    import numpy as np
+
+    from zoobot.shared import Schema
+    from zoobot.tf.pretrained import from_pretrained
+    from zoobot.tf.training import ExportBest, keras_distribution
+    from zoobot.tf.tree import ZoobotTree
+
+    toy = Schema(
+        {"smooth-or-featured-dr5": ["smooth", "featured"], "bar-dr8": ["yes", "no"]},
+        {"bar-dr8": "smooth-or-featured-dr5_featured"},
+        name="toy",
+    )
+    rng = np.random.default_rng(0)
+    images = rng.random((16, 32, 32, 3), dtype=np.float32)
+    counts = rng.integers(0, 10, (16, 4)).astype(np.float32)
+    options = dict(dropout=0.0, warmup_epochs=0, learning_rate=1e-3)
+    EPSILON = 1e-3
+
+    keras.utils.set_random_seed(0)
+    single = ZoobotTree(toy, "test_convnext", **options)
+    start = single.get_weights()
+    single.compile(gradient_clip_val=1.0)
+    single.optimizer.epsilon = EPSILON
+    single.fit(images, counts, batch_size=8, epochs=1, shuffle=False, verbose=0)
+
+    distribution = keras_distribution("mirrored", "cpu", 2)
+    with distribution.scope():
+        parallel = ZoobotTree(toy, "test_convnext", **options)
+        parallel.set_weights(start)
+        parallel.compile(gradient_clip_val=1.0)
+        parallel.optimizer.epsilon = EPSILON
+        export = ExportBest(sys.argv[1], monitor="loss")
+        history = parallel.fit(
+            images, counts, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[export]
+        )
+    differences = [
+        float(np.abs(a - b).max()) for a, b in zip(single.get_weights(), parallel.get_weights())
+    ]
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(start, parallel.get_weights()))
+    reloaded = from_pretrained(sys.argv[1])
+    exported = float(np.abs(np.asarray(reloaded(images[:2])) - np.asarray(parallel(images[:2]))).max())
+    kernel = parallel.head.layers[1].kernel.value
+    print(json.dumps({
+        "replicas": len(distribution.device_mesh.devices.ravel()),
+        "weights_on": len(kernel.sharding.device_set),
+        "max_difference": max(differences),
+        "moved": moved,
+        "exported_difference": exported,
+        "loss": history.history["loss"][0],
+    }))
+    """
+)
+
+
+@jax_only
+def test_data_parallel_on_two_jax_cpu_devices_matches_one_device(tmp_path):
+    """JAX's CPU devices must be set before JAX starts: run in a fresh interpreter. One global
+    batch sharded across two devices computes the one-device step's gradients (sums of the same
+    terms in another order), so the weights agree as in the MirroredStrategy test."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL, str(tmp_path / "best")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2 and result["weights_on"] == 2
+    assert result["moved"] > 1e-4, "the data-parallel model trained"
+    assert result["max_difference"] < 1e-5, "two devices step like one (see the TF test)"
+    assert result["exported_difference"] == 0.0
+    assert np.isfinite(result["loss"])
+
+
+@tensorflow_only
 def test_mirrored_strategy_on_two_cpu_devices_matches_one_device(tmp_path):
     """Logical devices must be set before TensorFlow starts: run in a fresh interpreter."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}

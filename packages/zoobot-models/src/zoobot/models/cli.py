@@ -93,18 +93,21 @@ class ModelCommand:
     description: str
     epilog: str
     help: Mapping[str, str]
-    start: Callable[[], None] | None = None
-    """Called before the backend is imported (e.g. to start the framework quietly)."""
+    start: Callable[[argparse.Namespace], None] | None = None
+    """Called with the parsed arguments before the backend is imported (e.g. to choose the Keras
+    backend and start the framework quietly)."""
+    backends: Sequence[str] = ()
+    """Backends the framework runs on, chosen with `--backend` (none: no such option)."""
 
     def __post_init__(self):
         missing = set(HELP_KEYS) - set(self.help)
         if missing:
             raise ValueError(f"{self.prog}: no help text for {sorted(missing)}")
 
-    def load_backend(self):
-        """The framework's `Backend` (imports the framework, after `start`)."""
+    def load_backend(self, args: argparse.Namespace | None = None):
+        """The framework's `Backend` (imports the framework, after `start(args)`)."""
         if self.start is not None:
-            self.start()
+            self.start(args if args is not None else argparse.Namespace())
         if isinstance(self.backend, str):
             return importlib.import_module(self.backend).BACKEND
         return self.backend
@@ -488,6 +491,16 @@ def _add_run_options(parser: argparse.ArgumentParser, command: ModelCommand) -> 
     add_no_progress(parser)
 
 
+def _add_backend_option(parser: argparse.ArgumentParser, command: ModelCommand) -> None:
+    """`--backend` where the framework runs on several (Keras: TensorFlow or JAX)."""
+    if command.backends:
+        parser.add_argument(
+            "--backend",
+            choices=list(command.backends),
+            help=f"backend to run on (default: KERAS_BACKEND, else {command.backends[0]})",
+        )
+
+
 def _register_train(commands, command: ModelCommand) -> None:
     parser = add_subcommand(
         commands,
@@ -678,6 +691,7 @@ def build_parser(command: ModelCommand) -> argparse.ArgumentParser:
     commands.required = True
     for name in COMMANDS:
         _REGISTER[name](commands, command)
+        _add_backend_option(commands.choices[name], command)
         commands.choices[name].set_defaults(run=RUNNERS[name])
     return parser
 
@@ -711,7 +725,7 @@ def run_command(command: ModelCommand, argv: Sequence[str] | None = None) -> int
     try:
         with zoobot_log_lines(command.prog):
             framework_free = args.command in FRAMEWORK_FREE
-            return args.run(args, None if framework_free else command.load_backend())
+            return args.run(args, None if framework_free else command.load_backend(args))
     except KeyboardInterrupt:
         print(f"{command.prog} {args.command}: interrupted", file=sys.stderr)
         return 130

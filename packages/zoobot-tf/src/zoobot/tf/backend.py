@@ -5,7 +5,8 @@ written once in `zoobot.models`; this module supplies what needs Keras: the Kera
 encoders converted from the Hub layout and back, head tensors in PyTorch names and layouts (the
 dense layer of a head is `1.weight`, shape (out, in), and `1.bias`), the inference engine
 (`zoobot.tf.runner`, which also reads TFRecord shard folders), its worker processes
-(`zoobot.tf.distributed`) and Keras training.
+(`zoobot.tf.distributed`) and Keras training. Keras runs on TensorFlow or JAX (`KERAS_BACKEND`);
+the backend's `name` says which ("tf" or "jax"), so run manifests and reports name it.
 """
 
 from __future__ import annotations
@@ -25,17 +26,22 @@ from zoobot.models.distributed import Launch, Rank
 from zoobot.models.layout import check_weights_fit
 from zoobot.models.runner import Parts, RunSettings
 from zoobot.models.tasks import TaskRegistry
-from zoobot.tf import encoders
+from zoobot.tf import encoders, runtime
 
 
 class KerasBackend(Backend):
     """Keras 3: converted timm encoders, `keras.Sequential` heads, a `tf.data` engine, Keras `fit`."""
 
-    name = "tf"
     package = "zoobot-tf"
 
     def __init__(self):
+        runtime.keras_backend()  # refuses a backend zoobot.tf does not run on, with the fix
         self.tasks = TaskRegistry(builtin="zoobot.tf.finetune")
+
+    @property
+    def name(self) -> str:
+        """ "tf" when Keras runs on TensorFlow, "jax" on JAX."""
+        return runtime.name()
 
     def is_architecture(self, name: str) -> bool:
         return encoders.is_architecture(name)
@@ -60,10 +66,10 @@ class KerasBackend(Backend):
         state = {}
         for i, layer in enumerate(head.layers):
             if isinstance(layer, keras.layers.Dense):
-                kernel = keras.ops.convert_to_numpy(layer.kernel)
+                kernel = layer.kernel.numpy()
                 state[f"{i}.weight"] = np.ascontiguousarray(kernel.T, dtype=np.float32)
                 if layer.use_bias:
-                    bias = keras.ops.convert_to_numpy(layer.bias)
+                    bias = layer.bias.numpy()
                     state[f"{i}.bias"] = np.ascontiguousarray(bias, dtype=np.float32)
             elif layer.weights:
                 raise TypeError(
@@ -146,30 +152,15 @@ class KerasBackend(Backend):
         return np.asarray(keras.ops.convert_to_numpy(out), np.float32)
 
     def device(self, name: str | None) -> str | None:
-        """A TensorFlow device name from torch-style `cpu`, `cuda`, `cuda:1` (or `/GPU:1` as is),
-        checked to exist here."""
-        import tensorflow as tf
-
-        from zoobot.tf.runner import tf_device
-
-        device = tf_device(name)
-        found = [d.name for d in tf.config.list_logical_devices()]
-        known = {d.rsplit("device:", 1)[-1].upper() for d in found}
-        if device is not None and device.rsplit("device:", 1)[-1].lstrip("/").upper() not in known:
-            raise ValueError(f"device={name!r}, but TensorFlow has only {found}")
-        return device
+        """`name` (torch-style `cpu`, `cuda`, `cuda:1`, or the backend's own, e.g. TensorFlow's
+        `/GPU:1`), checked to exist here; the engine runs in `runtime.device_scope(name)`."""
+        runtime.device_name(name)
+        return name
 
     def set_threads(self, threads: int) -> None:
-        import tensorflow as tf
-
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:
-            print(
-                "zoobot-tf: --threads ignored: TensorFlow had already started in this process",
-                file=sys.stderr,
-            )
+        why = runtime.set_threads(threads)
+        if why is not None:
+            print(f"zoobot-tf: --threads ignored: {why}", file=sys.stderr)
 
     def fit_catalog(
         self,

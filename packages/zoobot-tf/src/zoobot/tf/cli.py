@@ -2,8 +2,9 @@
 TensorFlow / Keras 3.
 
 The subcommands, their arguments and what they run are those of `zoobot-torch`, written once in
-`zoobot.models.cli`; this is the Keras command's name and texts, and a quiet TensorFlow start-up
-(`start_tensorflow`). TensorFlow is imported only to run a command, so `--help` is quick.
+`zoobot.models.cli`; this is the Keras command's name and texts, `--backend` (Keras on TensorFlow or
+JAX, `choose_backend`) and a quiet TensorFlow start-up (`start_tensorflow`; on JAX TensorFlow still
+reads the data). TensorFlow is imported only to run a command, so `--help` is quick.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from zoobot.models.cli import ModelCommand, run_command
 from zoobot.models.cli import build_parser as _build_parser
 
 DESCRIPTION = """\
-Zoobot for TensorFlow / Keras 3: pretrain an encoder on Galaxy Zoo volunteer votes, finetune it for
-a new question, predict a whole catalog, embed galaxies, and publish models in the timm Hub layout
-(the same weights load in zoobot-torch). Catalogs are CSV or Parquet files with id_str and file_loc
-(image path) columns plus labels. Run `zoobot-tf COMMAND --help` for what each command reads,
-writes and an example.
+Zoobot for Keras 3 on TensorFlow or JAX (--backend): pretrain an encoder on Galaxy Zoo volunteer
+votes, finetune it for a new question, predict a whole catalog, embed galaxies, and publish models
+in the timm Hub layout (the same weights load in zoobot-torch). Catalogs are CSV or Parquet files
+with id_str and file_loc (image path) columns plus labels. Run `zoobot-tf COMMAND --help` for what
+each command reads, writes and an example.
 """
 
 EPILOG = """\
@@ -87,30 +88,54 @@ def start_tensorflow() -> None:
     sys.stderr.flush()
 
 
+KERAS_BACKENDS = ("tensorflow", "jax")
+
+
+def choose_backend(backend: str | None) -> None:
+    """Run Keras on `backend` (None: `KERAS_BACKEND`, else TensorFlow); it must be chosen before
+    Keras is imported, so a process whose Keras already runs on another backend is refused."""
+    if backend is None:
+        return
+    keras = sys.modules.get("keras")
+    if keras is not None and keras.backend.backend() != backend:
+        raise ValueError(
+            f"--backend {backend}: Keras already runs on {keras.backend.backend()} in this process"
+        )
+    os.environ["KERAS_BACKEND"] = backend
+
+
+def start(args: argparse.Namespace) -> None:
+    """The command's start: the Keras backend of `--backend`, then TensorFlow, quietly."""
+    choose_backend(getattr(args, "backend", None))
+    start_tensorflow()
+
+
 COMMAND = ModelCommand(
     prog="zoobot-tf",
     framework="TensorFlow",
     backend="zoobot.tf.backend",
-    start=start_tensorflow,
+    start=start,
+    backends=KERAS_BACKENDS,
     description=DESCRIPTION,
     epilog=EPILOG,
     help={
         "architecture": "timm architecture, hf_hub:owner/repo or a folder to start from",
         "train_precision": "training precision (a Keras dtype policy); mixed is bf16 on CPU and "
         "fp16 on GPU; bf16 on a CPU without bf16 instructions trains in float32",
-        "devices": "devices to use; several train with tf.distribute.MirroredStrategy",
+        "devices": "devices to use; several train with tf.distribute.MirroredStrategy "
+        "(on JAX: keras.distribution.DataParallel)",
         "train_workers": "images decoded at once by tf.data",
         "predict_input": "the catalog (or TFRecord shard folder)",
         "run_precision": "bf16 runs the encoder under the mixed_bfloat16 policy on CPUs with "
         "AVX-512 bf16 or AMX and on GPUs, slightly less exact; other CPUs run float32",
         "channels_last": "accepted for zoobot-torch compatibility: Keras is always channels-last",
         "run_workers": "images decoded at once (default: half the CPUs, 1-8)",
-        "device": "cpu, cuda, cuda:1... or /GPU:1 (default: TensorFlow's choice)",
         "run_devices": "worker processes on this machine, one per GPU (auto: every GPU; on a "
         "CPU they share its cores)",
         "run_strategy": "auto: join the workers of TF_CONFIG or of srun with several tasks if "
         "this process is one, else start --devices workers here; multi_worker: require "
         "TF_CONFIG or srun; workers: always start them here",
+        "device": "cpu, cuda, cuda:1... or TensorFlow's /GPU:1 (default: the backend's choice)",
     },
 )
 

@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from zoobot.models.settings import FINETUNING
 from zoobot.models.tasks import classifier_args, resolve_encoder
@@ -34,34 +34,32 @@ __all__ = [
 
 
 def cross_entropy(
-    logits: tf.Tensor,
-    target: tf.Tensor,
+    logits,
+    target,
     class_weights: Sequence[float] | None = None,
     label_smoothing: float = 0.0,
-) -> tf.Tensor:
+):
     """`torch.nn.functional.cross_entropy` (mean reduction), weights and label smoothing included.
 
     With per-class weights `w`, the mean divides by the summed weights of the targets; label
     smoothing mixes in `-sum_c w_c log p_c / C` per galaxy, divided by the same sum.
     """
-    logits = tf.cast(logits, tf.float32)
-    log_p = tf.nn.log_softmax(logits, axis=1)
-    n_classes = tf.shape(logits)[1]
-    target = tf.cast(tf.reshape(target, [-1]), tf.int32)
+    logits = ops.cast(logits, "float32")
+    log_p = ops.log_softmax(logits, axis=1)
+    n_classes = logits.shape[1]
+    target = ops.cast(ops.reshape(target, (-1,)), "int32")
     if class_weights is None:
-        weights = tf.ones([n_classes], tf.float32)
+        weights = ops.ones((n_classes,), "float32")
     else:
-        weights = tf.constant(list(class_weights), tf.float32)
-    target_weight = tf.gather(weights, target)
-    nll = -tf.gather(log_p, target, axis=1, batch_dims=1) * target_weight
-    denominator = tf.reduce_sum(target_weight)
-    loss = tf.reduce_sum(nll) / denominator
+        weights = ops.convert_to_tensor(list(class_weights), "float32")
+    target_weight = ops.take(weights, target)
+    nll = -ops.take_along_axis(log_p, target[:, None], axis=1)[:, 0] * target_weight
+    denominator = ops.sum(target_weight)
+    loss = ops.sum(nll) / denominator
     if label_smoothing:
-        smooth = -tf.reduce_sum(log_p * weights, axis=1)
-        smooth_loss = tf.reduce_sum(smooth) / denominator
-        loss = (1 - label_smoothing) * loss + label_smoothing * smooth_loss / tf.cast(
-            n_classes, tf.float32
-        )
+        smooth = -ops.sum(log_p * weights, axis=1)
+        smooth_loss = ops.sum(smooth) / denominator
+        loss = (1 - label_smoothing) * loss + label_smoothing * smooth_loss / n_classes
     return loss
 
 
@@ -103,16 +101,16 @@ class FinetuneableZoobotClassifier(ZoobotModel):
         self.label_smoothing = label_smoothing
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
-    def task_loss(self, labels, output) -> tf.Tensor:
+    def task_loss(self, labels, output):
         """Cross-entropy of the logits against the class index labels (one label column)."""
         return cross_entropy(output, labels, self.class_weights, self.label_smoothing)
 
     def update_task_metrics(self, labels, output) -> None:
-        target = tf.reshape(tf.cast(labels, tf.int32), [-1])
+        target = ops.reshape(ops.cast(labels, "int32"), (-1,))
         self.accuracy.update_state(target, self.prediction(output))
 
-    def prediction(self, output: tf.Tensor) -> tf.Tensor:
-        return tf.nn.softmax(tf.cast(output, tf.float32), axis=1)
+    def prediction(self, output):
+        return ops.softmax(ops.cast(output, "float32"), axis=1)
 
 
 @BACKEND.tasks.register
@@ -152,17 +150,17 @@ class FinetuneableZoobotRegressor(ZoobotModel):
         self.mae = keras.metrics.MeanAbsoluteError(name="mae")
         self.mse = keras.metrics.MeanSquaredError(name="mse")
 
-    def _target(self, labels, output) -> tf.Tensor:
-        return tf.reshape(tf.cast(labels, tf.float32), tf.shape(output))
+    def _target(self, labels, output):
+        return ops.reshape(ops.cast(labels, "float32"), ops.shape(output))
 
-    def task_loss(self, labels, output) -> tf.Tensor:
+    def task_loss(self, labels, output):
         """The chosen error of the outputs against the label columns, mean over every value."""
-        output = tf.cast(output, tf.float32)
+        output = ops.cast(output, "float32")
         error = output - self._target(labels, output)
-        return tf.reduce_mean(tf.square(error) if self.loss_name == "mse" else tf.abs(error))
+        return ops.mean(ops.square(error) if self.loss_name == "mse" else ops.abs(error))
 
     def update_task_metrics(self, labels, output) -> None:
-        output = tf.cast(output, tf.float32)
+        output = ops.cast(output, "float32")
         target = self._target(labels, output)
         self.mae.update_state(target, output)
         self.mse.update_state(target, output)

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from zoobot.models.pretrained import PretrainedMixin
 from zoobot.models.settings import FINETUNING, TrainingSettings
 from zoobot.tf.backend import BACKEND
 from zoobot.tf.blocks import LayerBlocks, encoder_blocks, freeze_blocks, lr_multipliers
 from zoobot.tf.optimizers import WarmupCosine, layerwise_adamw
+from zoobot.tf.runtime import is_tf_dataset, on_jax, replicas, stateless_step, strategy_scope
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +63,9 @@ def linear_head(
     return head
 
 
-def replicas() -> int:
-    """Replicas the current `tf.distribute` strategy trains on (1 without one)."""
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def scale_for_replicas(loss: tf.Tensor) -> tf.Tensor:
-    """A per-replica batch mean as Keras wants it: summed over replicas it gives the global mean."""
+def scale_for_replicas(loss):
+    """A per-replica batch mean as Keras wants it: summed over replicas it gives the global mean
+    (`tf.distribute`; on JAX one replica sees the global batch)."""
     n = replicas()
     return loss / n if n > 1 else loss
 
@@ -84,7 +81,7 @@ class BlockSplit:
 def _steps_per_epoch(x, batch_size, steps_per_epoch, validation_split) -> int | None:
     if steps_per_epoch:
         return int(steps_per_epoch)
-    if isinstance(x, tf.data.Dataset):
+    if is_tf_dataset(x):
         cardinality = int(x.cardinality())
         return cardinality if cardinality > 0 else None
     if isinstance(x, keras.utils.PyDataset):
@@ -198,13 +195,15 @@ class ZoobotModel(PretrainedMixin, keras.Model):
         optimizer=None,
         *,
         gradient_clip_val: float | None = None,
-        jit_compile: bool | str = False,
+        jit_compile: bool | None = None,
         **kwargs,
     ) -> None:
         """Compile for `fit`; without `optimizer`, the layer-wise AdamW of `default_optimizer`.
 
         The loss is the model's own (`compute_loss`); `loss=` is refused. `gradient_clip_val` clips
-        the global gradient norm (Lightning's argument name). XLA is off unless `jit_compile=True`.
+        the global gradient norm (Lightning's argument name). `jit_compile=None` compiles with XLA
+        on JAX (where Keras otherwise runs every step eagerly, op by op) and not on TensorFlow (a
+        `tf.function` graph, as fast there for these models and quicker to trace).
         """
         if kwargs.get("loss") is not None:
             raise ValueError(f"{type(self).__name__} computes its own loss; do not pass loss=")
@@ -213,6 +212,8 @@ class ZoobotModel(PretrainedMixin, keras.Model):
             optimizer = self.default_optimizer(gradient_clip_val)
         elif gradient_clip_val is not None:
             raise ValueError("gradient_clip_val applies to the default optimizer only")
+        if jit_compile is None:
+            jit_compile = on_jax()
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
     def _base_optimizer(self):
@@ -249,9 +250,9 @@ class ZoobotModel(PretrainedMixin, keras.Model):
         self.configure_schedule(steps, epochs)
         if not self.optimizer.built:
             # Built here rather than inside the first trace, which would then run twice.
-            with self.distribute_strategy.scope():
+            with strategy_scope(self):
                 self.optimizer.build(self.trainable_variables)
-        if isinstance(x, tf.data.Dataset):
+        if is_tf_dataset(x):
             kwargs.setdefault("shuffle", False)  # a dataset shuffles itself; Keras would warn
         return super().fit(x, y, batch_size=batch_size, epochs=epochs, **kwargs)
 
@@ -266,10 +267,10 @@ class ZoobotModel(PretrainedMixin, keras.Model):
             raise ValueError(f"{type(self).__name__} takes no sample weights")
         loss = scale_for_replicas(self.task_loss(y, y_pred))
         for extra in self.losses:  # add_loss and regulariser terms, summed as Keras does
-            loss = loss + tf.reduce_sum(tf.cast(extra, loss.dtype))
+            loss = loss + ops.sum(ops.cast(extra, loss.dtype))
         return loss
 
-    def task_loss(self, labels, output) -> tf.Tensor:
+    def task_loss(self, labels, output):
         """The batch-mean loss of the head output against the labels (subclasses define it)."""
         raise NotImplementedError
 
@@ -282,21 +283,29 @@ class ZoobotModel(PretrainedMixin, keras.Model):
         """Update the task's metrics with a batch (subclasses define them)."""
 
     # -- prediction ------------------------------------------------------------------------------
-    def prediction(self, output: tf.Tensor) -> tf.Tensor:
+    def prediction(self, output):
         """What one pass predicts from the head output (probabilities for a classifier)."""
         return output
 
-    def predict_samples(self, images, n_samples: int = 1, mc_dropout: bool = False) -> tf.Tensor:
+    def predict_samples(self, images, n_samples: int = 1, mc_dropout: bool = False):
         """(batch, output, n_samples) predictions; with `mc_dropout` each pass draws new dropout."""
         features = self.encoder(images, training=False)
         passes = [
             self.prediction(self.head(features, training=bool(mc_dropout)))
             for _ in range(n_samples)
         ]
-        return tf.stack(passes, axis=-1)
+        return ops.stack(passes, axis=-1)
 
-    def predict_step(self, data):
-        """`predict_samples` of the batch's images with the `n_samples` and `mc_dropout` set."""
+    def predict_step(self, *args):
+        """`predict_samples` of the batch's images with the `n_samples` and `mc_dropout` set. Keras
+        on JAX passes the variables' values first and takes the assigned ones back (dropout seeds)."""
+        if on_jax():
+            state, data = args
+            return stateless_step(self, state, lambda: self._predict_batch(data))
+        (data,) = args
+        return self._predict_batch(data)
+
+    def _predict_batch(self, data):
         images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         if isinstance(images, dict):
             images = images["image"] if "image" in images else images["images"]

@@ -7,15 +7,17 @@ weight decay, which is exactly what PyTorch parameter groups with different `lr`
 PyTorch's AdamW formula (epsilon added to the bias-corrected root of the second moment, eps 1e-8),
 not Keras's (epsilon before bias correction), so one step from the same weights and gradients
 matches `torch.optim.AdamW`. Gradient clipping by global norm (`gradient_clip_norm`, as Lightning's
-`gradient_clip_val`) runs after the gradients are summed across `tf.distribute` replicas, with
-PyTorch's `clip_grad_norm_` coefficient `max_norm / (norm + 1e-6)`.
+`gradient_clip_val`) runs on the whole batch's gradients (after the sum across `tf.distribute`
+replicas on TensorFlow; on JAX a Keras distribution computes them on the global batch), with
+PyTorch's `clip_grad_norm_` coefficient `max_norm / (norm + 1e-6)`. The arithmetic is `keras.ops`,
+the same on TensorFlow and JAX.
 
-That needs Keras internals (the TensorFlow optimizer's `_backend_update_step`, its
-`_all_reduce_sum_gradients` and `_distributed_tf_update_step`, `tf.__internal__`'s
-`maybe_merge_call`, and the Adam slots and variable index every Keras optimizer keeps), so
-`layerwise_adamw` steps one on a tiny variable against the formula in NumPy (`probe`) and otherwise
-builds Keras's own `AdamW`: one learning rate for every variable (no layer-wise decay), Keras's
-epsilon, the global norm clipped per replica. Off with `ZOOBOT_DISABLE=keras_optimizer_internals`.
+That needs Keras internals (the optimizer's `_backend_update_step`, the Adam slots and variable
+index every Keras optimizer keeps; on TensorFlow also its `_all_reduce_sum_gradients` and
+`_distributed_tf_update_step` and `tf.__internal__`'s `maybe_merge_call`), so `layerwise_adamw`
+steps one on a tiny variable against the formula in NumPy (`probe`) and otherwise builds Keras's own
+`AdamW`: one learning rate for every variable (no layer-wise decay), Keras's epsilon, the global
+norm clipped per replica. Off with `ZOOBOT_DISABLE=keras_optimizer_internals`.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from zoobot.models.fast_paths import choose
 from zoobot.models.settings import warmup_cosine
+from zoobot.tf.runtime import on_jax
 
 __all__ = ["LayerwiseAdamW", "WarmupCosine", "layerwise_adamw", "probe"]
 
@@ -62,16 +65,16 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return warmup_cosine(step, self.warmup_steps, self.total_steps or 0, cosine)
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
+        step = ops.cast(step, "float32")
         warmup = float(self.warmup_steps)
         if not self.cosine or self.total_steps is None:
-            after = tf.constant(1.0)
+            after = ops.ones((), "float32")
         else:
             span = float(max(1, self.total_steps - self.warmup_steps))
-            progress = tf.minimum(1.0, (step - warmup) / span)
-            after = 0.5 * (1.0 + tf.cos(math.pi * progress))
+            progress = ops.minimum(1.0, (step - warmup) / span)
+            after = 0.5 * (1.0 + ops.cos(math.pi * progress))
         if self.warmup_steps > 0:
-            factor = tf.where(step < warmup, (step + 1.0) / warmup, after)
+            factor = ops.where(step < warmup, (step + 1.0) / warmup, after)
         else:
             factor = after
         return self.learning_rate * factor
@@ -138,13 +141,13 @@ class LayerwiseAdamW(keras.optimizers.AdamW):
         """The learning-rate factor of a variable the optimizer was built on."""
         return self._multipliers[self._get_variable_index(variable)]
 
-    def _step_scalars(self, learning_rate) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def _step_scalars(self, learning_rate) -> tuple:
         """(lr, lr / bias_correction1, sqrt(bias_correction2)) of this step, computed once."""
-        lr = tf.cast(learning_rate, tf.float32)
-        step = tf.cast(self.iterations + 1, tf.float32)
-        bias_correction1 = 1 - tf.pow(tf.cast(self.beta_1, tf.float32), step)
-        bias_correction2 = 1 - tf.pow(tf.cast(self.beta_2, tf.float32), step)
-        return lr, lr / bias_correction1, tf.sqrt(bias_correction2)
+        lr = ops.cast(learning_rate, "float32")
+        step = ops.cast(self.iterations + 1, "float32")
+        bias_correction1 = 1 - ops.power(ops.cast(self.beta_1, "float32"), step)
+        bias_correction2 = 1 - ops.power(ops.cast(self.beta_2, "float32"), step)
+        return lr, lr / bias_correction1, ops.sqrt(bias_correction2)
 
     def update_step(self, gradient, variable, learning_rate):
         """Decoupled weight decay, then PyTorch's Adam update, at this variable's learning rate.
@@ -158,29 +161,41 @@ class LayerwiseAdamW(keras.optimizers.AdamW):
         factor = self._multipliers[index]
         dtype = variable.dtype
         if self.weight_decay and self._use_weight_decay(variable):
-            decay = tf.cast(lr * (factor * self.weight_decay), dtype)
-            variable.assign_sub(variable * decay)
-        gradient = tf.cast(gradient, dtype)
+            decay = ops.cast(lr * (factor * self.weight_decay), dtype)
+            self.assign_sub(variable, variable * decay)
+        gradient = ops.cast(gradient, dtype)
         m = self._momentums[index]
         v = self._velocities[index]
-        m.assign_add((gradient - m) * (1 - self.beta_1))
-        v.assign_add((tf.square(gradient) - v) * (1 - self.beta_2))
-        denominator = tf.sqrt(v) / tf.cast(root_bias_correction2, dtype) + self.epsilon
-        variable.assign_sub(m * tf.cast(step_size * factor, dtype) / denominator)
+        self.assign_add(m, (gradient - m) * (1 - self.beta_1))
+        self.assign_add(v, (ops.square(gradient) - v) * (1 - self.beta_2))
+        denominator = ops.sqrt(v) / ops.cast(root_bias_correction2, dtype) + self.epsilon
+        self.assign_sub(variable, m * ops.cast(step_size * factor, dtype) / denominator)
 
     def _apply_weight_decay(self, variables):
         """Weight decay runs in `update_step`, per variable at its own learning rate."""
 
+    def _clipped(self, grads: list) -> list:
+        """The gradients scaled to global norm `gradient_clip_norm` at most (PyTorch's coefficient)."""
+        if not self.gradient_clip_norm:
+            return list(grads)
+        norm = ops.sqrt(sum(ops.sum(ops.square(ops.cast(g, "float32"))) for g in grads))
+        coefficient = ops.minimum(1.0, self.gradient_clip_norm / (norm + 1e-6))
+        return [g * ops.cast(coefficient, g.dtype) for g in grads]
+
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        """Sum gradients across replicas, clip their global norm, then update every variable."""
+        """Clip the whole batch's gradients' global norm, then update every variable; on TensorFlow
+        the gradients are first summed across `tf.distribute` replicas."""
+        if on_jax():
+            scalars = self._step_scalars(learning_rate)
+            for gradient, variable in zip(self._clipped(grads), trainable_variables, strict=True):
+                self.update_step(gradient, variable, scalars)
+            return
+        import tensorflow as tf
+
         variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
         grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, variables, strict=True)))
-        if self.gradient_clip_norm:
-            grads = [g for g, _ in grads_and_vars]
-            norm = tf.linalg.global_norm([tf.cast(g, tf.float32) for g in grads])
-            coefficient = tf.minimum(1.0, self.gradient_clip_norm / (norm + 1e-6))
-            grads = [g * tf.cast(coefficient, g.dtype) for g in grads]
-            grads_and_vars = list(zip(grads, [v for _, v in grads_and_vars], strict=True))
+        grads = self._clipped([g for g, _ in grads_and_vars])
+        grads_and_vars = list(zip(grads, [v for _, v in grads_and_vars], strict=True))
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._distributed_tf_update_step,
             self._distribution_strategy,
@@ -231,7 +246,7 @@ def _probe() -> tuple[bool, str]:
             0.1, weight_decay=0.05, lr_multiplier=lambda v: 0.5, gradient_clip_norm=1.0
         )
         for gradient in gradients:
-            optimizer.apply_gradients([(tf.constant(gradient), variable)])
+            optimizer.apply_gradients([(ops.convert_to_tensor(gradient), variable)])
         got = np.asarray(variable.numpy(), np.float64)
     except Exception as err:  # any failure inside Keras means the internals changed
         return False, f"Keras's optimizer internals changed: {type(err).__name__}: {err}"

@@ -10,9 +10,10 @@ a catalog's rows are streamed a batch at a time (`Parts.batches`) into a `tf.dat
 parallel map decodes and resizes each batch with `zoobot.data.images.read_image` (as torch's
 DataLoader workers do, catching an unreadable image per row) and applies the evaluation transform in
 TF ops; shard folders are read by `zoobot.tf.data.eval_dataset`. Batches never cross a chunk; the
-model runs in one compiled `tf.function`; at the start of every chunk each Keras `SeedGenerator` state
-of the model (the dropout layers' randomness) is reset from the run's seed and the chunk number,
-so Monte Carlo passes of a resumed run equal those of an uninterrupted one.
+model runs in one compiled function (`zoobot.tf.runtime.compiled`: a `tf.function` on TensorFlow, a
+`jax.jit` on JAX); at the start of every chunk each Keras `SeedGenerator` state of the model (the
+dropout layers' randomness) is reset from the run's seed and the chunk number, so Monte Carlo
+passes of a resumed run equal those of an uninterrupted one. On JAX, TensorFlow only reads data.
 
 Sources: a catalog (`zoobot.data.streaming.open_catalog_rows`: a DataFrame, file, folder or
 dataset) or a folder of `zoobot-data` TFRecord shards (all its splits, in sidecar order; its ids are
@@ -26,13 +27,14 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import keras
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import tensorflow as tf
+from keras import ops
 
 from zoobot.data.images import read_image
 from zoobot.data.inputs import (
@@ -52,12 +54,14 @@ from zoobot.models.runner import (
     chunk_seed,
     decode_rows,
 )
+from zoobot.tf import runtime
 from zoobot.tf.data import eval_dataset
 from zoobot.tf.data.transforms import eval_transform
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "Forward",
     "bfloat16_copy",
     "featurizer",
     "input_channels",
@@ -67,7 +71,6 @@ __all__ = [
     "run_chunks",
     "run_precision",
     "sampler",
-    "tf_device",
     "seed_states",
     "weights_digest",
 ]
@@ -121,31 +124,16 @@ def reseed(states: list[keras.Variable], seed: int) -> None:
         state.assign(np.array([int(value), 0], dtype=state.dtype))
 
 
-def tf_device(name: str | None) -> str | None:
-    """A TensorFlow device name from torch-style `cpu`, `cuda`, `cuda:1` (or `/GPU:1` as it is)."""
-    if name is None or name.startswith("/"):
-        return name
-    kind, _, index = name.lower().partition(":")
-    kinds = {"cpu": "CPU", "cuda": "GPU", "gpu": "GPU"}
-    if kind not in kinds or (index and not index.isdigit()):
-        raise ValueError(
-            f"unknown device={name!r}; use cpu, cuda, cuda:N or a TensorFlow device name"
-        )
-    return f"/{kinds[kind]}:{index or 0}"
-
-
 def run_precision(precision: str, device: str | None = None) -> str:
     """The precision to run at: "bf16" on a CPU only where it computes bf16 natively
     (`zoobot.models.fast_paths.cpu_runs`), else "32": emulated bf16 is several times slower than
     float32 there, and with oneDNN held to AVX2 TensorFlow refuses bf16 convolutions
-    (benchmarks/bf16_cpu.py). `device` is `predict`'s; None is TensorFlow's choice (a GPU if
+    (benchmarks/bf16_cpu.py). `device` is `predict`'s; None is the backend's choice (a GPU if
     one is visible). GPUs run what was asked."""
     precision = str(precision)
     if precision == "32":
         return precision
-    on_cpu = (
-        "CPU" in tf_device(device).upper() if device else not tf.config.list_logical_devices("GPU")
-    )
+    on_cpu = "CPU" in device.upper() if device else not runtime.gpu_count()
     return "32" if on_cpu and not fast_paths.cpu_runs("bf16") else precision
 
 
@@ -182,14 +170,16 @@ def bfloat16_copy(encoder: keras.Model) -> keras.Model:
     return copy
 
 
-def compiled(
-    model: keras.Model,
-    forward: Callable[[tf.Tensor], tf.Tensor],
-    key: Hashable | None,
-    size: int,
-    channels: int,
-):
-    """`forward` as one graph function of float32 (batch, size, size, channels) images.
+@dataclass(frozen=True)
+class Forward:
+    """images -> outputs, computed with the variables of `models` (weights and seed states)."""
+
+    function: Callable
+    models: tuple[keras.Model, ...]
+
+
+def compiled(model: keras.Model, forward: Forward, key: Hashable | None, size: int, channels: int):
+    """`forward` as one compiled function of float32 (batch, size, size, channels) images.
 
     Tracing a Keras model takes seconds, so with a `key` (what `forward` computes with `model`) the
     function is kept for the model's lifetime and reused by the next call with the same key.
@@ -197,38 +187,39 @@ def compiled(
     cache = _cache(model) if key is not None else {}
     full_key = ("compiled", key, size, channels)
     if full_key not in cache:
-        cache[full_key] = tf.function(
-            forward,
-            input_signature=[tf.TensorSpec((None, size, size, channels), tf.float32)],
-            autograph=False,  # Keras layers are graph code already; converting them costs time
-        )
+        weights = [w for m in forward.models for w in m.weights]
+        states = [s for m in forward.models for s in seed_states(m)]
+        shape = (None, size, size, channels)
+        cache[full_key] = runtime.compiled(forward.function, weights, states, shape)
     return cache[full_key]
 
 
-def sampler(model: keras.Model, n_samples: int, mc_dropout: bool, precision: str):
+def sampler(model: keras.Model, n_samples: int, mc_dropout: bool, precision: str) -> Forward:
     """images -> (batch, output, n_samples): `model.predict_samples`, or its bf16 twin."""
     if precision == "32":
-        return lambda images: model.predict_samples(images, n_samples, mc_dropout)
+        return Forward(
+            lambda images: model.predict_samples(images, n_samples, mc_dropout), (model,)
+        )
     encoder = bfloat16_copy(model.encoder)
 
-    def samples(images: tf.Tensor) -> tf.Tensor:
-        features = tf.cast(encoder(images, training=False), tf.float32)
+    def samples(images):
+        features = ops.cast(encoder(images, training=False), "float32")
         passes = [
             model.prediction(model.head(features, training=mc_dropout)) for _ in range(n_samples)
         ]
-        return tf.cast(tf.stack(passes, axis=-1), tf.float32)
+        return ops.cast(ops.stack(passes, axis=-1), "float32")
 
-    return samples
+    return Forward(samples, (model, encoder))
 
 
-def featurizer(encoder: keras.Model, precision: str):
+def featurizer(encoder: keras.Model, precision: str) -> Forward:
     """images -> pooled features (float32), in bf16 with `precision="bf16"`."""
     runner = encoder if precision == "32" else bfloat16_copy(encoder)
 
-    def forward(images: tf.Tensor) -> tf.Tensor:
-        return tf.cast(runner(images, training=False), tf.float32)
+    def forward(images):
+        return ops.cast(runner(images, training=False), "float32")
 
-    return forward
+    return Forward(forward, (runner,))
 
 
 def prepare_run(model: keras.Model, settings: RunSettings) -> tuple[RunSettings, dict]:
@@ -236,7 +227,7 @@ def prepare_run(model: keras.Model, settings: RunSettings) -> tuple[RunSettings,
     numbers for the manifest."""
     precision = run_precision(settings.precision, settings.device)
     identity = {
-        "framework": "tf",
+        "framework": runtime.name(),
         "weights": weights_digest(model),
         "channels": input_channels(model),
     }
@@ -316,7 +307,7 @@ def run_chunks(
     parts: Parts,
     chunks: Sequence[int],
     model: keras.Model,
-    forward: Callable[[tf.Tensor], tf.Tensor],
+    forward: Forward,
     settings: RunSettings,
     seed: int = 0,
     key: Hashable | None = None,
@@ -331,8 +322,10 @@ def run_chunks(
     key = None if key is None else (key, settings.device)
     step = compiled(model, forward, key, settings.image_size, channels)
     states = seed_states(model)
-    device = tf.device(tf_device(settings.device)) if settings.device else contextlib.nullcontext()
-    with device, ChunkWriter(parts, chunks, settings.progress) as writer:
+    with (
+        runtime.device_scope(settings.device),
+        ChunkWriter(parts, chunks, settings.progress) as writer,
+    ):
         if isinstance(source, ShardSource):
             for start, stop in _runs(parts, chunks, settings.batch_size):
                 batches = eval_dataset(
@@ -359,7 +352,7 @@ def _stream(batches, step, writer: ChunkWriter, states, seed: int) -> None:
             reseed(states, chunk_seed(seed, chunk))
         ok = batch["ok"].numpy()
         ids = [i.decode("utf-8", "surrogateescape") for i in batch["ids"].numpy()]
-        values = np.asarray(step(batch["image"])) if len(ok) else None
+        values = ops.convert_to_numpy(step(batch["image"])) if len(ok) else None
         failures = [
             (start + i, ids[i], location.decode("utf-8", "surrogateescape"), error.decode())
             for i, (location, error) in enumerate(
@@ -381,7 +374,7 @@ def _stream_shards(batches, step, writer: ChunkWriter, states, seed, start, sour
         index = batch["index"].numpy()
         ids = [i.decode("utf-8") for i in batch["id_str"].numpy()]
         stop = start + len(ok)
-        values = np.asarray(step(batch["image"])) if ok.any() else None
+        values = ops.convert_to_numpy(step(batch["image"])) if ok.any() else None
         failures = []
         for row, (position, message, good) in enumerate(
             zip(index, batch["error"].numpy(), ok, strict=True)

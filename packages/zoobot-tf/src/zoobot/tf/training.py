@@ -5,9 +5,10 @@ The TensorFlow twin of `zoobot.torch.training`. In `save_dir`: `checkpoints/` (`
 `last.weights.h5`, Keras weight files), `best/` (the best weights in the Hub layout, written when
 fitting ends, loadable by `zoobot.tf.from_pretrained` and `zoobot.torch.from_pretrained`), `logs/`
 (`metrics.csv`, one row per epoch) and `tensorboard/` (when the `tensorboard` package is
-installed). Mixed precision is a Keras dtype policy chosen before the model is built;
-several GPUs train with `tf.distribute.MirroredStrategy` (BatchNorm statistics stay per replica,
-as Keras does).
+installed). Mixed precision is a Keras dtype policy chosen before the model is built. Several
+devices train data-parallel: on TensorFlow with `tf.distribute.MirroredStrategy` (BatchNorm
+statistics stay per replica, as Keras does), on JAX with `keras.distribution.DataParallel` (one
+global batch sharded across the devices, so BatchNorm statistics are those of the whole batch).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from zoobot.data.images import ImageDecodeError
 from zoobot.data.splits import Splits
@@ -32,9 +33,12 @@ from zoobot.models.backend import bind
 from zoobot.models.layout import check_replaceable
 from zoobot.models.tasks import label_rule, training_augmentation
 from zoobot.models.training import NonFiniteLossError, nonfinite_loss_message
-from zoobot.tf.data.pipelines import UNUSABLE_IMAGE, BatchIds
+from zoobot.tf import runtime
 from zoobot.tf.module import ZoobotModel
 from zoobot.tf.runner import input_channels
+
+if TYPE_CHECKING:
+    from zoobot.tf.data.pipelines import BatchIds
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +55,8 @@ PRECISIONS = {
 
 
 def uses_gpu() -> bool:
-    """Whether TensorFlow sees a GPU."""
-    return bool(tf.config.list_physical_devices("GPU"))
+    """Whether the backend sees a GPU."""
+    return runtime.gpu_count() > 0
 
 
 def resolve_precision(precision: str) -> str:
@@ -91,12 +95,12 @@ def dtype_policy(precision: str) -> Iterator[str]:
         keras.config.set_dtype_policy(previous)
 
 
-def strategy_for(accelerator: str = "auto", devices: int | str = "auto") -> tf.distribute.Strategy:
+def strategy_for(accelerator: str = "auto", devices: int | str = "auto"):
     """The `tf.distribute` strategy for Lightning-style `accelerator` and `devices`: several GPUs or
     (`accelerator="cpu"`) logical CPUs are mirrored, one device uses the default strategy."""
-    accelerator = accelerator.lower()
-    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
-        raise ValueError(f"unknown accelerator {accelerator!r}; use cpu, gpu or auto")
+    import tensorflow as tf
+
+    accelerator = _accelerator(accelerator)
     if accelerator == "cpu":
         tf.config.set_visible_devices([], "GPU")
     gpus = tf.config.list_physical_devices("GPU")
@@ -117,12 +121,19 @@ def strategy_for(accelerator: str = "auto", devices: int | str = "auto") -> tf.d
     return tf.distribute.MirroredStrategy([f"/CPU:{i}" for i in range(devices)])
 
 
-def get_strategy(
-    strategy: str | tf.distribute.Strategy = "auto", devices: Sequence[str] | None = None
-) -> tf.distribute.Strategy:
+def _accelerator(accelerator: str) -> str:
+    accelerator = accelerator.lower()
+    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+        raise ValueError(f"unknown accelerator {accelerator!r}; use cpu, gpu or auto")
+    return accelerator
+
+
+def get_strategy(strategy="auto", devices: Sequence[str] | None = None):
     """A `tf.distribute` strategy: `auto` mirrors over several GPUs (else the default strategy),
     `mirrored` mirrors over `devices` (default: all GPUs, else the CPU), `default` uses one device.
     """
+    import tensorflow as tf
+
     if isinstance(strategy, tf.distribute.Strategy):
         return strategy
     if strategy == "auto":
@@ -133,6 +144,70 @@ def get_strategy(
     if strategy in ("default", "single"):
         return tf.distribute.get_strategy()
     raise ValueError(f"unknown strategy {strategy!r}; use auto, mirrored, default or a Strategy")
+
+
+def _jax_devices(kind: str, count: int) -> list:
+    """`count` JAX devices of `kind`; CPUs are split into that many devices if JAX has not started
+    yet (`jax_num_cpu_devices`, as TensorFlow's logical CPUs)."""
+    import jax
+
+    if kind == "cpu" and count > 1:
+        with contextlib.suppress(RuntimeError):  # JAX has started: keep the devices it has
+            jax.config.update("jax_num_cpu_devices", count)
+    found = jax.devices(kind)
+    if len(found) < count:
+        hint = (
+            " (JAX had started with fewer: run this first in the process, or set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={count})"
+            if kind == "cpu"
+            else ""
+        )
+        raise ValueError(f"devices={count}, but JAX sees {len(found)} {kind} device(s){hint}")
+    return found[:count]
+
+
+def keras_distribution(strategy=None, accelerator: str = "auto", devices: int | str = "auto"):
+    """On JAX: the Keras distribution to fit under, or None for one device.
+
+    `strategy` may be a `keras.distribution.DataParallel` or `ModelParallel` (used as it is), `auto` (every accelerator if there
+    are several), `mirrored` (every device, or `devices` of them), `default` (one device) or None
+    (from Lightning-style `accelerator` and `devices`, as `strategy_for`). Several devices give
+    `keras.distribution.DataParallel`: each batch is sharded across them (its size must divide).
+    """
+    import jax
+
+    if isinstance(strategy, keras.distribution.DataParallel | keras.distribution.ModelParallel):
+        return strategy
+    if strategy not in (None, "auto", "mirrored", "default", "single"):
+        raise ValueError(
+            f"unknown strategy {strategy!r}; use auto, mirrored, default or a Keras distribution"
+        )
+    accelerator = _accelerator(accelerator)
+    if accelerator in ("gpu", "cuda") and jax.default_backend() == "cpu":
+        raise ValueError("accelerator gpu, but JAX sees no GPU")
+    kind = "cpu" if accelerator == "cpu" else jax.default_backend()
+    if strategy in ("default", "single") or devices == 1:
+        return None
+    if devices == "auto":
+        if strategy == "mirrored":
+            found = jax.devices(kind)
+        else:
+            found = [] if kind == "cpu" else jax.devices(kind)
+    else:
+        found = _jax_devices(kind, int(devices))
+    return keras.distribution.DataParallel(devices=found) if len(found) > 1 else None
+
+
+def distribution_for(strategy=None, accelerator: str = "auto", devices: int | str = "auto"):
+    """What `fit_catalog` trains under: a `tf.distribute` strategy on TensorFlow (`get_strategy`,
+    else `strategy_for`), a Keras distribution or None on JAX (`keras_distribution`)."""
+    if runtime.on_jax():
+        return keras_distribution(strategy, accelerator, devices)
+    return strategy_for(accelerator, devices) if strategy is None else get_strategy(strategy)
+
+
+def _scope(distribution):
+    return contextlib.nullcontext() if distribution is None else distribution.scope()
 
 
 class ExportBest(keras.callbacks.Callback):
@@ -166,8 +241,7 @@ class ExportBest(keras.callbacks.Callback):
             self.best, self.best_weights = value, self.model.get_weights()
 
     def on_train_end(self, logs=None) -> None:
-        strategy = self.model.distribute_strategy
-        if not strategy.extended.should_checkpoint:
+        if not _writes_files(self.model):
             return
         card = {}
         current = None
@@ -182,6 +256,16 @@ class ExportBest(keras.callbacks.Callback):
         finally:
             if current is not None:
                 self.model.set_weights(current)
+
+
+def _writes_files(model: keras.Model) -> bool:
+    """Whether this process writes the run's files: the chief of a `tf.distribute` cluster, the
+    first of JAX's processes."""
+    if runtime.on_jax():
+        import jax
+
+        return jax.process_index() == 0
+    return model.distribute_strategy.extended.should_checkpoint
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -208,9 +292,12 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         raise NonFiniteLossError(message)
 
 
-def unusable_image(err: tf.errors.InvalidArgumentError) -> ImageDecodeError | None:
-    """The `ImageDecodeError` a training pipeline stopped with, or None: from the in-graph image
-    checks (`UNUSABLE_IMAGE`) or from `read_image` run in the graph (`read_image_op`)."""
+def unusable_image(err: Exception) -> ImageDecodeError | None:
+    """The `ImageDecodeError` a training pipeline stopped with (tf.data's `InvalidArgumentError`,
+    on either Keras backend), or None: from the in-graph image checks (`UNUSABLE_IMAGE`) or from
+    `read_image` run in the graph (`read_image_op`)."""
+    from zoobot.tf.data.pipelines import UNUSABLE_IMAGE
+
     found = re.search(rf"\[{UNUSABLE_IMAGE}\] \[(.*?)\] \[(.*?)\]", str(err))
     if found is not None:
         return ImageDecodeError(f"{found[1]}: {found[2]}")
@@ -299,7 +386,7 @@ def fit(
     if monitor is None:
         monitor = "val_loss" if validation_data is not None else "loss"
     if not model.compiled:
-        with model.distribute_strategy.scope():
+        with runtime.strategy_scope(model):
             model.compile(gradient_clip_val=gradient_clip_val)
     chosen = get_callbacks(save_dir, patience, monitor, export_best, tensorboard, callbacks)
     history = model.fit(
@@ -327,11 +414,11 @@ def _datasets(
     rule=None,
     batch_ids: BatchIds | None = None,
     augment: str = "full",
-) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+) -> tuple:
     """(train, validation) datasets of (images, labels) from what `fit_catalog` accepts; sources
     it opens have their labels checked by `rule`, their training batches augmented by `augment`
     and recorded in `batch_ids`."""
-    if isinstance(data, tf.data.Dataset):
+    if runtime.is_tf_dataset(data):
         return data, None
     if isinstance(data, tuple) and len(data) == 2:
         return data
@@ -369,9 +456,9 @@ def _datasets(
         if missing:
             raise ValueError(f"data needs splits {missing}; it has {list(data)}")
         train, validation = data["train"], data["validation"]
-        if not isinstance(train, tf.data.Dataset):
+        if not runtime.is_tf_dataset(train):
             train = train_split(train, None)
-        if not isinstance(validation, tf.data.Dataset):
+        if not runtime.is_tf_dataset(validation):
             validation = eval_split(validation, None)
         return train, validation
     return train_split(data, "train"), eval_split(data, "validation")
@@ -389,7 +476,7 @@ def fit_catalog(
     precision: str = "32",
     accelerator: str = "auto",
     devices: int | str = "auto",
-    strategy: str | tf.distribute.Strategy | None = None,
+    strategy=None,
     num_workers: int | None = None,
     patience: int = 8,
     seed: int = 42,
@@ -408,26 +495,29 @@ def fit_catalog(
     (catalogs, shard folders or `tf.data.Dataset`s of (images, labels)); a `(train, validation)`
     pair of datasets; or one dataset (no validation: the training loss is monitored). `precision`
     is `32`, `mixed` (bf16 on CPU, fp16 on GPU), `bf16-mixed`/`mixed_bfloat16` or
-    `16-mixed`/`mixed_float16`; `strategy` as `get_strategy`, else from `accelerator` and `devices`
-    (`strategy_for`). `num_workers` images are decoded at once (default: tf.data's choice).
-    `augment` names the training augmentation of sources it opens
-    (`zoobot.models.tasks.training_augmentation`: by default "dihedral" for trees). Other
-    keyword arguments go to `fit` (e.g. `tensorboard`, `callbacks`, `steps_per_epoch`).
-    Labels are checked first by the rule of the model's task (`zoobot.models.tasks.label_rule`:
-    vote counts, class indices or targets), naming the column and rows; an unusable training image
-    stops the fit with `ImageDecodeError` naming it, a non-finite loss with `NonFiniteLossError`
-    naming the step and its galaxies.
+    `16-mixed`/`mixed_float16`; `strategy` as `distribution_for` (on TensorFlow a
+    `tf.distribute.Strategy`, on JAX a `keras.distribution.DataParallel`, or their names), else
+    from `accelerator` and `devices`. `num_workers` images are decoded at once (default: tf.data's
+    choice). `augment` names the training augmentation of sources it opens
+    (`zoobot.models.tasks.training_augmentation`: by default "dihedral" for trees). Other keyword
+    arguments go to `fit` (e.g. `tensorboard`, `callbacks`, `steps_per_epoch`). Labels are checked
+    first by the rule of the model's task (`zoobot.models.tasks.label_rule`: vote counts, class
+    indices or targets), naming the column and rows; an unusable training image stops the fit with
+    `ImageDecodeError` naming it, a non-finite loss with `NonFiniteLossError` naming the step and
+    its galaxies.
     """
+    import tensorflow as tf  # tf.data reads the data on either Keras backend
+
+    from zoobot.tf.data.pipelines import BatchIds
+
     check_replaceable(Path(save_dir) / BEST_FOLDER)  # ExportBest writes there: refuse now, not then
     if num_workers is not None and num_workers < 0:
         raise ValueError(
             f"num_workers must be 0 or more (None: tf.data's choice), got num_workers={num_workers}"
         )
-    distribution = (
-        strategy_for(accelerator, devices) if strategy is None else get_strategy(strategy)
-    )
+    distribution = distribution_for(strategy, accelerator, devices)
     keras.utils.set_random_seed(seed)
-    with dtype_policy(precision), distribution.scope():
+    with dtype_policy(precision), _scope(distribution):
         model = build()
         model.compile(gradient_clip_val=gradient_clip_val)
     rule = label_rule(model, label_cols)
@@ -449,17 +539,19 @@ def fit_catalog(
     )
     fit_kwargs.setdefault("verbose", 1 if progress else 2)
     callbacks = [StopOnNonFiniteLoss(batch_ids), *(fit_kwargs.pop("callbacks", None) or [])]
+    # A Keras distribution (JAX) shards the data at fit time; a tf.distribute strategy is the model's.
     try:
-        fit(
-            model,
-            train_data,
-            validation_data,
-            save_dir=save_dir,
-            epochs=epochs,
-            patience=patience,
-            callbacks=callbacks,
-            **fit_kwargs,
-        )
+        with _scope(distribution) if runtime.on_jax() else contextlib.nullcontext():
+            fit(
+                model,
+                train_data,
+                validation_data,
+                save_dir=save_dir,
+                epochs=epochs,
+                patience=patience,
+                callbacks=callbacks,
+                **fit_kwargs,
+            )
     except tf.errors.InvalidArgumentError as err:
         image = unusable_image(err)
         if image is None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from zoobot.models.settings import PRETRAINING
 from zoobot.models.tasks import (
@@ -66,9 +66,9 @@ def dirichlet_head(
     return linear_head(in_features, n_answers, dropout, scale)
 
 
-def question_sums(values: tf.Tensor, index: tf.Tensor, n_questions: int) -> tf.Tensor:
+def question_sums(values, index: np.ndarray, n_questions: int):
     """(batch, answer) -> (batch, question) sums, vectorised with one segment sum."""
-    return tf.transpose(tf.math.unsorted_segment_sum(tf.transpose(values), index, n_questions))
+    return ops.transpose(ops.segment_sum(ops.transpose(values), index, num_segments=n_questions))
 
 
 class TreeMetrics(keras.metrics.Metric):
@@ -101,30 +101,30 @@ class TreeMetrics(keras.metrics.Metric):
 
     def update_state(self, counts, concentrations, per_question_loss, sample_weight=None):
         n = len(self.questions)
-        counts = tf.cast(counts, tf.float32)
-        concentrations = tf.cast(concentrations, tf.float32)
+        counts = ops.cast(counts, "float32")
+        concentrations = ops.cast(concentrations, "float32")
         alpha_total = question_sums(concentrations, self.index, n)
         count_total = question_sums(counts, self.index, n)
-        observed = counts / tf.gather(tf.maximum(count_total, 1e-12), self.index, axis=1)
-        expected = concentrations / tf.gather(alpha_total, self.index, axis=1)
-        per_question = question_sums(tf.abs(expected - observed), self.index, n) / self.sizes
+        observed = counts / ops.take(ops.maximum(count_total, 1e-12), self.index, axis=1)
+        expected = concentrations / ops.take(alpha_total, self.index, axis=1)
+        per_question = question_sums(ops.abs(expected - observed), self.index, n) / self.sizes
         asked = count_total > 0
         self.error_sum.assign_add(
-            tf.reduce_sum(tf.where(asked, per_question, tf.zeros_like(per_question)), axis=0)
+            ops.sum(ops.where(asked, per_question, ops.zeros_like(per_question)), axis=0)
         )
-        self.asked.assign_add(tf.reduce_sum(tf.cast(asked, tf.float32), axis=0))
-        per_question_loss = tf.cast(per_question_loss, tf.float32)
-        self.loss_sum.assign_add(tf.reduce_sum(per_question_loss, axis=0))
-        self.galaxies.assign_add(tf.cast(tf.shape(counts)[0], tf.float32))
+        self.asked.assign_add(ops.sum(ops.cast(asked, "float32"), axis=0))
+        per_question_loss = ops.cast(per_question_loss, "float32")
+        self.loss_sum.assign_add(ops.sum(per_question_loss, axis=0))
+        self.galaxies.assign_add(ops.cast(ops.shape(counts)[0], "float32"))
 
-    def result(self) -> dict[str, tf.Tensor]:
-        loss = tf.math.divide_no_nan(self.loss_sum, self.galaxies)
-        campaign = tf.linalg.matvec(self.membership, loss, transpose_a=True)
+    def result(self) -> dict:
+        loss = ops.divide_no_nan(self.loss_sum, self.galaxies)
+        campaign = ops.matmul(loss, self.membership)
         errors = self.error_sum / self.asked  # NaN where no galaxy was asked the question
-        finite = tf.math.is_finite(errors)
-        mean_error = tf.math.divide_no_nan(
-            tf.reduce_sum(tf.where(finite, errors, tf.zeros_like(errors))),
-            tf.reduce_sum(tf.cast(finite, tf.float32)),
+        finite = ops.isfinite(errors)
+        mean_error = ops.divide_no_nan(
+            ops.sum(ops.where(finite, errors, ops.zeros_like(errors))),
+            ops.sum(ops.cast(finite, "float32")),
         )
         out = {f"loss/{q}": loss[i] for i, q in enumerate(self.questions)}
         out |= {f"campaign_loss/{c}": campaign[i] for i, c in enumerate(self.campaigns)}
@@ -145,15 +145,15 @@ class TreeSteps:
         self.tree_metrics = TreeMetrics(schema)
 
     @staticmethod
-    def _counts(labels) -> tf.Tensor:
+    def _counts(labels):
         """Vote counts as float32, NaN (not asked) read as 0."""
-        counts = tf.cast(labels, tf.float32)
-        return tf.where(tf.math.is_nan(counts), tf.zeros_like(counts), counts)
+        counts = ops.cast(labels, "float32")
+        return ops.where(ops.isnan(counts), ops.zeros_like(counts), counts)
 
-    def task_loss(self, labels, output) -> tf.Tensor:
+    def task_loss(self, labels, output):
         """The Dirichlet-multinomial objective: summed over questions, mean over the batch."""
         per_question = self.dirichlet_loss.per_question(self._counts(labels), output)
-        return tf.reduce_mean(tf.reduce_sum(per_question, axis=1))
+        return ops.mean(ops.sum(per_question, axis=1))
 
     def update_task_metrics(self, labels, output) -> None:
         counts = self._counts(labels)

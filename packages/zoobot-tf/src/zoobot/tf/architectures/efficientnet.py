@@ -49,6 +49,7 @@ from zoobot.tf.architectures.layers import (
     require,
     residual,
 )
+from zoobot.tf.depthwise import DepthwiseConv2D
 
 # timm `_gen_efficientnet`: EfficientNet-B0, scaled by channel and depth multipliers for B1-B8.
 EFFICIENTNET_ARCH_DEF: tuple[tuple[str, ...], ...] = (
@@ -442,7 +443,7 @@ def _conv(x, filters, kernel, stride, name, args, *, depthwise=False, bias=False
         if pad:
             x = layers.ZeroPadding2D(pad, name=f"{name}.pad")(x)
     if depthwise:
-        layer = layers.DepthwiseConv2D(
+        layer = DepthwiseConv2D(
             kernel,
             strides=stride,
             padding=padding,

@@ -17,6 +17,7 @@ import numpy as np
 from keras import layers, ops
 
 from zoobot.models.layout import ConfigError
+from zoobot.tf.depthwise import DepthwiseConv2D
 
 
 def merge_model_args(
@@ -109,7 +110,7 @@ def depthwise_conv2d(
     same = kernel_size % 2 == 1 and padding == kernel_size // 2
     if padding and not same:
         x = layers.ZeroPadding2D(padding, name=f"{name}.pad")(x)
-    return layers.DepthwiseConv2D(
+    return DepthwiseConv2D(
         kernel_size,
         padding="same" if same and padding else "valid",
         use_bias=use_bias,

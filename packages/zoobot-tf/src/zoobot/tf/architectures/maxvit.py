@@ -51,6 +51,7 @@ from zoobot.tf.architectures.layers import (
     require,
     residual,
 )
+from zoobot.tf.depthwise import DepthwiseConv2D
 
 # MaxxVitConvCfg / MaxxVitTransformerCfg fields as timm's model arguments name them
 # (`conv_*`, `transformer_*`), for the options zoobot.tf implements.
@@ -470,7 +471,7 @@ def _conv(x, filters, kernel, stride, name, args, *, depthwise=False, bias=False
         if pad:
             x = layers.ZeroPadding2D(pad, name=f"{name}.pad")(x)
     if depthwise:
-        return layers.DepthwiseConv2D(
+        return DepthwiseConv2D(
             kernel,
             strides=stride,
             padding=padding,
