@@ -27,6 +27,22 @@ TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
 TF_PINS = ["tensorflow==2.21.0"]
 # JAX for CPU, what zoobot-tf[jax] installs (Keras on JAX: KERAS_BACKEND=jax).
 JAX_PINS = ["jax==0.10.2", "jaxlib==0.10.2"]
+# What tests-jax runs inside `nox -t tests`: the Keras tests whose code differs by backend (the
+# loss, the tree head and its training step, depthwise, the command's --backend, fast paths) and
+# the contract tests of loading, predicting, finetuning and learning. The whole Keras suite takes
+# about 3x the TensorFlow run on JAX, more than CI's time allows with the other sessions:
+# `nox -s tests-jax -- tests/tf tests/contract` runs it.
+JAX_TESTS = [
+    "tests/tf/test_loss.py",
+    "tests/tf/test_tree.py",
+    "tests/tf/test_depthwise.py",
+    "tests/tf/test_cli.py",
+    "tests/tf/test_fast_paths.py",
+    "tests/contract/test_pretrained.py",
+    "tests/contract/test_predict.py",
+    "tests/contract/test_training.py",
+    "tests/contract/test_learning.py",
+]
 # The parity checks zoobot.tf computes, run a second time with Keras on JAX (preprocessing is
 # tf.data on either backend, and the machinery tests are the report's own).
 PARITY_JAX = [
@@ -144,7 +160,7 @@ def tests_jax(session: nox.Session) -> None:
         "KERAS_BACKEND": "jax",
         "ZOOBOT_BACKEND": "jax",
     }
-    session.run("pytest", "tests/tf", "tests/contract", *session.posargs, env=env)
+    session.run("pytest", *(session.posargs or JAX_TESTS), env=env)
 
 
 @nox.session(tags=["tests"])
