@@ -154,7 +154,9 @@ def _keras_values(tf_loss, counts, concentrations, schema, dtype):
             summed = tf.reduce_sum(loss)
         grad = tape.gradient(summed, alpha)
         alpha = tf.constant(alpha)
-    assert str(loss.dtype) == dtype
+    import keras
+
+    assert keras.backend.standardize_dtype(loss.dtype) == dtype
     # A Keras Loss casts to its dtype (float32 by default); ask for the inputs' dtype, as torch keeps.
     objective = tf_loss.DirichletMultinomialLoss(schema, dtype=dtype)(votes, alpha)
     return loss, grad, objective
