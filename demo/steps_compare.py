@@ -43,6 +43,7 @@ def differences(reference: np.ndarray, other: np.ndarray) -> dict:
 
 def compare(run: Run) -> dict:
     block_triton()
+    import keras
     import tensorflow as tf
     import torch  # noqa: E402 - after block_triton, on purpose
 
@@ -75,7 +76,7 @@ def compare(run: Run) -> dict:
     tf_encoder = tf_load_encoder(folder)
     with torch.no_grad():
         torch_features = torch_encoder(torch_images).numpy()
-    tf_features = tf_encoder(tf_images, training=False).numpy()
+    tf_features = keras.ops.convert_to_numpy(tf_encoder(tf_images, training=False))
     results["features"] = differences(torch_features, tf_features)
     run.path("comparison").mkdir(parents=True, exist_ok=True)
     np.savez_compressed(run.path("comparison/features.npz"), torch=torch_features, tf=tf_features)
@@ -85,7 +86,7 @@ def compare(run: Run) -> dict:
     tf_tree = tf_from_pretrained(tree_folder)
     with torch.no_grad():
         torch_alpha = torch_tree(torch_images).numpy()
-    tf_alpha = tf_tree(tf_images, training=False).numpy()
+    tf_alpha = keras.ops.convert_to_numpy(tf_tree(tf_images, training=False))
     results["tree_concentrations"] = differences(torch_alpha, tf_alpha)
     results["tree_model"] = {"torch": type(torch_tree).__name__, "tf": type(tf_tree).__name__}
 
