@@ -137,5 +137,5 @@ def test_the_zoobot_tf_steps_run_on_jax(demo: Path, tmp_path):
     assert report["comparison"]["tree_concentrations"]["max_rel_diff"] < 1e-4
     for start in ("pretrained", "scratch"):
         assert 0.0 <= report["finetune"]["jax"][start]["roc_auc"]["mean"] <= 1.0
-    assert 0.0 < report["vote_fractions"]["tf"]["fraction_mae"] < 0.5  # tf/: zoobot.tf's files
+    assert 0.0 < report["vote_fractions"]["tf"]["model_mae"] < 0.5  # tf/: zoobot.tf's files
     assert report["torch_vs_tf_fractions"] < 0.1
