@@ -434,7 +434,11 @@ def _add_run_options(parser: argparse.ArgumentParser, command: ModelCommand) -> 
     """Options shared by `predict` and `represent`: speed, numerics, resuming."""
     parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch")
     parser.add_argument("--num-workers", type=non_negative_int, help=command.help["run_workers"])
-    parser.add_argument("--image-size", type=positive_int, default=224, help="pixels per side")
+    parser.add_argument(
+        "--image-size",
+        type=positive_int,
+        help="pixels per side (default: the size the model was trained at, else 224)",
+    )
     parser.add_argument(
         "--precision",
         default="32",

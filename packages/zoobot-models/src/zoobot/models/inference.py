@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoobot.data.streaming import CatalogRows
+from zoobot.models import preprocessing
 from zoobot.models.distributed import Launch, PendingRun, Rank, Share, complete
 from zoobot.models.outputs import OutputSet, check_save_loc, claim, run_lock
 from zoobot.models.pretrained import from_pretrained
@@ -114,10 +115,11 @@ class Job:
         overwrite: bool,
         output,
         compute,
+        trained: Any = None,
     ) -> Result:
         """Check the run's `outputs` (`claim`), open the parts folder, compute this rank's chunks
         not yet on disk with `compute(parts, chunks, settings)`, then merge if the run is complete
-        (`complete`). The only process of a run holds `<save_loc>.lock` throughout; the processes
+        (`complete`). Images are shown as `trained` (default: `model`) was trained to see them. The only process of a run holds `<save_loc>.lock` throughout; the processes
         of a shared run are kept apart by the parts folder's manifest and merge lock instead.
         resume=False clears the folder once: by the only process, or by rank 0 of a launch with
         collectives before any other rank opens it."""
@@ -134,6 +136,8 @@ class Job:
             rank.barrier()
             settings = dataclasses.replace(settings, resume=True)
         settings, identity = backend.prepare_run(model, settings)
+        seen = preprocessing.for_run(trained or model, settings.image_size, identity["channels"])
+        settings = dataclasses.replace(settings, image_size=seen.image_size, preprocessing=seen)
         run = {**run, **identity, "outputs": outputs.run_record()}
         n_chunks = math.ceil(len(self.table) / settings.chunk_rows)
         with run_lock(outputs) if exclusive else contextlib.nullcontext():
@@ -208,10 +212,10 @@ def _represent(
     pca_fit_rows: int,
     overwrite: bool,
 ) -> Result:
-    encoder = job.model
-    if isinstance(encoder, str | os.PathLike):
-        encoder = backend.load_encoder(encoder)
-    encoder = getattr(encoder, "encoder", encoder)
+    trained = job.model
+    if isinstance(trained, str | os.PathLike):
+        trained = backend.load_encoder(trained)
+    encoder = getattr(trained, "encoder", trained)
     pca = pca_path(job.save_loc) if n_components is not None else None
     outputs = OutputSet.of(job.save_loc, pca=pca, failed=failures_path(job.save_loc))
     output = representation_output(n_components, pca_fit_rows, outputs)
@@ -222,7 +226,18 @@ def _represent(
     shape = (backend.encoder_dim(encoder),)
     run = {"task": "encoder"}
     return job.run(
-        backend, rank, settings, encoder, shape, run, 0, outputs, overwrite, output, compute
+        backend,
+        rank,
+        settings,
+        encoder,
+        shape,
+        run,
+        0,
+        outputs,
+        overwrite,
+        output,
+        compute,
+        trained,
     )
 
 
@@ -271,7 +286,7 @@ def predict(
     seed: int = 0,
     batch_size: int = 128,
     num_workers: int | None = None,
-    image_size: int = 224,
+    image_size: int | None = None,
     precision: str = "32",
     channels_last: bool | None = None,
     resume: bool = True,
@@ -291,11 +306,12 @@ def predict(
     Parquet file or a folder of them, a pyarrow dataset, or a Hugging Face dataset (`id_str` and
     `image`), streamed a batch at a time; zoobot-tf also reads a folder of zoobot-data TFRecord
     shards. `model` is a Zoobot tree, classifier or regressor, or a name `from_pretrained` reads (a
-    folder saved by either framework, or `hf_hub:owner/repo`). Images are decoded and resized to
-    `image_size` as in training and given the deterministic evaluation transform. `n_samples`
-    forward passes are made per galaxy, with the head's dropout on (Monte Carlo dropout) when
-    `mc_dropout` (default: when `n_samples > 1`); each chunk's randomness is seeded from `seed`, so
-    a resumed run gives the same numbers. `label_cols` names a classifier's classes or a regressor's
+    folder saved by either framework, or `hf_hub:owner/repo`). Images are decoded, resized to
+    `image_size` (default: the size the model was trained at, else 224) and normalised as in
+    training (`zoobot.models.preprocessing`, saved with the model). `n_samples` forward passes
+    are made per galaxy, with the head's dropout on (Monte Carlo dropout) when `mc_dropout`
+    (default: when `n_samples > 1`); each chunk's randomness is seeded from `seed`, so a resumed
+    run gives the same numbers. `label_cols` names a classifier's classes or a regressor's
     outputs (default: the classifier's `class_names`, else `class_0`..., `output_0`...).
     `friendly_loc` defaults to `<save_loc stem>_friendly.parquet`.
 
@@ -362,7 +378,7 @@ def get_representations(
     pca_fit_rows: int = 50_000,
     batch_size: int = 128,
     num_workers: int | None = None,
-    image_size: int = 224,
+    image_size: int | None = None,
     precision: str = "32",
     channels_last: bool | None = None,
     resume: bool = True,

@@ -29,7 +29,7 @@ HEAD_NAME = "head.safetensors"
 CARD_NAME = "README.md"
 LAYOUT_FILES = (CONFIG_NAME, SAFETENSORS_NAME, HEAD_NAME, "README.md")
 """Every file `save_pretrained` writes: a folder holding anything else is never replaced."""
-RESERVED_KEYS = ("task", "zoobot_version")
+RESERVED_KEYS = ("task", "zoobot_version", "preprocessing")
 CARD_KEYS = ("description", "training_data", "metrics", "license")
 # mkdtemp and safetensors create owner-only paths; a saved model gets the usual permissions.
 _UMASK = os.umask(0)
@@ -306,6 +306,12 @@ def model_card(
         f"- encoder: timm `{config['architecture']}`, {num_features} pooled features, "
         f"{channels} input channel(s)",
     ]
+    seen = zoobot.get("preprocessing")
+    if seen:
+        lines.append(
+            f"- inputs: the whole cutout resized to {seen['image_size']} px, pixels in [0, 1] "
+            f"normalised as (x - {seen['mean']}) / {seen['std']}; `predict` applies this itself"
+        )
     lines += _task_lines(zoobot)
     if card.get("training_data"):
         lines += ["", "## Training data", "", card["training_data"]]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import safetensors.numpy
 
+from zoobot.models import preprocessing
 from zoobot.models.hub import ModelSource, PushResult, push_folder
 from zoobot.models.layout import (
     CARD_NAME,
@@ -26,7 +27,6 @@ from zoobot.models.layout import (
     HEAD_NAME,
     SAFETENSORS_NAME,
     WeightsFileError,
-    building_encoder,
     check_finite,
     model_card,
     nonfinite_message,
@@ -53,6 +53,9 @@ def _write_layout(
     Weights holding NaN or infinity are refused (`WeightsFileError` naming the tensors).
     """
     zoobot = backend.tasks.zoobot_config(model, backend.version())
+    seen = preprocessing.of(model)
+    if seen is not None:
+        zoobot[preprocessing.CONFIG_KEY] = seen.to_config()
     is_encoder = zoobot["task"] == "encoder"
     encoder = model if is_encoder else model.encoder
     config = backend.write_encoder(encoder, folder)
@@ -137,10 +140,14 @@ def from_pretrained(backend: Backend, name: str | os.PathLike) -> Any:
 
 
 def _encoder(backend: Backend, config: dict, source: ModelSource, channels: int | None):
-    """The encoder of a model folder or repo; arguments of its config the architecture does not
-    take are named with the config file."""
-    with building_encoder(config, f"{source}/{CONFIG_NAME}"):
-        return backend.encoder_from_config(config, source.weights_path(), channels)
+    """The encoder of a model folder or repo, holding the preprocessing it was saved with;
+    arguments of its config the architecture does not take are named with the config file."""
+    return preprocessing.encoder_from_config(
+        config,
+        f"{source}/{CONFIG_NAME}",
+        channels,
+        lambda: backend.encoder_from_config(config, source.weights_path(), channels),
+    )
 
 
 def _rebuild(backend: Backend, cls: type, task_config: dict, encoder, source, task: str):

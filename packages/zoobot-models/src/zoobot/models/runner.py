@@ -46,6 +46,7 @@ from tqdm import tqdm
 from zoobot.data.images import ImageDecodeError, read_image
 from zoobot.data.streaming import CatalogRows, RowSlice
 from zoobot.models.outputs import OutputSet, claim, remove_stale
+from zoobot.models.preprocessing import Preprocessing
 from zoobot.shared.io import atomic_path, atomic_write_text, create_text, file_digest
 from zoobot.shared.schema import Schema
 from zoobot.shared.tables import PCAProjection, PredictionWriter
@@ -66,6 +67,9 @@ IMAGES_KEY = b"zoobot.images"  # a part's record of its images' identity (`image
 class RunSettings:
     """How to run: batch and chunk sizes, decoding workers, image size, numerics, resume, progress.
 
+    `image_size=None` shows the model images at the size it was trained at; `preprocessing` is what
+    the run shows the model, set when it starts (`zoobot.models.preprocessing.for_run`).
+
     `num_workers=None` takes half the CPUs (1 to 8, `default_workers`). `precision` is "32" or
     "bf16"; `channels_last=None` lets the framework choose its memory layout; `device=None` runs the
     model where it already is (each framework reads `device` its own way). A resumed run must have
@@ -74,7 +78,7 @@ class RunSettings:
 
     batch_size: int = 128
     num_workers: int | None = None
-    image_size: int = 224
+    image_size: int | None = None
     precision: str = "32"
     channels_last: bool | None = None
     chunk_rows: int = 4096
@@ -82,18 +86,25 @@ class RunSettings:
     progress: bool = True
     device: Any = None
     hash_images: bool = False
+    preprocessing: Preprocessing | None = None
 
     def __post_init__(self):
         if str(self.precision) not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         for name in ("batch_size", "image_size", "chunk_rows"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_workers is not None and self.num_workers < 0:
             raise ValueError(
                 f"num_workers must be 0 (decode in this process) or more, or None for half the "
                 f"CPUs; got num_workers={self.num_workers}"
             )
+
+    @property
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of the run's images (none before it starts: (0,), (1,))."""
+        seen = self.preprocessing or Preprocessing()
+        return seen.mean, seen.std
 
     @property
     def workers(self) -> int:
@@ -423,6 +434,7 @@ def start_parts(
         "shape": [int(s) for s in shape],
         "chunk_rows": settings.chunk_rows,
         "image_size": settings.image_size,
+        "normalisation": [list(settings.normalisation[0]), list(settings.normalisation[1])],
         "precision": str(settings.precision),
         "seed": seed,
         "images": "contents" if settings.hash_images else "size+mtime",

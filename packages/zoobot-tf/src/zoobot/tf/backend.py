@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from zoobot.data.streaming import CatalogRows
+from zoobot.models import preprocessing
 from zoobot.models.backend import Backend
 from zoobot.models.distributed import Launch, Rank
 from zoobot.models.layout import check_weights_fit
@@ -144,7 +145,8 @@ class KerasBackend(Backend):
         from zoobot.tf.data.transforms import eval_transform
         from zoobot.tf.runner import input_channels
 
-        x = eval_transform(np.ascontiguousarray(images), channels=input_channels(model))
+        mean, std = preprocessing.normalisation(model)
+        x = eval_transform(np.ascontiguousarray(images), input_channels(model), mean, std)
         if hasattr(model, "predict_samples"):
             out = model.predict_samples(x)[..., 0]
         else:

@@ -26,12 +26,12 @@ import keras
 import numpy as np
 import safetensors.numpy
 
+from zoobot.models import preprocessing
 from zoobot.models.hub import HubUnavailableError, ModelSource
 from zoobot.models.layout import (
     CONFIG_NAME,
     SAFETENSORS_NAME,
     WeightsMismatchError,
-    building_encoder,
     checkpoint_channels,
     first_convs,
     read_safetensors,
@@ -276,8 +276,12 @@ def load_encoder(
         return _architecture_encoder(text, channels, model_args)
     config = source.read_config()
     state = read_weights(source) if pretrained else None
-    with building_encoder(config, f"{source}/{CONFIG_NAME}"):
-        return encoder_from_config(config, state, channels, **model_args)
+    return preprocessing.encoder_from_config(
+        config,
+        f"{source}/{CONFIG_NAME}",
+        channels,
+        lambda: encoder_from_config(config, state, channels, **model_args),
+    )
 
 
 def encoder_dim(encoder: keras.Model) -> int:

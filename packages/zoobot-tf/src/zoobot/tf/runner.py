@@ -283,7 +283,7 @@ def catalog_batches(
             decode, [data, is_path], [tf.uint8, tf.int64, tf.string], stateful=False
         )
         images.set_shape([None, size, size, 3])
-        image = eval_transform(images, channels)
+        image = eval_transform(images, channels, *settings.normalisation)
         return {
             "start": start,
             "ids": ids,
@@ -333,6 +333,7 @@ def run_chunks(
                     settings.image_size,
                     channels,
                     settings.batch_size,
+                    *settings.normalisation,
                     start=start,
                     stop=stop,
                     num_parallel_calls=max(1, settings.workers),

@@ -31,6 +31,7 @@ from zoobot.data.splits import Splits
 from zoobot.models import fast_paths, training
 from zoobot.models.backend import bind
 from zoobot.models.layout import check_replaceable
+from zoobot.models.preprocessing import Preprocessing, attach
 from zoobot.models.tasks import label_rule, training_augmentation
 from zoobot.models.training import NonFiniteLossError, nonfinite_loss_message
 from zoobot.tf import runtime
@@ -414,6 +415,7 @@ def _datasets(
     rule=None,
     batch_ids: BatchIds | None = None,
     augment: str = "full",
+    normalisation: tuple = ((0.0,), (1.0,)),
 ) -> tuple:
     """(train, validation) datasets of (images, labels) from what `fit_catalog` accepts; sources
     it opens have their labels checked by `rule`, their training batches augmented by `augment`
@@ -431,6 +433,8 @@ def _datasets(
         "splits": splits,
         "split_seed": seed,
         "label_rule": rule,
+        "mean": normalisation[0],
+        "std": normalisation[1],
     }
     if num_workers is not None:
         common["num_parallel_calls"] = max(1, num_workers)
@@ -484,6 +488,8 @@ def fit_catalog(
     splits: Splits = None,
     gradient_clip_val: float | None = 1.0,
     augment: str | None = None,
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
     **fit_kwargs,
 ) -> ZoobotModel:
     """Seed everything, build the model with `build()` under the precision policy and distribution
@@ -499,7 +505,9 @@ def fit_catalog(
     `tf.distribute.Strategy`, on JAX a `keras.distribution.DataParallel`, or their names), else
     from `accelerator` and `devices`. `num_workers` images are decoded at once (default: tf.data's
     choice). `augment` names the training augmentation of sources it opens
-    (`zoobot.models.tasks.training_augmentation`: by default "dihedral" for trees). Other keyword
+    (`zoobot.models.tasks.training_augmentation`: by default "dihedral" for trees) and normalises
+    as `(x - mean) / std`; the model records its `image_size`, channels and normalisation
+    (`zoobot.models.preprocessing`) so `predict` shows it the same. Other keyword
     arguments go to `fit` (e.g. `tensorboard`, `callbacks`, `steps_per_epoch`). Labels are checked
     first by the rule of the model's task (`zoobot.models.tasks.label_rule`: vote counts, class
     indices or targets), naming the column and rows; an unusable training image stops the fit with
@@ -523,6 +531,7 @@ def fit_catalog(
     rule = label_rule(model, label_cols)
     augment = training_augmentation(model, augment)
     channels = input_channels(model)
+    attach(model, Preprocessing(image_size, channels, tuple(mean), tuple(std)))
     batch_ids = BatchIds()
     train_data, validation_data = _datasets(
         data,
@@ -536,6 +545,7 @@ def fit_catalog(
         rule,
         batch_ids,
         augment,
+        (mean, std),
     )
     fit_kwargs.setdefault("verbose", 1 if progress else 2)
     callbacks = [StopOnNonFiniteLoss(batch_ids), *(fit_kwargs.pop("callbacks", None) or [])]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from zoobot.data.streaming import CatalogRows, open_catalog_rows
+from zoobot.models import preprocessing
 from zoobot.models.backend import Backend
 from zoobot.models.distributed import Launch, Rank
 from zoobot.models.runner import Parts, RunSettings
@@ -109,7 +110,7 @@ class TorchBackend(Backend):
         from zoobot.torch.cpu import input_channels
         from zoobot.torch.data.transforms import eval_transform
 
-        transform = eval_transform(input_channels(model))
+        transform = eval_transform(input_channels(model), *preprocessing.normalisation(model))
         x = transform(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
         training = model.training
         model.eval()

@@ -21,12 +21,12 @@ import torch
 import torchvision
 from torch import nn
 
+from zoobot.models import preprocessing
 from zoobot.models.hub import HubUnavailableError as HubUnavailableError  # re-exported
 from zoobot.models.hub import ModelSource
 from zoobot.models.layout import (
     CONFIG_NAME,
     WeightsFileError,
-    building_encoder,
     check_weights_fit,
     checkpoint_channels,
     first_convs,
@@ -199,8 +199,12 @@ def load_encoder(
         return _timm_encoder(text, channels, timm_kwargs)
     config = source.read_config()
     state_dict = read_weights(source) if pretrained else None
-    with building_encoder(config, f"{source}/{CONFIG_NAME}"):
-        return encoder_from_config(config, state_dict, channels, **timm_kwargs)
+    return preprocessing.encoder_from_config(
+        config,
+        f"{source}/{CONFIG_NAME}",
+        channels,
+        lambda: encoder_from_config(config, state_dict, channels, **timm_kwargs),
+    )
 
 
 def encoder_dim(encoder: nn.Module) -> int:

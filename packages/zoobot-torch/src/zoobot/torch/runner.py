@@ -175,7 +175,12 @@ def run_chunks(
         pin_memory=device.type == "cuda",
         worker_init_fn=_init_worker,
     )
-    step = _Step(forward, eval_transform(input_channels(model)), device, channels_last)
+    step = _Step(
+        forward,
+        eval_transform(input_channels(model), *settings.normalisation),
+        device,
+        channels_last,
+    )
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     dtype = PRECISIONS[str(settings.precision)]
     fused = dtype == torch.bfloat16 and device.type == "cpu"

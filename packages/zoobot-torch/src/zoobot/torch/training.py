@@ -23,10 +23,16 @@ from zoobot.data.splits import Splits
 from zoobot.models import fast_paths, training
 from zoobot.models.backend import bind
 from zoobot.models.layout import check_replaceable
+from zoobot.models.preprocessing import Preprocessing, attach
 from zoobot.models.tasks import label_rule, training_augmentation
 from zoobot.torch.cpu import input_channels
 from zoobot.torch.data.datamodule import Data, GalaxyDataModule
-from zoobot.torch.data.transforms import augmentation_transform
+from zoobot.torch.data.transforms import (
+    DEFAULT_MEAN,
+    DEFAULT_STD,
+    augmentation_transform,
+    eval_transform,
+)
 from zoobot.torch.module import ZoobotModule
 
 BEST_FOLDER = "best"
@@ -272,6 +278,8 @@ def fit_catalog(
     compile: bool | str = False,
     wandb: bool = False,
     augment: str | None = None,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
     **trainer_kwargs,
 ) -> ZoobotModule:
     """Seed everything, build the model with `build()`, fit it on `data` and return it holding the
@@ -281,7 +289,9 @@ def fit_catalog(
     `GalaxyDataModule`, which gets `label_cols`, `image_size`, `batch_size`, `num_workers`, `splits`
     and `seed`, the model's input channels and the training transform of `augment`,
     `zoobot.models.tasks.training_augmentation`), or a ready `GalaxyDataModule` (with its own
-    transforms). Trainer settings and the `save_dir` layout are those of `get_trainer`, which gets
+    transforms). Images are normalised as `(x - mean) / std`; the model records its `image_size`,
+    channels and normalisation (`zoobot.models.preprocessing`) so `predict` shows it the same.
+    Trainer settings and the `save_dir` layout are those of `get_trainer`, which gets
     the remaining keyword arguments.
     `compile=True` compiles the model with `torch.compile` (inductor); a string names another
     `torch.compile` backend. The labels are checked first, by the rule of the model's task
@@ -297,24 +307,26 @@ def fit_catalog(
     model = build()
     rule = label_rule(model, label_cols)
     augment = training_augmentation(model, augment)
+    channels = input_channels(model.encoder)
     if isinstance(data, GalaxyDataModule):
         datamodule = data
         datamodule.check_labels(rule)
+        image_size = datamodule.image_size
     else:
         datamodule = GalaxyDataModule(
             data,
             label_cols,
             image_size=image_size,
-            channels=input_channels(model.encoder),
+            channels=channels,
             batch_size=batch_size,
             num_workers=num_workers,
             splits=splits,
             seed=seed,
-            train_transform=augmentation_transform(
-                augment, image_size, input_channels(model.encoder)
-            ),
+            train_transform=augmentation_transform(augment, image_size, channels, mean, std),
+            eval_transform=eval_transform(channels, mean, std),
             label_rule=rule,
         )
+    attach(model, Preprocessing(image_size, channels, tuple(mean), tuple(std)))
     if compile:
         model.compile(**({} if compile is True else {"backend": compile}))
     try:
