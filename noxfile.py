@@ -40,6 +40,7 @@ JAX_TESTS = [
     "tests/tf/test_fast_paths.py",
     "tests/contract/test_pretrained.py",
     "tests/contract/test_predict.py",
+    "tests/contract/test_preprocessing.py",
     "tests/contract/test_training.py",
     "tests/contract/test_learning.py",
 ]
@@ -123,6 +124,7 @@ def tests_torch(session: nox.Session) -> None:
         "tests/torch/test_fast_paths.py",
         "tests/torch/test_depthwise.py",
         "tests/contract/test_predict.py",
+    "tests/contract/test_preprocessing.py",
         *session.posargs,
         env={**env, **AVX2_ONLY},
     )
@@ -141,6 +143,7 @@ def tests_tf(session: nox.Session) -> None:
         "tests/tf/test_predict.py",
         "tests/tf/test_training.py",
         "tests/contract/test_predict.py",
+    "tests/contract/test_preprocessing.py",
         *session.posargs,
         env={**env, **AVX2_ONLY},
     )
