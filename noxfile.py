@@ -124,7 +124,6 @@ def tests_torch(session: nox.Session) -> None:
         "tests/torch/test_fast_paths.py",
         "tests/torch/test_depthwise.py",
         "tests/contract/test_predict.py",
-    "tests/contract/test_preprocessing.py",
         *session.posargs,
         env={**env, **AVX2_ONLY},
     )
@@ -143,7 +142,6 @@ def tests_tf(session: nox.Session) -> None:
         "tests/tf/test_predict.py",
         "tests/tf/test_training.py",
         "tests/contract/test_predict.py",
-    "tests/contract/test_preprocessing.py",
         *session.posargs,
         env={**env, **AVX2_ONLY},
     )
