@@ -114,10 +114,11 @@ def training_curves(curves: dict[str, pd.DataFrame], path: Path, title: str) -> 
     return _save(fig, path)
 
 
-def finetune_comparison(runs: pd.DataFrame, path: Path, feature: str) -> Path:
+def finetune_comparison(runs: pd.DataFrame, path: Path, feature: str, note: str = "") -> Path:
     """Test ROC AUC and balanced accuracy, pretrained vs scratch, per framework: bars are means over
     seeds, dots the seeds, grey lines join the two starts of the same seed (same labels). The
-    y-axes start at 0; the dotted line at 0.5 is what a constant answer scores."""
+    y-axes start at 0; the dotted line at 0.5 is what a constant answer scores. `note` goes under
+    the title (e.g. the paired difference)."""
     metrics = {"roc_auc": "ROC AUC", "balanced_accuracy": "balanced accuracy"}
     frameworks = list(runs["framework"].unique())
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 4.2))
@@ -143,7 +144,8 @@ def finetune_comparison(runs: pd.DataFrame, path: Path, feature: str) -> Path:
         ax.axhline(0.5, color="0.3", lw=0.8, ls=":")
         ax.set_ylim(0.0, 1.0)
         ax.set_title(f"{metrics[metric]} (0.5: a constant answer)", fontsize=10)
-    fig.suptitle(f"'{feature}' classifier on held-out galaxies: pretrained encoder vs scratch")
+    title = f"'{feature}' classifier on held-out galaxies: pretrained encoder vs scratch"
+    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
 

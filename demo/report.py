@@ -303,7 +303,7 @@ def draw_galleries(run: Run, analysis: dict) -> list[Path]:
     return out
 
 
-def draw_figures(run: Run, analysis: dict, runs: pd.DataFrame) -> list[Path]:
+def draw_figures(run: Run, analysis: dict, runs: pd.DataFrame, finetune: dict) -> list[Path]:
     s = run.settings
     schema = analysis["schema"]
     figures = draw_galleries(run, analysis)
@@ -354,9 +354,19 @@ def draw_figures(run: Run, analysis: dict, runs: pd.DataFrame) -> list[Path]:
             )
         )
     if not runs.empty:
+        notes = [
+            f"{framework}, pretrained - scratch paired by seed: ROC AUC {d['mean']:+.3f} "
+            f"(90% interval {d['low']:+.3f} to {d['high']:+.3f})"
+            for framework, starts in finetune.items()
+            if "paired" in starts
+            for d in [starts["paired"]["roc_auc"]]
+        ]
         figures.append(
             plots.finetune_comparison(
-                runs, run.path(f"{FIGURES}/finetune_pretrained_vs_scratch.png"), s.feature
+                runs,
+                run.path(f"{FIGURES}/finetune_pretrained_vs_scratch.png"),
+                s.feature,
+                "\n".join(notes),
             )
         )
     features = run.path("comparison/features.npz")
@@ -407,6 +417,28 @@ FILE_NOTES = {
     f"{FIGURES}/": "the plots",
     "steps/": "one JSON per step: its results and time",
 }
+
+
+def constant_sentence(label: str, rows: list[dict]) -> str:
+    """Plainly: on which questions the model is no better than always predicting the mean, and on
+    which it is not clearly better (the bootstrap interval of its gain share reaches 0)."""
+    rated = [r for r in rows if r["n"] > 0]
+    worse = [r["question"] for r in rated if not r["model_mae"] < r["constant_mae"]]
+    unclear = [
+        r["question"]
+        for r in rated
+        if r["question"] not in worse and r["gain_low"] is not None and r["gain_low"] <= 0
+    ]
+    parts = []
+    if worse:
+        parts.append(f"**no better than the constant on {', '.join(worse)}**")
+    else:
+        parts.append("better than the constant on every question")
+    if unclear:
+        parts.append(
+            f"not clearly better (the 90% interval of the gain share reaches 0) on {', '.join(unclear)}"
+        )
+    return f"{label}: " + "; ".join(parts) + "."
 
 
 def _mean_std(m: dict) -> str:
@@ -537,7 +569,9 @@ def write_report(run: Run, report: dict, figures: list[Path]) -> Path:
             "is (constant - model) / (constant - reference), with its 90% bootstrap interval. "
             "Coverage: share of the observed votes inside the central 90% posterior-predictive "
             "interval (0.9 when calibrated).",
+            "",
         ]
+        lines += [f"- {constant_sentence(label, t)}" for label, t in report["by_question"].items()]
         for label, table in report.get("by_question", {}).items():
             lines += [
                 "",
@@ -714,7 +748,7 @@ def make_report(run: Run, steps: dict, total_seconds: float) -> dict:
     if not runs.empty:
         runs.to_csv(run.path(f"{TABLES}/finetune_runs.csv"), index=False)
     report["finetune"] = finetune_summary(runs)
-    figures = draw_figures(run, analysis, runs) if analysis is not None else []
+    figures = draw_figures(run, analysis, runs, report["finetune"]) if analysis is not None else []
     report["headline"] = headline(report)
     report["figures"] = [f.relative_to(run.out).as_posix() for f in figures]
     md = write_report(run, report, figures)

@@ -202,12 +202,9 @@ def test_the_hubble_sample_has_no_saturated_stars(demo: Path):
 
 
 def test_gallery_captions_name_questions_and_answers_in_full():
-    sys.path.insert(0, str(ROOT / "demo"))
-    try:
-        from report import _fraction_caption
-    finally:
-        sys.path.remove(str(ROOT / "demo"))
     from zoobot.shared import get_schema
+
+    _fraction_caption = _demo_module("report")._fraction_caption
 
     schema = get_schema("decals_dr5")
     fractions = np.full((1, len(schema.label_cols)), 0.1)
@@ -221,3 +218,33 @@ def test_gallery_captions_name_questions_and_answers_in_full():
         "  0.80 [0.75, 0.85], volunteers 0.80",
     ]
     assert caption.splitlines()[2] == "has-spiral-arms: yes"
+
+
+def _demo_module(name: str):
+    sys.path.insert(0, str(ROOT / "demo"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "demo"))
+
+
+def test_the_report_says_plainly_where_the_model_is_no_better_than_the_constant(demo: Path):
+    report = _demo_module("report")
+    row = dict(n=100, model_mae=0.10, constant_mae=0.20, gain_low=0.4)
+    rows = [
+        {**row, "question": "shape"},
+        {**row, "question": "bar", "model_mae": 0.21},
+        {**row, "question": "winding", "model_mae": 0.19, "gain_low": -0.1},
+        {**row, "question": "unasked", "n": 0, "model_mae": 0.5},
+    ]
+    assert report.constant_sentence("torch", rows) == (
+        "torch: **no better than the constant on bar**; not clearly better (the 90% interval "
+        "of the gain share reaches 0) on winding."
+    )
+    assert report.constant_sentence("tf", rows[:1]) == (
+        "tf: better than the constant on every question."
+    )
+    text = (demo / "report.md").read_text(encoding="utf-8")
+    by_question = json.loads((demo / "report.json").read_text(encoding="utf-8"))["by_question"]
+    for label, table in by_question.items():
+        assert f"- {report.constant_sentence(label, table)}" in text
