@@ -22,7 +22,7 @@ SURVEY = "data/survey"
 SHARDS = "data/shards"
 HF_DATASET = "data/hf_dataset"
 HUBBLE = "data/hubble_deep_field"
-LABELS = "data/finetune_labels.csv"
+LABELS = "data/finetune_labels"  # draw_<seed>.csv: one draw of labels per seed
 ENCODER = "models/zoobot-encoder-demo"  # the published encoder: timm Hub layout + model card
 TORCH_TREE = "torch/pretrain"  # Lightning run of the pretraining; best/ is the whole tree model
 STEPS = "steps"
@@ -46,14 +46,18 @@ class Settings:
     pretrain_epochs: int = 40
     pretrain_batch_size: int = 64
     pretrain_learning_rate: float = 1e-3
-    # Finetuning: a binary classifier for a rare feature from a few hundred labels.
+    # Finetuning: a binary classifier for a rare feature from a few hundred labels, pretrained vs
+    # scratch with the same budget: per seed (labels drawn, initialisation), each start trains at
+    # every learning rate of the grid and keeps the one with the lowest class-balanced validation
+    # loss. zoobot.tf trains the same classifier for the first seed at `finetune_learning_rate`.
     feature: str = "ring"
     n_labels_train: int = 300
     n_labels_validation: int = 100
-    finetune_epochs: int = 10
+    finetune_epochs: int = 8
     finetune_batch_size: int = 32
+    finetune_learning_rates: tuple = (1e-3, 3e-3)
     finetune_learning_rate: float = 1e-3
-    finetune_seeds: tuple = (0, 1)
+    finetune_seeds: tuple = (0, 1, 2, 3, 4)
     # Predictions with uncertainty: MC dropout passes, credible interval level.
     mc_samples: int = 8
     interval_level: float = 0.9
@@ -72,7 +76,7 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> Settings:
         values = json.loads(text)
-        for key in ("split_fractions", "finetune_seeds"):
+        for key in ("split_fractions", "finetune_seeds", "finetune_learning_rates"):
             values[key] = tuple(tuple(v) if isinstance(v, list) else v for v in values[key])
         return cls(**values)
 
@@ -84,7 +88,7 @@ QUICK = dict(
     n_labels_train=120,
     n_labels_validation=40,
     finetune_epochs=2,
-    finetune_seeds=(0,),
+    finetune_seeds=(0, 1),
     mc_samples=3,
     hubble_sources=8,
     feature_check_galaxies=16,
@@ -184,36 +188,13 @@ class Timer:
         return time.perf_counter() - self.start
 
 
+def labels_file(seed: int) -> str:
+    """The finetuning labels drawn for `seed` (train, validation and every test galaxy)."""
+    return f"{LABELS}/draw_{seed}.csv"
+
+
 def balanced_class_weights(labels) -> list[float]:
     """Weights n / (2 n_c) of classes 0 and 1: a rare class counts as much as the common one."""
     labels = np.asarray(labels).astype(np.int64)
     counts = np.bincount(labels, minlength=2).astype(np.float64)
     return [float(len(labels) / (2 * c)) if c else 1.0 for c in counts]
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve: the chance a random positive outranks a random negative (ties 1/2)."""
-    from scipy.stats import rankdata
-
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict:
-    """Accuracy and balanced accuracy at p > 0.5, ROC AUC, and the positive rate."""
-    labels = np.asarray(labels).astype(bool)
-    predicted = np.asarray(probabilities) > 0.5
-    recalls = [
-        float((predicted[labels == c] == c).mean()) for c in (True, False) if (labels == c).any()
-    ]
-    return {
-        "n": int(len(labels)),
-        "positives": int(labels.sum()),
-        "accuracy": float((predicted == labels).mean()),
-        "balanced_accuracy": float(np.mean(recalls)),
-        "roc_auc": roc_auc(labels, probabilities),
-    }

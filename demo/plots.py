@@ -33,7 +33,7 @@ def gallery(
 ) -> Path:
     """A grid of galaxy images, each with a title and a few caption lines underneath."""
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns, 3.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns, 4.6 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, caption, title in zip(axes.ravel(), images, captions, titles, strict=False):
@@ -91,8 +91,8 @@ def calibration(table: pd.DataFrame, path: Path, title: str) -> Path:
     ax.plot(mean.index, mean.values, color="k", lw=2.2, marker="o", label="all questions")
     ax.set_xlabel("nominal level of the credible interval")
     ax.set_ylabel("fraction of observed votes inside it")
-    ax.set_xlim(0.4, 1)
-    ax.set_ylim(0.4, 1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, loc="lower right")
     return _save(fig, path)
@@ -114,27 +114,38 @@ def training_curves(curves: dict[str, pd.DataFrame], path: Path, title: str) -> 
     return _save(fig, path)
 
 
-def finetune_comparison(runs: pd.DataFrame, path: Path, feature: str) -> Path:
-    """Test ROC AUC and balanced accuracy, pretrained vs scratch, per framework; seeds as dots."""
-    metrics = ["roc_auc", "balanced_accuracy"]
-    groups = [
-        (fw, start) for fw in runs["framework"].unique() for start in ("pretrained", "scratch")
-    ]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4))
+def finetune_comparison(runs: pd.DataFrame, path: Path, feature: str, note: str = "") -> Path:
+    """Test ROC AUC and balanced accuracy, pretrained vs scratch, per framework: bars are means over
+    seeds, dots the seeds, grey lines join the two starts of the same seed (same labels). The
+    y-axes start at 0; the dotted line at 0.5 is what a constant answer scores. `note` goes under
+    the title (e.g. the paired difference)."""
+    metrics = {"roc_auc": "ROC AUC", "balanced_accuracy": "balanced accuracy"}
+    frameworks = list(runs["framework"].unique())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 4.2))
     for ax, metric in zip(axes, metrics, strict=True):
-        for i, (framework, start) in enumerate(groups):
-            values = runs[(runs["framework"] == framework) & (runs["start"] == start)][metric]
-            if values.empty:
-                continue
-            color = "C2" if start == "pretrained" else "C7"
-            ax.bar(i, values.mean(), color=color, alpha=0.8)
-            ax.scatter(np.full(len(values), i), values, color="k", s=10, zorder=3)
-        ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"{fw}\n{start}" for fw, start in groups], fontsize=8)
-        ax.axhline(0.5, color="0.5", lw=0.8, ls=":")
-        ax.set_ylim(0.4, 1.0)
-        ax.set_title(metric.replace("_", " "), fontsize=10)
-    fig.suptitle(f"'{feature}' classifier on held-out galaxies: pretrained encoder vs scratch")
+        ticks = []
+        for f, framework in enumerate(frameworks):
+            group = runs[runs["framework"] == framework]
+            wide = group.pivot(index="seed", columns="start", values=metric)
+            for k, start in enumerate(("pretrained", "scratch")):
+                if start not in wide:
+                    continue
+                x = 2.5 * f + k
+                ax.bar(x, wide[start].mean(), color="C2" if k == 0 else "C7", alpha=0.8)
+                ax.scatter(np.full(len(wide), x), wide[start], color="k", s=10, zorder=3)
+                n = int(wide[start].notna().sum())
+                ticks.append((x, f"{framework}\n{start}\n({n} seed{'s' if n > 1 else ''})"))
+            if {"pretrained", "scratch"} <= set(wide):
+                x0 = 2.5 * f
+                for _, row in wide.iterrows():
+                    ax.plot([x0, x0 + 1], [row["pretrained"], row["scratch"]], color="0.4", lw=0.7)
+        ax.set_xticks([t[0] for t in ticks])
+        ax.set_xticklabels([t[1] for t in ticks], fontsize=8)
+        ax.axhline(0.5, color="0.3", lw=0.8, ls=":")
+        ax.set_ylim(0.0, 1.0)
+        ax.set_title(f"{metrics[metric]} (0.5: a constant answer)", fontsize=10)
+    title = f"'{feature}' classifier on held-out galaxies: pretrained encoder vs scratch"
+    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -111,22 +111,88 @@ def finetune_runs(run: Run) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+FINETUNE_METRICS = ("roc_auc", "balanced_accuracy", "accuracy", "predicted_positive_rate")
+PAIRED_METRICS = ("roc_auc", "balanced_accuracy")
+
+
 def finetune_summary(runs: pd.DataFrame) -> dict:
-    """Mean (and spread over seeds) of the test metrics per framework and start."""
+    """Per framework and start: each metric's spread over seeds; with both starts, the paired
+    per-seed differences (pretrained - scratch) and a plain verdict."""
+    from zoobot.shared import paired_difference, spread
+
     summary: dict = {}
     if runs.empty:
         return summary
-    for (framework, start), group in runs.groupby(["framework", "start"]):
-        summary.setdefault(framework, {})[start] = {
-            metric: {"mean": float(group[metric].mean()), "std": float(group[metric].std(ddof=0))}
-            for metric in ("roc_auc", "balanced_accuracy", "accuracy")
-        } | {"seeds": len(group)}
-    for starts in summary.values():
+    for framework, group in runs.groupby("framework", sort=False):
+        starts: dict = {}
+        for start, g in group.groupby("start"):
+            g = g.sort_values("seed")
+            starts[start] = {m: spread(g[m]) for m in FINETUNE_METRICS} | {
+                "seeds": g["seed"].tolist(),
+                "learning_rates": g["learning_rate"].tolist(),
+                "train_positives": g["train_positives"].tolist(),
+                "train_negatives": g["train_negatives"].tolist(),
+                "says_one_thing": g.loc[
+                    g["predicted_positive_rate"].isin([0.0, 1.0]), "seed"
+                ].tolist(),
+            }
+        if {"pretrained", "scratch"} <= set(starts) and group["seed"].nunique() > 1:
+            wide = group.pivot(index="seed", columns="start", values=list(PAIRED_METRICS))
+            starts["paired"] = {
+                m: paired_difference(wide[m]["pretrained"], wide[m]["scratch"])
+                | {"seeds": wide.index.tolist()}
+                for m in PAIRED_METRICS
+            }
         if {"pretrained", "scratch"} <= set(starts):
-            pre, scratch = starts["pretrained"], starts["scratch"]
-            starts["pretrained_wins"] = bool(pre["roc_auc"]["mean"] > scratch["roc_auc"]["mean"])
-            starts["roc_auc_gain"] = pre["roc_auc"]["mean"] - scratch["roc_auc"]["mean"]
+            starts["verdict"] = comparison_verdict(starts)
+        summary[framework] = starts
     return summary
+
+
+def _no_better_than_constant(start: dict) -> bool:
+    """A constant answer has balanced accuracy 0.5 and ROC AUC 0.5: is either within reach?"""
+    for metric in ("balanced_accuracy", "roc_auc"):
+        m = start[metric]
+        bound = m["low"] if np.isfinite(m["low"]) else m["mean"]
+        if bound <= 0.5:
+            return True
+    return False
+
+
+def comparison_verdict(starts: dict) -> str:
+    """One paragraph a reader can act on: does pretraining help here, and is either model better
+    than always giving the same answer."""
+    names = {"roc_auc": "ROC AUC", "balanced_accuracy": "balanced accuracy"}
+    lines = []
+    for start in ("pretrained", "scratch"):
+        if _no_better_than_constant(starts[start]):
+            lines.append(
+                f"The {start} classifier is no better than a constant answer (its balanced "
+                "accuracy or ROC AUC reaches 0.5 within the 90% interval over seeds)."
+            )
+        if starts[start]["says_one_thing"]:
+            lines.append(
+                f"The {start} classifier gives every test galaxy the same answer on seeds "
+                f"{starts[start]['says_one_thing']}."
+            )
+    if "paired" not in starts:
+        lines.append("One seed: no spread, so no verdict on pretraining.")
+        return " ".join(lines)
+    auc = starts["paired"]["roc_auc"]
+    parts = []
+    for metric, d in starts["paired"].items():
+        parts.append(
+            f"{names[metric]} {d['mean']:+.3f} ± {d['std']:.3f} (90% interval {d['low']:+.3f} "
+            f"to {d['high']:+.3f}; pretrained ahead on {d['first_ahead']} of {d['n']} seeds)"
+        )
+    if auc["low"] > 0:
+        head = "Pretraining on votes helps here"
+    elif auc["high"] < 0:
+        head = "Pretraining on votes hurts here"
+    else:
+        head = "No measurable difference between pretrained and scratch here"
+    lines.append(f"{head}: pretrained - scratch, paired by seed: " + "; ".join(parts) + ".")
+    return " ".join(lines)
 
 
 # -- figures -----------------------------------------------------------------------------------------
@@ -162,18 +228,18 @@ def _keras_curve(folder: Path) -> pd.DataFrame | None:
 
 
 def _fraction_caption(schema, fractions, lower, upper, observed, index, questions) -> str:
+    """Two lines per question, names in full: the question and its most likely answer, then the
+    predicted fraction, its interval and (for survey galaxies) the volunteers' fraction."""
     lines = []
     for name in questions:
         q = schema.get_question(name)
         best = max(q.answers, key=lambda a: fractions[index, a.index])
-        short = name.rsplit("-", 1)[0][:12]
-        line = (
-            f"{short:<12} {best.name[:10]:<10} {fractions[index, best.index]:.2f} "
-            f"[{lower[index, best.index]:.2f},{upper[index, best.index]:.2f}]"
-        )
-        if observed is not None and np.isfinite(observed[index, best.index]):
-            line += f" v{observed[index, best.index]:.2f}"
-        lines.append(line)
+        short = name.removesuffix(f"-{q.campaign}") if q.campaign else name
+        i = best.index
+        line = f"  {fractions[index, i]:.2f} [{lower[index, i]:.2f}, {upper[index, i]:.2f}]"
+        if observed is not None and np.isfinite(observed[index, i]):
+            line += f", volunteers {observed[index, i]:.2f}"
+        lines += [f"{short}: {best.name}", line]
     return "\n".join(lines)
 
 
@@ -207,7 +273,7 @@ def draw_galleries(run: Run, analysis: dict) -> list[Path]:
             titles,
             run.path(f"{FIGURES}/gallery_test_galaxies.png"),
             suptitle="Held-out synthetic galaxies: most likely answer, predicted fraction "
-            f"[{s.interval_level:.0%} interval], v = volunteers' fraction",
+            f"[{s.interval_level:.0%} interval], volunteers' fraction",
         )
     )
     hubble = run.path("torch/predictions/hubble.parquet")
@@ -237,7 +303,7 @@ def draw_galleries(run: Run, analysis: dict) -> list[Path]:
     return out
 
 
-def draw_figures(run: Run, analysis: dict, runs: pd.DataFrame) -> list[Path]:
+def draw_figures(run: Run, analysis: dict, runs: pd.DataFrame, finetune: dict) -> list[Path]:
     s = run.settings
     schema = analysis["schema"]
     figures = draw_galleries(run, analysis)
@@ -268,23 +334,39 @@ def draw_figures(run: Run, analysis: dict, runs: pd.DataFrame) -> list[Path]:
                 "Pretraining on votes: Dirichlet-multinomial loss (summed over questions)",
             )
         )
-    for framework, reader in (("torch", _lightning_curve), ("tf", _keras_curve)):
-        for folder in sorted(run.path(f"{framework}/finetune").glob("*-seed*")):
-            curve = reader(folder)
-            if curve is not None:
-                curves[f"{framework} {folder.name}"] = curve
+    seed = s.finetune_seeds[0]
+    first_seed = runs[runs["seed"] == seed] if not runs.empty else runs
+    for _, r in first_seed.iterrows():
+        if r["framework"] == "torch":
+            folder = run.path(f"torch/finetune/{r['start']}-seed{seed}/lr{r['learning_rate']:g}")
+            curve = _lightning_curve(folder)
+        else:
+            curve = _keras_curve(run.path(f"tf/finetune/{r['start']}-seed{seed}"))
+        if curve is not None:
+            curves[f"{r['framework']} {r['start']}, lr {r['learning_rate']:g}"] = curve
     if curves:
         figures.append(
             plots.training_curves(
                 curves,
                 run.path(f"{FIGURES}/training_curves_finetuning.png"),
-                f"Finetuning the '{s.feature}' classifier: cross-entropy",
+                f"Finetuning the '{s.feature}' classifier, seed {seed} at the learning rate each "
+                "start picked: class-balanced cross-entropy",
             )
         )
     if not runs.empty:
+        notes = [
+            f"{framework}, pretrained - scratch paired by seed: ROC AUC {d['mean']:+.3f} "
+            f"(90% interval {d['low']:+.3f} to {d['high']:+.3f})"
+            for framework, starts in finetune.items()
+            if "paired" in starts
+            for d in [starts["paired"]["roc_auc"]]
+        ]
         figures.append(
             plots.finetune_comparison(
-                runs, run.path(f"{FIGURES}/finetune_pretrained_vs_scratch.png"), s.feature
+                runs,
+                run.path(f"{FIGURES}/finetune_pretrained_vs_scratch.png"),
+                s.feature,
+                "\n".join(notes),
             )
         )
     features = run.path("comparison/features.npz")
@@ -318,7 +400,8 @@ FILE_NOTES = {
     f"{SHARDS}/": "TFRecord shards + shards.json sidecar (zoobot.data.shards; read by zoobot.tf.data)",
     f"{HF_DATASET}/": "Hugging Face dataset in the Hub layout (datasets.load_dataset(folder))",
     f"{HUBBLE}/": "real galaxies cut out of the Hubble Deep Field + catalog.csv",
-    LABELS: "the few hundred finetuning labels (and the held-out test labels)",
+    f"{LABELS}/": "finetuning labels, one draw per seed (draw_<seed>.csv; with the held-out test "
+    "galaxies' labels)",
     f"{ENCODER}/": "the pretrained encoder, timm Hub layout + model card (README.md): load it "
     "with zoobot.torch.load_encoder or zoobot.tf.encoders.load_encoder",
     f"{TORCH_TREE}/best/": "the whole pretrained tree model (encoder + Dirichlet head), Hub layout",
@@ -326,13 +409,111 @@ FILE_NOTES = {
     "torch/predictions/": "torch predictions: full tables (concentrations per MC pass) and "
     "*_friendly.parquet (fractions with credible intervals), test + Hubble",
     "tf/predictions/": "TensorFlow predictions of the same tree model (loaded from the torch folder)",
-    "torch/finetune/": "torch finetuning runs (Lightning logs, best/ model, test_predictions)",
+    "torch/finetune/": "torch finetuning runs, <start>-seed<seed>/lr<rate>/ (Lightning logs, best/ "
+    "model; test_predictions for the rate picked)",
     "tf/finetune/": "TensorFlow finetuning runs (Keras CSV logs, best/ model, test_predictions)",
     "comparison/features.npz": "the same galaxies' features from zoobot.torch and zoobot.tf",
     f"{TABLES}/": "CSV tables behind the numbers below",
     f"{FIGURES}/": "the plots",
     "steps/": "one JSON per step: its results and time",
 }
+
+
+def constant_sentence(label: str, rows: list[dict]) -> str:
+    """Plainly: on which questions the model is no better than always predicting the mean, and on
+    which it is not clearly better (the bootstrap interval of its gain share reaches 0)."""
+    rated = [r for r in rows if r["n"] > 0]
+    worse = [r["question"] for r in rated if not r["model_mae"] < r["constant_mae"]]
+    unclear = [
+        r["question"]
+        for r in rated
+        if r["question"] not in worse and r["gain_low"] is not None and r["gain_low"] <= 0
+    ]
+    parts = []
+    if worse:
+        parts.append(f"**no better than the constant on {', '.join(worse)}**")
+    else:
+        parts.append("better than the constant on every question")
+    if unclear:
+        parts.append(
+            f"not clearly better (the 90% interval of the gain share reaches 0) on {', '.join(unclear)}"
+        )
+    return f"{label}: " + "; ".join(parts) + "."
+
+
+def _mean_std(m: dict) -> str:
+    std = "" if not np.isfinite(m["std"]) else f" ± {m['std']:.3f}"
+    return f"{m['mean']:.3f}{std}"
+
+
+def finetune_section(s, report: dict, ft: dict) -> list[str]:
+    """The few-label comparison: what was compared, the table, the paired differences, the verdict."""
+    test = report["labels"].get("test", {})
+    n_test, positives = test.get("n", 0), test.get("positives", 0)
+    grid = ", ".join(f"{lr:g}" for lr in s.finetune_learning_rates)
+    lines = [
+        "",
+        f"## Finetuning a '{s.feature}' classifier from {s.n_labels_train} labels: pretrained vs scratch",
+        "",
+        f"The same classifier (`{s.architecture}`, every layer trained, head dropout 0.2) starts "
+        "either from the encoder pretrained on the votes or from random weights, with the same "
+        "budget: a class-balanced cross-entropy (the rare class weighs as much as the common one), "
+        f"{s.finetune_epochs} epochs, the same augmentation, and the same learning-rate grid "
+        f"({grid}; {len(s.finetune_learning_rates)} points, smaller than a real search to keep the "
+        "demo short), each start keeping the rate with the lowest class-balanced loss on "
+        f"{s.n_labels_validation} validation labels. Each seed draws its own "
+        f"{s.n_labels_train} + {s.n_labels_validation} labels and initialisation; both starts "
+        f"share them. Scored on all {n_test} held-out test galaxies ({positives} with the feature, "
+        f"{n_test - positives} without): a model that always answers 'no' would be "
+        f"{(n_test - positives) / max(n_test, 1):.1%} accurate, with balanced accuracy 0.5 and "
+        "ROC AUC 0.5. Mean ± standard deviation over seeds; balanced accuracy and the predicted "
+        "positive rate at probability 0.5. zoobot.tf trains the same classifier on the first "
+        f"seed's labels at learning rate {s.finetune_learning_rate:g}: a check that it finetunes "
+        "the torch-trained encoder, not part of the comparison.",
+        "",
+        "| framework | start | seeds | learning rate picked | train positives / negatives | "
+        "ROC AUC | balanced accuracy | accuracy | predicted positive rate |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for framework, starts in ft.items():
+        for start in ("pretrained", "scratch"):
+            if start not in starts:
+                continue
+            m = starts[start]
+            rates = ", ".join(f"{lr:g}" for lr in m["learning_rates"])
+            balance = ", ".join(
+                f"{p}/{n}" for p, n in zip(m["train_positives"], m["train_negatives"], strict=True)
+            )
+            lines.append(
+                f"| {framework} | {start} | {len(m['seeds'])} | {rates} | {balance} | "
+                + " | ".join(_mean_std(m[k]) for k in FINETUNE_METRICS)
+                + " |"
+            )
+    for framework, starts in ft.items():
+        if "verdict" not in starts:
+            continue
+        if "paired" in starts:
+            lines += _paired_table(framework, starts["paired"])
+        lines += ["", f"**Verdict ({framework}):** {starts['verdict']}"]
+    return lines
+
+
+def _paired_table(framework: str, paired: dict) -> list[str]:
+    """Pretrained - scratch per metric, seed by seed (2 or more seeds)."""
+    lines = [
+        "",
+        f"### Paired by seed ({framework}): pretrained - scratch",
+        "",
+        "| metric | mean ± std | 90% interval of the mean | per seed | pretrained ahead |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for metric, d in paired.items():
+        per_seed = ", ".join(f"{v:+.3f}" for v in d["differences"])
+        lines.append(
+            f"| {metric.replace('_', ' ')} | {d['mean']:+.3f} ± {d['std']:.3f} | "
+            f"{d['low']:+.3f} to {d['high']:+.3f} | {per_seed} | {d['first_ahead']} of {d['n']} |"
+        )
+    return lines
 
 
 def write_report(run: Run, report: dict, figures: list[Path]) -> Path:
@@ -356,27 +537,7 @@ def write_report(run: Run, report: dict, figures: list[Path]) -> Path:
         lines.append(f"| {key} | {_fmt(value) if isinstance(value, float) else value} |")
     ft = report.get("finetune", {})
     if ft:
-        lines += [
-            "",
-            f"## Finetuning a '{s.feature}' classifier from {s.n_labels_train} labels",
-            "",
-            f"Held-out test galaxies: {report['labels'].get('test', {}).get('n', '?')} "
-            f"({report['labels'].get('test', {}).get('positives', '?')} with the feature). "
-            f"Means over seeds {list(s.finetune_seeds)} (± spread).",
-            "",
-            "| framework | start | ROC AUC | balanced accuracy | accuracy |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for framework, starts in ft.items():
-            for start in ("pretrained", "scratch"):
-                if start not in starts:
-                    continue
-                m = starts[start]
-                cells = [
-                    f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}"
-                    for k in ("roc_auc", "balanced_accuracy", "accuracy")
-                ]
-                lines.append(f"| {framework} | {start} | " + " | ".join(cells) + " |")
+        lines += finetune_section(s, report, ft)
     votes = report.get("vote_fractions", {})
     if votes:
         lines += [
@@ -408,7 +569,9 @@ def write_report(run: Run, report: dict, figures: list[Path]) -> Path:
             "is (constant - model) / (constant - reference), with its 90% bootstrap interval. "
             "Coverage: share of the observed votes inside the central 90% posterior-predictive "
             "interval (0.9 when calibrated).",
+            "",
         ]
+        lines += [f"- {constant_sentence(label, t)}" for label, t in report["by_question"].items()]
         for label, table in report.get("by_question", {}).items():
             lines += [
                 "",
@@ -497,10 +660,17 @@ def headline(report: dict) -> dict:
         h["coverage of 90% credible intervals, per question"] = f"{low:.3f}-{high:.3f}"
     for framework, starts in report.get("finetune", {}).items():
         if "pretrained" in starts and "scratch" in starts:
-            h[f"{framework}: {report['feature']} ROC AUC pretrained vs scratch"] = (
-                f"{starts['pretrained']['roc_auc']['mean']:.3f} vs "
-                f"{starts['scratch']['roc_auc']['mean']:.3f}"
+            pre, scratch = starts["pretrained"]["roc_auc"], starts["scratch"]["roc_auc"]
+            text = (
+                f"{_mean_std(pre)} vs {_mean_std(scratch)} ({pre['n']} seed{'s' * (pre['n'] > 1)})"
             )
+            if "paired" in starts:
+                d = starts["paired"]["roc_auc"]
+                text += (
+                    f"; paired difference {d['mean']:+.3f} (90% interval {d['low']:+.3f} to "
+                    f"{d['high']:+.3f}), pretrained ahead on {d['first_ahead']} of {d['n']} seeds"
+                )
+            h[f"{framework}: {report['feature']} ROC AUC, pretrained vs scratch"] = text
     cmp_ = report.get("comparison", {})
     if "features" in cmp_:
         h["torch vs TF features, max rel diff"] = f"{cmp_['features']['max_rel_diff']:.1e}"
@@ -578,7 +748,7 @@ def make_report(run: Run, steps: dict, total_seconds: float) -> dict:
     if not runs.empty:
         runs.to_csv(run.path(f"{TABLES}/finetune_runs.csv"), index=False)
     report["finetune"] = finetune_summary(runs)
-    figures = draw_figures(run, analysis, runs) if analysis is not None else []
+    figures = draw_figures(run, analysis, runs, report["finetune"]) if analysis is not None else []
     report["headline"] = headline(report)
     report["figures"] = [f.relative_to(run.out).as_posix() for f in figures]
     md = write_report(run, report, figures)

@@ -5,8 +5,8 @@
 2. pretrain a small encoder on the votes (zoobot.torch, Dirichlet-multinomial loss) and publish it
    to a local Hub-layout folder with a model card;
 3. load the published weights in PyTorch and in TensorFlow and compare their numbers;
-4. finetune a classifier for a rare feature from a few hundred labels, in torch and in TF, against
-   the same classifier trained from scratch;
+4. finetune a classifier for a rare feature from a few hundred labels against the same classifier
+   trained from scratch with the same budget, over several seeds (torch), and in TF for one;
 5. predict vote fractions with MC-dropout uncertainty for held-out and Hubble Deep Field galaxies;
 6. write tables, plots, report.md and report.json into DIR.
 

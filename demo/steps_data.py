@@ -5,8 +5,10 @@
   Hugging Face dataset and the training runs all put every galaxy in the same split;
 - TFRecord shards (`zoobot.data.shards`) and a Hub-layout Hugging Face dataset (`zoobot.data.hf`);
 - the labels for finetuning: a rare feature (rings by default) read off the true morphology of a
-  few hundred galaxies, as an astronomer would label them, and every test galaxy for scoring;
-- real galaxies: sources cut out of the Hubble Deep Field (needs the `hubble` extra).
+  few hundred galaxies, as an astronomer would label them, drawn anew for each seed, and every
+  test galaxy for scoring;
+- real galaxies: sources cut out of the Hubble Deep Field, stars rejected (needs the `hubble`
+  extra).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 
 import numpy as np
 import pandas as pd
-from common import HF_DATASET, HUBBLE, LABELS, SHARDS, SURVEY, Run, Timer, say
+from common import HF_DATASET, HUBBLE, LABELS, SHARDS, SURVEY, Run, Timer, labels_file, say
 
 # How each rare feature is read off the survey's true morphology (`true_*` columns).
 FEATURES = {
@@ -126,29 +128,35 @@ def make_data(run: Run) -> dict:
 
 
 def write_labels(run: Run, catalog: pd.DataFrame) -> dict:
-    """A few hundred labelled galaxies (train/validation) and every test galaxy, for finetuning."""
+    """For each seed, a few hundred labelled galaxies drawn from the train and validation splits,
+    and every test galaxy, for finetuning: `LABELS/draw_<seed>.csv`."""
     s = run.settings
-    rng = np.random.default_rng(s.seed + 1)
     labels = feature_labels(catalog, s.feature)
-    frames = []
-    for split, n in (("train", s.n_labels_train), ("validation", s.n_labels_validation)):
-        rows = np.flatnonzero(catalog["split"].to_numpy() == split)
-        frames.append(
-            catalog.iloc[np.sort(rng.choice(rows, size=min(n, len(rows)), replace=False))]
-        )
-    frames.append(catalog[catalog["split"] == "test"])
-    table = pd.concat(frames)[["id_str", "file_loc", "split"]].copy()
-    table["label"] = labels[catalog.index.get_indexer(table.index)]
-    table.to_csv(run.path(LABELS), index=False)
-    summary = {
-        split: {"n": int(len(group)), "positives": int(group["label"].sum())}
-        for split, group in table.groupby("split")
-    }
+    split = catalog["split"].to_numpy()
+    test = catalog[split == "test"]
+    run.path(LABELS).mkdir(parents=True, exist_ok=True)
+    draws = {}
+    for seed in s.finetune_seeds:
+        rng = np.random.default_rng([s.seed, seed])
+        frames = []
+        for name, n in (("train", s.n_labels_train), ("validation", s.n_labels_validation)):
+            rows = np.flatnonzero(split == name)
+            frames.append(catalog.iloc[np.sort(rng.choice(rows, min(n, len(rows)), replace=False))])
+        table = pd.concat([*frames, test])[["id_str", "file_loc", "split"]].copy()
+        table["label"] = labels[catalog.index.get_indexer(table.index)]
+        table.to_csv(run.path(labels_file(seed)), index=False)
+        draws[seed] = {
+            name: {"n": int(len(group)), "positives": int(group["label"].sum())}
+            for name, group in table.groupby("split")
+        }
+    first = draws[s.finetune_seeds[0]]
     say(
-        f"  finetuning labels for '{s.feature}' (from the true morphology): "
-        + ", ".join(f"{k} {v['n']} ({v['positives']} positive)" for k, v in summary.items())
+        f"  finetuning labels for '{s.feature}' (from the true morphology), drawn for each of "
+        f"{len(draws)} seeds: "
+        + ", ".join(f"{k} {v['n']} ({v['positives']} positive)" for k, v in first.items())
+        + " for the first"
     )
-    return {"feature": s.feature, "splits": summary}
+    return {"feature": s.feature, "splits": first, "draws": draws}
 
 
 def hubble_sample(run: Run) -> dict:

@@ -3,7 +3,9 @@ Keras on TensorFlow, or on JAX (`run_demo.py --backend jax`, TensorFlow then onl
 
 - `finetune`: the same binary classifiers as the torch step (from the published encoder, which
   was trained and saved by zoobot.torch, and from scratch), trained with Keras `fit` on `tf.data`
-  pipelines, scored on the same held-out test galaxies;
+  pipelines for the first seed's labels at one learning rate, scored on the same held-out test
+  galaxies: zoobot.tf finetunes a torch-trained encoder (the few-label comparison over seeds and
+  a learning-rate grid is the torch step's);
 - `predict`: the torch-trained tree model reloaded in TensorFlow (`zoobot.tf.predictions` reads the
   same folder) predicting vote fractions with MC dropout for the test galaxies.
 """
@@ -17,13 +19,12 @@ import shutil
 import pandas as pd
 from common import (
     ENCODER,
-    LABELS,
     SURVEY,
     TORCH_TREE,
     Run,
     Timer,
     balanced_class_weights,
-    classification_metrics,
+    labels_file,
     say,
 )
 
@@ -44,84 +45,94 @@ def quiet() -> None:
 
 
 def finetune(run: Run) -> dict:
-    """Finetune the published encoder and train the same classifier from scratch, in Keras."""
+    """Finetune the published encoder and train the same classifier from scratch, in Keras, on
+    the first seed's labels at `finetune_learning_rate`."""
     quiet()
     import keras
 
+    from zoobot.shared import classifier_metrics
+    from zoobot.tf import runtime
     from zoobot.tf.data import eval_dataset, train_dataset
     from zoobot.tf.finetune import FinetuneableZoobotClassifier
     from zoobot.tf.predictions import predict
     from zoobot.tf.training import fit
 
     s = run.settings
-    table = pd.read_csv(run.path(LABELS), dtype={"id_str": str})
+    seed, lr = s.finetune_seeds[0], s.finetune_learning_rate
+    table = pd.read_csv(run.path(labels_file(seed)), dtype={"id_str": str})
     test = table[table["split"] == "test"]
-    from zoobot.tf import runtime
-
+    train_labels = table[table["split"] == "train"]["label"]
     results: dict = {"framework": runtime.name(), "runs": []}
     starts = {"pretrained": str(run.path(ENCODER)), "scratch": s.architecture}
-    # The feature is rare: weight the classes so that missing it costs as much as a false alarm.
-    class_weights = balanced_class_weights(table[table["split"] == "train"]["label"])
-    for seed in s.finetune_seeds:
-        for start, name in starts.items():
-            timer = Timer()
-            keras.utils.set_random_seed(seed)
-            train = train_dataset(
-                table,
-                ["label"],
-                image_size=s.image_size,
-                batch_size=s.finetune_batch_size,
-                seed=seed,
-                split="train",
-            )
-            validation = eval_dataset(
-                table,
-                image_size=s.image_size,
-                batch_size=128,
-                label_cols=["label"],
-                split="validation",
-                as_tuples=True,
-            )
-            model = FinetuneableZoobotClassifier(
-                num_classes=2,
-                name=name,
-                n_blocks=-1,
-                lr_decay=1.0,
-                learning_rate=s.finetune_learning_rate,
-                dropout=0.2,
-                class_weights=class_weights,
-            )
-            save_dir = run.path(f"tf/finetune/{start}-seed{seed}")
-            shutil.rmtree(save_dir, ignore_errors=True)
-            fit(
-                model,
-                train,
-                validation,
-                save_dir=save_dir,
-                epochs=s.finetune_epochs,
-                patience=s.finetune_epochs,
-                tensorboard=False,
-                verbose=0,
-            )
-            files = predict(
-                test,
-                save_dir / "best",
-                save_dir / "test_predictions.parquet",
-                label_cols=list(CLASS_NAMES),
-                image_size=s.image_size,
-                progress=False,
-                resume=False,
-                overwrite=True,
-            )
-            predictions = pd.read_parquet(files.predictions)
-            truth = test.set_index("id_str").loc[predictions["id_str"], "label"]
-            metrics = classification_metrics(truth.to_numpy(), predictions["present_probability"])
-            record = {"start": start, "seed": seed, "seconds": timer(), **metrics}
-            results["runs"].append(record)
-            say(
-                f"  TF    {start:>10} seed {seed}: test ROC AUC {metrics['roc_auc']:.3f}, "
-                f"balanced accuracy {metrics['balanced_accuracy']:.3f} ({timer():.0f}s)"
-            )
+    for start, name in starts.items():
+        timer = Timer()
+        keras.utils.set_random_seed(seed)
+        train = train_dataset(
+            table,
+            ["label"],
+            image_size=s.image_size,
+            batch_size=s.finetune_batch_size,
+            seed=seed,
+            split="train",
+        )
+        validation = eval_dataset(
+            table,
+            image_size=s.image_size,
+            batch_size=128,
+            label_cols=["label"],
+            split="validation",
+            as_tuples=True,
+        )
+        model = FinetuneableZoobotClassifier(
+            num_classes=2,
+            name=name,
+            n_blocks=-1,
+            lr_decay=1.0,
+            learning_rate=lr,
+            dropout=0.2,
+            # The feature is rare: weight the classes so that missing it costs as much as a false alarm.
+            class_weights=balanced_class_weights(train_labels),
+        )
+        save_dir = run.path(f"tf/finetune/{start}-seed{seed}")
+        shutil.rmtree(save_dir, ignore_errors=True)
+        fit(
+            model,
+            train,
+            validation,
+            save_dir=save_dir,
+            epochs=s.finetune_epochs,
+            patience=s.finetune_epochs,
+            tensorboard=False,
+            verbose=0,
+        )
+        files = predict(
+            test,
+            save_dir / "best",
+            save_dir / "test_predictions.parquet",
+            label_cols=list(CLASS_NAMES),
+            image_size=s.image_size,
+            progress=False,
+            resume=False,
+            overwrite=True,
+        )
+        predictions = pd.read_parquet(files.predictions)
+        truth = test.set_index("id_str").loc[predictions["id_str"], "label"]
+        metrics = classifier_metrics(truth.to_numpy(), predictions["present_probability"])
+        record = {
+            "start": start,
+            "seed": seed,
+            "learning_rate": lr,
+            "train_positives": int(train_labels.sum()),
+            "train_negatives": int(len(train_labels) - train_labels.sum()),
+            "seconds": timer(),
+            **metrics,
+        }
+        results["runs"].append(record)
+        say(
+            f"  TF    {start:>10} seed {seed}: lr {lr:g}, test ROC AUC {metrics['roc_auc']:.3f}, "
+            f"balanced accuracy {metrics['balanced_accuracy']:.3f}, predicted positive "
+            f"{metrics['predicted_positive_rate']:.0%} ({timer():.0f}s)"
+        )
     return results
 
 

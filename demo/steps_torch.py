@@ -3,7 +3,9 @@
 - `pretrain`: a `ZoobotTree` trained on the survey's vote counts with the Dirichlet-multinomial loss
   (`zoobot.torch.train`), its encoder published to a local Hub-layout folder with a model card;
 - `finetune`: binary classifiers for the rare feature from a few hundred labels, from the published
-  encoder and from scratch, scored on the held-out test galaxies;
+  encoder and from scratch with the same budget (class-balanced loss, the same learning-rate grid
+  picked by validation loss, the same epochs and augmentation), over several seeds, scored on the
+  held-out test galaxies;
 - `predict`: vote fractions with MC-dropout uncertainty for the test galaxies and the Hubble Deep
   Field cutouts (`zoobot.torch.predictions`), written as full and friendly tables.
 """
@@ -19,13 +21,12 @@ import pandas as pd
 from common import (
     ENCODER,
     HUBBLE,
-    LABELS,
     SURVEY,
     TORCH_TREE,
     Run,
     Timer,
     balanced_class_weights,
-    classification_metrics,
+    labels_file,
     say,
 )
 
@@ -138,53 +139,67 @@ def pretrain(run: Run) -> dict:
     }
 
 
-def finetune_labels(run: Run) -> dict[str, pd.DataFrame]:
-    """The labelled train/validation galaxies and the held-out test galaxies (with labels)."""
-    table = pd.read_csv(run.path(LABELS), dtype={"id_str": str})
+def finetune_labels(run: Run, seed: int) -> dict[str, pd.DataFrame]:
+    """The labelled train/validation galaxies drawn for `seed` and the held-out test galaxies."""
+    table = pd.read_csv(run.path(labels_file(seed)), dtype={"id_str": str})
     return {split: table[table["split"] == split] for split in ("train", "validation", "test")}
 
 
-def finetune(run: Run) -> dict:
-    """Finetune the published encoder and train the same classifier from scratch; score both."""
-    quiet()
+def fit_classifier(run: Run, tables: dict, name: str, seed: int, lr: float, save_dir) -> float:
+    """Train a classifier from `name` (a published encoder or a timm architecture) on the train
+    labels with a class-balanced loss; return its best validation loss (also class-balanced)."""
     import pytorch_lightning as pl
 
     from zoobot.torch import FinetuneableZoobotClassifier, GalaxyDataModule, get_trainer
+
+    s = run.settings
+    pl.seed_everything(seed, workers=True)
+    datamodule = GalaxyDataModule(
+        {"train": tables["train"], "validation": tables["validation"]},
+        label_cols=["label"],
+        image_size=s.image_size,
+        batch_size=s.finetune_batch_size,
+        num_workers=1,
+        seed=seed,
+    )
+    model = FinetuneableZoobotClassifier(
+        num_classes=2,
+        name=name,
+        n_blocks=-1,
+        lr_decay=1.0,
+        learning_rate=lr,
+        dropout=0.2,
+        # The feature is rare: weight the classes so that missing it costs as much as a false alarm.
+        class_weights=balanced_class_weights(tables["train"]["label"]),
+    )
+    shutil.rmtree(save_dir, ignore_errors=True)
+    trainer = get_trainer(
+        save_dir, epochs=s.finetune_epochs, patience=s.finetune_epochs, **TRAINER_OPTIONS
+    )
+    trainer.fit(model, datamodule)
+    return float(trainer.checkpoint_callback.best_model_score)
+
+
+def finetune(run: Run) -> dict:
+    """Finetune the published encoder and train the same classifier from scratch, with the same
+    learning-rate grid, for every seed; score the pick of each on the test galaxies."""
+    quiet()
+    from zoobot.shared import classifier_metrics
     from zoobot.torch.predictions import predict
 
     s = run.settings
-    tables = finetune_labels(run)
     results: dict = {"framework": "torch", "runs": []}
     starts = {"pretrained": str(run.path(ENCODER)), "scratch": s.architecture}
-    # The feature is rare: weight the classes so that missing it costs as much as a false alarm.
-    class_weights = balanced_class_weights(tables["train"]["label"])
     for seed in s.finetune_seeds:
+        tables = finetune_labels(run, seed)
         for start, name in starts.items():
             timer = Timer()
-            pl.seed_everything(seed, workers=True)
-            datamodule = GalaxyDataModule(
-                {"train": tables["train"], "validation": tables["validation"]},
-                label_cols=["label"],
-                image_size=s.image_size,
-                batch_size=s.finetune_batch_size,
-                num_workers=1,
-                seed=seed,
-            )
-            model = FinetuneableZoobotClassifier(
-                num_classes=2,
-                name=name,
-                n_blocks=-1,
-                lr_decay=1.0,
-                learning_rate=s.finetune_learning_rate,
-                dropout=0.2,
-                class_weights=class_weights,
-            )
-            save_dir = run.path(f"torch/finetune/{start}-seed{seed}")
-            shutil.rmtree(save_dir, ignore_errors=True)
-            trainer = get_trainer(
-                save_dir, epochs=s.finetune_epochs, patience=s.finetune_epochs, **TRAINER_OPTIONS
-            )
-            trainer.fit(model, datamodule)
+            losses = {}
+            for lr in s.finetune_learning_rates:
+                save_dir = run.path(f"torch/finetune/{start}-seed{seed}/lr{lr:g}")
+                losses[lr] = fit_classifier(run, tables, name, seed, lr, save_dir)
+            lr = min(losses, key=losses.get)
+            save_dir = run.path(f"torch/finetune/{start}-seed{seed}/lr{lr:g}")
             files = predict(
                 tables["test"],
                 save_dir / "best",
@@ -198,12 +213,23 @@ def finetune(run: Run) -> dict:
             )
             predictions = pd.read_parquet(files.predictions)
             truth = tables["test"].set_index("id_str").loc[predictions["id_str"], "label"]
-            metrics = classification_metrics(truth.to_numpy(), predictions["present_probability"])
-            record = {"start": start, "seed": seed, "seconds": timer(), **metrics}
+            metrics = classifier_metrics(truth.to_numpy(), predictions["present_probability"])
+            train = tables["train"]["label"]
+            record = {
+                "start": start,
+                "seed": seed,
+                "learning_rate": lr,
+                "validation_losses": {f"{k:g}": v for k, v in losses.items()},
+                "train_positives": int(train.sum()),
+                "train_negatives": int(len(train) - train.sum()),
+                "seconds": timer(),
+                **metrics,
+            }
             results["runs"].append(record)
             say(
-                f"  torch {start:>10} seed {seed}: test ROC AUC {metrics['roc_auc']:.3f}, "
-                f"balanced accuracy {metrics['balanced_accuracy']:.3f} ({timer():.0f}s)"
+                f"  torch {start:>10} seed {seed}: lr {lr:g} (of {len(losses)}), test ROC AUC "
+                f"{metrics['roc_auc']:.3f}, balanced accuracy {metrics['balanced_accuracy']:.3f}, "
+                f"predicted positive {metrics['predicted_positive_rate']:.0%} ({timer():.0f}s)"
             )
     return results
 

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,3 +141,110 @@ def test_the_zoobot_tf_steps_run_on_jax(demo: Path, tmp_path):
         assert 0.0 <= report["finetune"]["jax"][start]["roc_auc"]["mean"] <= 1.0
     assert 0.0 < report["vote_fractions"]["tf"]["model_mae"] < 0.5  # tf/: zoobot.tf's files
     assert report["torch_vs_tf_fractions"] < 0.1
+
+
+def test_the_few_label_comparison_is_paired_by_seed_and_reported(demo: Path):
+    """Every seed draws its own labels; both starts train on them with the same learning-rate
+    grid; the report gives the spread, the paired differences and the class balance."""
+    settings = json.loads((demo / "settings.json").read_text(encoding="utf-8"))
+    seeds, grid = settings["finetune_seeds"], settings["finetune_learning_rates"]
+    assert len(seeds) >= 2 and len(grid) >= 2
+    draws = {s: pd.read_csv(demo / "data" / "finetune_labels" / f"draw_{s}.csv") for s in seeds}
+    train_ids = [set(d.loc[d["split"] == "train", "id_str"]) for d in draws.values()]
+    assert train_ids[0] != train_ids[1]  # a new draw of labels per seed
+    assert all(len(ids) == settings["n_labels_train"] for ids in train_ids)
+
+    runs = pd.read_csv(demo / "tables" / "finetune_runs.csv")
+    torch_runs = runs[runs["framework"] == "torch"]
+    assert sorted(torch_runs["seed"]) == sorted(seeds * 2)
+    assert set(torch_runs["learning_rate"]) <= set(grid)
+    for _, run in torch_runs.iterrows():
+        draw = draws[run["seed"]]
+        train = draw[draw["split"] == "train"]["label"]
+        test = draw[draw["split"] == "test"]["label"]
+        assert (run["train_positives"], run["train_negatives"]) == (train.sum(), (train == 0).sum())
+        assert (run["positives"], run["negatives"]) == (test.sum(), (test == 0).sum())
+        folders = demo / "torch" / "finetune" / f"{run['start']}-seed{run['seed']}"
+        assert sorted(p.name for p in folders.iterdir()) == sorted(f"lr{lr:g}" for lr in grid)
+
+    report = json.loads((demo / "report.json").read_text(encoding="utf-8"))
+    torch = report["finetune"]["torch"]
+    wide = torch_runs.pivot(index="seed", columns="start", values="roc_auc")
+    differences = (wide["pretrained"] - wide["scratch"]).to_numpy()
+    paired = torch["paired"]["roc_auc"]
+    assert paired["differences"] == pytest.approx(differences.tolist(), abs=1e-12)
+    assert paired["mean"] == pytest.approx(differences.mean(), abs=1e-12)
+    assert paired["std"] == pytest.approx(differences.std(ddof=1), abs=1e-12)
+    assert paired["first_ahead"] == int((differences > 0).sum())
+    for start in ("pretrained", "scratch"):
+        values = wide[start]
+        assert torch[start]["roc_auc"]["mean"] == pytest.approx(values.mean(), abs=1e-12)
+        assert torch[start]["roc_auc"]["std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
+    assert "paired" not in report["finetune"]["tf"]  # one seed: a framework check
+
+    text = (demo / "report.md").read_text(encoding="utf-8")
+    assert (
+        "| framework | start | seeds | learning rate picked | train positives / negatives |" in text
+    )
+    assert "balanced accuracy | accuracy | predicted positive rate |" in text
+    assert "### Paired by seed (torch): pretrained - scratch" in text
+    assert f"**Verdict (torch):** {torch['verdict']}" in text
+    assert "pretrained - scratch, paired by seed" in torch["verdict"]
+    test_positives = report["labels"]["test"]["positives"]
+    assert f"({test_positives} with the feature" in text
+
+
+def test_the_hubble_sample_has_no_saturated_stars(demo: Path):
+    """The Hubble Deep Field's brightest star (hdf_0003 before stars were rejected) is not cut out."""
+    hdf = pd.read_csv(demo / "data" / "hubble_deep_field" / "catalog.csv")
+    assert len(hdf) == json.loads((demo / "settings.json").read_text())["hubble_sources"]
+    assert not (np.hypot(hdf["x"] - 754.3, hdf["y"] - 577.9) < 3).any()
+
+
+def test_gallery_captions_name_questions_and_answers_in_full():
+    from zoobot.shared import get_schema
+
+    _fraction_caption = _demo_module("report")._fraction_caption
+
+    schema = get_schema("decals_dr5")
+    fractions = np.full((1, len(schema.label_cols)), 0.1)
+    fractions[0, schema.get_question("smooth-or-featured-dr5").answers[1].index] = 0.8
+    caption = _fraction_caption(
+        schema, fractions, fractions - 0.05, fractions + 0.05, fractions, 0,
+        ["smooth-or-featured-dr5", "has-spiral-arms-dr5"],
+    )  # fmt: skip
+    assert caption.splitlines()[:2] == [
+        "smooth-or-featured: featured-or-disk",
+        "  0.80 [0.75, 0.85], volunteers 0.80",
+    ]
+    assert caption.splitlines()[2] == "has-spiral-arms: yes"
+
+
+def _demo_module(name: str):
+    sys.path.insert(0, str(ROOT / "demo"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "demo"))
+
+
+def test_the_report_says_plainly_where_the_model_is_no_better_than_the_constant(demo: Path):
+    report = _demo_module("report")
+    row = dict(n=100, model_mae=0.10, constant_mae=0.20, gain_low=0.4)
+    rows = [
+        {**row, "question": "shape"},
+        {**row, "question": "bar", "model_mae": 0.21},
+        {**row, "question": "winding", "model_mae": 0.19, "gain_low": -0.1},
+        {**row, "question": "unasked", "n": 0, "model_mae": 0.5},
+    ]
+    assert report.constant_sentence("torch", rows) == (
+        "torch: **no better than the constant on bar**; not clearly better (the 90% interval "
+        "of the gain share reaches 0) on winding."
+    )
+    assert report.constant_sentence("tf", rows[:1]) == (
+        "tf: better than the constant on every question."
+    )
+    text = (demo / "report.md").read_text(encoding="utf-8")
+    by_question = json.loads((demo / "report.json").read_text(encoding="utf-8"))["by_question"]
+    for label, table in by_question.items():
+        assert f"- {report.constant_sentence(label, table)}" in text

@@ -9,10 +9,15 @@ from scipy.special import comb
 
 from zoobot.shared import (
     Schema,
+    balanced_accuracy,
     binomial_noise_mae,
+    classifier_metrics,
     constant_fractions,
     evaluate_vote_fractions,
     interval_coverage,
+    paired_difference,
+    roc_auc,
+    spread,
     summarise_evaluation,
 )
 
@@ -147,3 +152,57 @@ def test_mismatched_inputs_are_refused():
     assert isinstance(
         evaluate_vote_fractions(CONCENTRATIONS, COUNTS, TREE, np.full(4, 0.5)), pd.DataFrame
     )
+
+
+# -- binary classifiers: hand-computed values ------------------------------------------------------
+def test_roc_auc_counts_ties_as_half():
+    # positives score 0.9, 0.4, 0.3; negatives 0.1, 0.4. Of the 6 pairs the positive is ahead in
+    # 0.9>0.1, 0.9>0.4, 0.4>0.1, 0.3>0.1, tied in 0.4=0.4, behind in 0.3<0.4: 4.5 / 6.
+    assert roc_auc([1, 0, 1, 0, 1], [0.9, 0.1, 0.4, 0.4, 0.3]) == pytest.approx(0.75, abs=1e-12)
+    assert roc_auc([1, 1, 0], [0.2, 0.3, 0.9]) == 0.0
+    assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_balanced_accuracy_is_half_for_any_constant_answer():
+    labels = [1, 1, 1, 0, 0, 0, 0, 0]
+    # recall 1/3 on the positives, 4/5 on the negatives
+    predicted = [1, 0, 0, 0, 0, 0, 0, 1]
+    assert balanced_accuracy(labels, predicted) == pytest.approx((1 / 3 + 4 / 5) / 2, abs=1e-12)
+    assert balanced_accuracy(labels, [0] * 8) == 0.5
+    assert balanced_accuracy(labels, [1] * 8) == 0.5
+
+
+def test_classifier_metrics_put_the_class_balance_beside_accuracy():
+    labels = np.array([1, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+    says_no = np.full(10, 0.1)  # a model that answers "no" to every galaxy
+    m = classifier_metrics(labels, says_no)
+    assert (m["n"], m["positives"], m["negatives"]) == (10, 2, 8)
+    assert m["accuracy"] == 0.8 == m["constant_accuracy"]
+    assert m["balanced_accuracy"] == 0.5 and m["predicted_positive_rate"] == 0.0
+    assert m["roc_auc"] == 0.5  # every score tied
+    useful = np.array([0.7, 0.2, 0.6, 0.1, 0.1, 0.3, 0.2, 0.4, 0.1, 0.9])
+    m = classifier_metrics(labels, useful)
+    # predicted positive: galaxies 0, 2, 9 -> both positives found, one false alarm in 8
+    assert m["predicted_positive_rate"] == pytest.approx(0.3)
+    assert m["accuracy"] == pytest.approx(0.9)
+    assert m["balanced_accuracy"] == pytest.approx((1 + 7 / 8) / 2)
+    assert m["roc_auc"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="differ"):
+        classifier_metrics(labels, useful[:5])
+
+
+def test_spread_and_paired_difference():
+    first, second = [0.8, 0.7, 0.9], [0.6, 0.7, 0.6]
+    d = paired_difference(first, second)
+    # differences 0.2, 0.0, 0.3: mean 1/6, sample variance ((1/30)^2 + (1/6)^2 + (2/15)^2) / 2
+    std = np.sqrt(((1 / 30) ** 2 + (1 / 6) ** 2 + (2 / 15) ** 2) / 2)
+    assert d["differences"] == pytest.approx([0.2, 0.0, 0.3], abs=1e-12)
+    assert d["mean"] == pytest.approx(1 / 6, abs=1e-12)
+    assert d["std"] == pytest.approx(std, abs=1e-12)
+    assert d["n"] == 3 and d["first_ahead"] == 2
+    half = 2.919986 * std / np.sqrt(3)  # t quantile 0.95 with 2 degrees of freedom (tables)
+    assert (d["low"], d["high"]) == pytest.approx((1 / 6 - half, 1 / 6 + half), abs=1e-6)
+    one = spread([0.5])
+    assert one["mean"] == 0.5 and np.isnan(one["std"]) and np.isnan(one["low"])
+    with pytest.raises(ValueError, match="must match"):
+        paired_difference([1.0, 2.0], [1.0])

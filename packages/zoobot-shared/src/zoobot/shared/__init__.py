@@ -1,9 +1,14 @@
 """Framework-free core of Zoobot: schemas, the loss reference, vote statistics, evaluation, tables."""
 
 from zoobot.shared.evaluation import (
+    balanced_accuracy,
     binomial_noise_mae,
+    classifier_metrics,
     constant_fractions,
     evaluate_vote_fractions,
+    paired_difference,
+    roc_auc,
+    spread,
     summarise_evaluation,
 )
 from zoobot.shared.loss import (
@@ -51,9 +56,14 @@ __all__ = [
     "as_schema",
     "get_schema",
     "list_schemas",
+    "balanced_accuracy",
     "binomial_noise_mae",
+    "classifier_metrics",
     "constant_fractions",
     "evaluate_vote_fractions",
+    "paired_difference",
+    "roc_auc",
+    "spread",
     "summarise_evaluation",
     "dirichlet_multinomial_nll",
     "dirichlet_multinomial_nll_grad",

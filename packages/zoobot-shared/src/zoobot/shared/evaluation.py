@@ -14,6 +14,11 @@ For each question, over the galaxies with at least `min_votes` votes for it:
 - `coverage`: the share of observed counts inside the model's central `level` predictive interval
   (`zoobot.shared.stats.interval_coverage`; `level` when calibrated);
 - `verdict`: one line a reader can act on.
+
+For a binary classifier (a rare feature from a few labels): `classifier_metrics` gives ROC AUC,
+balanced accuracy and the class balance beside accuracy (a classifier that always answers "no"
+is 90% accurate on a 10% feature, and balanced accuracy 0.5 says so); `spread` and
+`paired_difference` summarise repeated runs (seeds) and compare two methods seed by seed.
 """
 
 from __future__ import annotations
@@ -221,4 +226,78 @@ def summarise_evaluation(table: pd.DataFrame) -> dict:
         "min_gain_captured": float(shares.min()),
         "beats_constant": bool((rated["model_mae"] < rated["constant_mae"]).all()),
         "coverage_range": (float(rated["coverage"].min()), float(rated["coverage"].max())),
+    }
+
+
+# -- binary classifiers ------------------------------------------------------------------------------
+SPREAD_LEVEL = 0.9  # central interval of a mean over seeds (Student's t)
+
+
+def roc_auc(labels, scores) -> float:
+    """Area under the ROC curve: the chance a random positive scores above a random negative,
+    ties counting 1/2 (the Mann-Whitney U statistic / (positives x negatives)); NaN with one class.
+    """
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = scipy_stats.rankdata(np.asarray(scores, dtype=np.float64))
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def balanced_accuracy(labels, predicted) -> float:
+    """Mean over the classes present in `labels` of the share of that class predicted right: 0.5
+    for any constant answer of a binary classifier, whatever the class balance."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    return float(np.mean([(predicted[labels == c] == c).mean() for c in np.unique(labels)]))
+
+
+def classifier_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
+    """Scores of a binary classifier's positive-class `probabilities` against 0/1 `labels`.
+
+    The class balance (`positives`, `negatives`) and the share predicted positive at `threshold`
+    sit beside `accuracy`, `balanced_accuracy` and `roc_auc`; `constant_accuracy` is what always
+    answering the majority class scores.
+    """
+    labels = np.asarray(labels).astype(bool)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if labels.shape != probabilities.shape or labels.ndim != 1:
+        raise ValueError(f"labels {labels.shape} and probabilities {probabilities.shape} differ")
+    predicted = probabilities > threshold
+    positives = int(labels.sum())
+    return {
+        "n": len(labels),
+        "positives": positives,
+        "negatives": len(labels) - positives,
+        "predicted_positive_rate": float(predicted.mean()),
+        "accuracy": float((predicted == labels).mean()),
+        "constant_accuracy": max(positives, len(labels) - positives) / len(labels),
+        "balanced_accuracy": balanced_accuracy(labels, predicted),
+        "roc_auc": roc_auc(labels, probabilities),
+    }
+
+
+def spread(values, level: float = SPREAD_LEVEL) -> dict:
+    """Mean, sample standard deviation and count of repeated measurements (e.g. seeds), with the
+    central `level` interval of the mean (Student's t; NaN for fewer than two values)."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    mean = float(values.mean()) if n else float("nan")
+    std = float(values.std(ddof=1)) if n > 1 else float("nan")
+    half = scipy_stats.t.ppf(0.5 + level / 2, n - 1) * std / np.sqrt(n) if n > 1 else np.nan
+    return {"mean": mean, "std": std, "n": n, "low": mean - half, "high": mean + half}
+
+
+def paired_difference(first, second, level: float = SPREAD_LEVEL) -> dict:
+    """`first - second` run by run (the same seed: same labels, same initialisation): its
+    `spread`, the differences themselves and how often `first` is ahead. Pairing removes what the
+    two share (which labels were drawn), so it is tighter than comparing the two means."""
+    first, second = np.asarray(first, np.float64), np.asarray(second, np.float64)
+    if first.shape != second.shape or first.ndim != 1:
+        raise ValueError(f"paired runs must match: {first.shape} vs {second.shape}")
+    differences = first - second
+    return {
+        **spread(differences, level),
+        "differences": differences.tolist(),
+        "first_ahead": int((differences > 0).sum()),
     }
