@@ -13,6 +13,7 @@ from torch import nn
 
 from zoobot.models.pretrained import PretrainedMixin
 from zoobot.models.settings import FINETUNING, TrainingSettings
+from zoobot.models.tasks import HeadSpec, log_concentration_scale
 from zoobot.models.training import NonFiniteLossError, nonfinite_loss_message
 from zoobot.torch.backend import BACKEND
 from zoobot.torch.blocks import block_parameters, encoder_blocks, matches
@@ -52,6 +53,29 @@ class FastCPUTraining(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception) -> None:
         self._release()
+
+
+class ScaledSigmoid(nn.Module):
+    """1 + 100 sigmoid(x): Dirichlet concentrations in (1, 101), never too peaked nor too flat."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1 + 100 * torch.sigmoid(x)
+
+
+class LogScaledSigmoid(nn.Module):
+    """Concentrations in (low, high), spread evenly in log: low (high / low)^sigmoid(x).
+
+    A range reaching below 1 lets a rare answer's concentration be small while its question's total
+    stays low, as split votes need (a Dirichlet whose every concentration is >= 1 cannot say "a few
+    volunteers, unsure, might pick this").
+    """
+
+    def __init__(self, low: float, high: float):
+        super().__init__()
+        self.log_low, self.log_span = log_concentration_scale((low, high))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.log_low + self.log_span * torch.sigmoid(x))
 
 
 def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
@@ -96,6 +120,23 @@ class ZoobotModule(PretrainedMixin, pl.LightningModule):
         for name, parameter in encoder.named_parameters():
             parameter.requires_grad_(not matches(name, self.frozen_prefixes))
         self.train(self.training)
+
+    @classmethod
+    def settings_and_rest(cls, kwargs: dict) -> tuple[TrainingSettings, dict]:
+        """The `TrainingSettings` of keyword arguments (defaults `default_settings`); an unknown
+        name is an error (`zoobot.models.tasks.TaskModel`)."""
+        return cls.default_settings.replace(**kwargs), {}
+
+    @staticmethod
+    def build_head(spec: HeadSpec, in_features: int) -> nn.Sequential:
+        """Dropout, a linear layer, then the activation `spec` names (`zoobot.models.tasks`)."""
+        layers = [nn.Dropout(spec.dropout), nn.Linear(in_features, spec.outputs)]
+        if spec.activation == "sigmoid":
+            layers.append(nn.Sigmoid())
+        elif spec.activation == "concentration":
+            low_high = spec.concentration
+            layers.append(ScaledSigmoid() if low_high is None else LogScaledSigmoid(*low_high))
+        return nn.Sequential(*layers)
 
     def task_config(self) -> dict:
         """The arguments that rebuild this model around an encoder (`zoobot.models.tasks`)."""
