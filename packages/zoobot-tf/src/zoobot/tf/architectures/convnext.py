@@ -16,7 +16,6 @@ import keras
 import numpy as np
 from keras import layers
 
-from zoobot.tf import weights
 from zoobot.tf.architectures.layers import (
     Gelu,
     LayerScale,
@@ -216,16 +215,6 @@ def build(architecture: str, channels: int, model_args: Mapping | None = None) -
     model = keras.Model(inputs, x, name=architecture)
     model.num_features = dims[-1]
     return model
-
-
-def load_timm_state(model: keras.Model, state: Mapping[str, np.ndarray]) -> None:
-    """Assign a timm ConvNeXt state dict (strict; see `zoobot.tf.weights`)."""
-    weights.load_timm_state(model, state, f"{model.name} encoder")
-
-
-def timm_state(model: keras.Model) -> dict[str, np.ndarray]:
-    """The model's weights as timm's ConvNeXt `state_dict()`."""
-    return weights.timm_state(model)
 
 
 def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:

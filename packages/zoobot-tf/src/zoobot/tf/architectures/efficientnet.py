@@ -38,10 +38,8 @@ from copy import deepcopy
 from typing import Any
 
 import keras
-import numpy as np
 from keras import layers
 
-from zoobot.tf import weights
 from zoobot.tf.architectures.layers import (
     TorchBatchNorm,
     blocks_by_prefix,
@@ -586,16 +584,6 @@ def build_generated(
     args = merge_model_args(name, DEFAULTS, {}, given)
     _check(name, args)
     return _build(generator, channels, args, name)
-
-
-def load_timm_state(model: keras.Model, state: Mapping[str, np.ndarray]) -> None:
-    """Assign a timm EfficientNet state dict (strict; see `zoobot.tf.weights`)."""
-    weights.load_timm_state(model, state, f"{model.name} encoder")
-
-
-def timm_state(model: keras.Model) -> dict[str, np.ndarray]:
-    """The model's weights as timm's EfficientNet `state_dict()`."""
-    return weights.timm_state(model)
 
 
 def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
