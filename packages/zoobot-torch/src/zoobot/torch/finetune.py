@@ -57,15 +57,6 @@ class _SupervisedSteps:
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, **options)
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "validation")
-
-    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test")
-
 
 @BACKEND.tasks.register
 class FinetuneableZoobotClassifier(ClassifierTask, _SupervisedSteps, ZoobotModule):

@@ -196,6 +196,19 @@ class ZoobotModule(PretrainedMixin, pl.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        """The loss of a batch of stage `train`, `validation` or `test`, logged (the task's)."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "validation")
+
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._batch_idx = batch_idx
 

@@ -103,15 +103,6 @@ class TreeSteps:
         logged[f"{stage}/vote_fraction_error"] = errors.nanmean()
         self.log_dict({k: v for k, v in logged.items() if not torch.isnan(v)})
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "validation")
-
-    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test")
-
     def on_train_epoch_end(self) -> None:
         self._log_vote_fraction_error("train")
 
