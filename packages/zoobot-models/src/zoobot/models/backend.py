@@ -49,9 +49,9 @@ class Backend(abc.ABC):
 
     # -- encoders: timm tensors in and out ---------------------------------------------------------
 
-    @abc.abstractmethod
     def is_architecture(self, name: str) -> bool:
         """Whether `name` is an architecture this framework builds (random weights) by name."""
+        return self.part("encoders").is_architecture(name)
 
     def load_encoder(self, name: str | os.PathLike, channels: int | None = None) -> Any:
         """An encoder by architecture name, `hf_hub:` repo or Hub-layout folder (`load_encoder`)."""

@@ -24,7 +24,7 @@ from zoobot.models.backend import Backend
 from zoobot.models.layout import check_weights_fit
 from zoobot.models.runner import Parts, RunSettings
 from zoobot.models.tasks import TaskRegistry
-from zoobot.tf import encoders, runtime
+from zoobot.tf import runtime
 
 
 class KerasBackend(Backend):
@@ -41,9 +41,6 @@ class KerasBackend(Backend):
     def name(self) -> str:
         """ "tf" when Keras runs on TensorFlow, "jax" on JAX."""
         return runtime.name()
-
-    def is_architecture(self, name: str) -> bool:
-        return encoders.is_architecture(name)
 
     def head_state(self, head: keras.Model) -> dict[str, np.ndarray]:
         state = {}

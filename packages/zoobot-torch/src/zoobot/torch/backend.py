@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 from torch import nn
 
@@ -32,9 +31,6 @@ class TorchBackend(Backend):
 
     def __init__(self):
         self.tasks = TaskRegistry(builtin="zoobot.torch.finetune")
-
-    def is_architecture(self, name: str) -> bool:
-        return timm.is_model(name)
 
     def head_state(self, head: nn.Module) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().float().numpy() for k, v in head.state_dict().items()}
