@@ -313,9 +313,17 @@ class TaskModel:
 
 
 class TreeTask(TaskModel):
-    """`ZoobotTree(schema, architecture="convnext_nano", encoder=None, channels=3,
-    concentration=DEFAULT_CONCENTRATION, **settings)`: Dirichlet concentrations for every answer of
-    `schema`, from an encoder built by name (`architecture`) or given (`encoder=`)."""
+    """`ZoobotTree`: pretrain an encoder on Galaxy Zoo votes, predicting Dirichlet concentrations
+    for every answer of `schema`.
+
+    The loss is the Dirichlet-multinomial negative log-likelihood of the votes, summed over
+    questions and averaged over the batch. `architecture` is any name `load_encoder` takes;
+    `encoder=` uses a model instead. `settings` are `zoobot.models.settings.TrainingSettings`
+    (defaults `PRETRAINING`: the whole encoder trains at `learning_rate=1e-3` after a one-epoch
+    warmup, head dropout 0.2). `concentration` is the head's log-spaced (low, high) range (None:
+    1 + 100 sigmoid, the head of models saved before the option). Predictions are concentrations,
+    `(batch, answer, n_samples)`.
+    """
 
     task = "tree"
     default_settings = PRETRAINING
@@ -347,8 +355,9 @@ class TreeTask(TaskModel):
 
 
 class FinetuneableTreeTask:
-    """`FinetuneableZoobotTree(schema, name=None, encoder=None, channels=3, **settings)`: a tree
-    (listed after this class) whose encoder comes from `name=` (`load_encoder`) or `encoder=`."""
+    """`FinetuneableZoobotTree`: finetune on votes for a (new) decision tree `schema`, as the tree
+    (listed after this class) does for pretraining; only the encoder source (`name=` for
+    `load_encoder`, or `encoder=`) and the finetuning defaults differ."""
 
     task = "finetuneable_tree"
     default_settings = FINETUNING
@@ -366,8 +375,14 @@ class FinetuneableTreeTask:
 
 
 class ClassifierTask(TaskModel):
-    """`FinetuneableZoobotClassifier(num_classes, name=None, encoder=None, channels=3,
-    label_smoothing=0.0, class_weights=None, class_names=None, **settings)`."""
+    """`FinetuneableZoobotClassifier`: classify galaxies into `num_classes` classes; labels are
+    class indices 0..num_classes-1.
+
+    Cross-entropy with optional `label_smoothing` and per-class `class_weights`; accuracy is logged.
+    Predictions are softmax probabilities, `(batch, num_classes, n_samples)`, ready for calibration.
+    `class_names` (one per class, in index order) are kept in the task config, so a saved model
+    says what its outputs are (`model.class_names`; None if not given).
+    """
 
     task = "classifier"
     default_settings = FINETUNING
@@ -399,8 +414,12 @@ class ClassifierTask(TaskModel):
 
 
 class RegressorTask(TaskModel):
-    """`FinetuneableZoobotRegressor(name=None, encoder=None, channels=3, loss="mse",
-    unit_interval=False, num_outputs=1, **settings)`."""
+    """`FinetuneableZoobotRegressor`: predict `num_outputs` continuous values per galaxy with a
+    mean squared (`loss="mse"`) or absolute (`"mae"`) error loss.
+
+    `unit_interval=True` squashes outputs into (0, 1) with a sigmoid, for fractions. MAE and MSE are
+    logged. Predictions are `(batch, num_outputs, n_samples)`.
+    """
 
     task = "regressor"
     default_settings = FINETUNING

@@ -112,16 +112,7 @@ class TreeSteps:
 
 @BACKEND.tasks.register
 class ZoobotTree(TreeTask, TreeSteps, ZoobotModel):
-    """Pretrain an encoder on Galaxy Zoo votes: Dirichlet concentrations for every answer of `schema`.
-
-    The loss is the Dirichlet-multinomial negative log-likelihood of the votes (`zoobot.tf.loss`),
-    summed over questions and averaged over the batch; `fit` logs it per question and per campaign,
-    with the vote-fraction error of each question (`TreeMetrics`). `architecture` is any name
-    `load_encoder` takes; `encoder=` uses a Keras model instead. `settings` are
-    `zoobot.models.settings.TrainingSettings` (defaults `PRETRAINING`). `concentration` is the
-    head's log-spaced (low, high) range (None: 1 + 100 sigmoid, the head of models saved before
-    the option); the arguments are those of `zoobot.models.tasks.TreeTask`. Train with
-    `model.fit(dataset, epochs=...)` on batches of (images, vote counts); predictions are
-    concentrations, `(batch, answer, n_samples)`. The head and the loss run in float32 under any
-    mixed-precision policy.
-    """
+    """`zoobot.models.tasks.TreeTask` with Keras: the loss of `zoobot.tf.loss`; `fit` logs it per
+    question and per campaign with the vote-fraction error of each question (`TreeMetrics`). Train
+    with `model.fit(dataset, epochs=...)` on batches of (images, vote counts). The head and the
+    loss run in float32 under any mixed-precision policy."""

@@ -60,14 +60,7 @@ class _SupervisedSteps:
 
 @BACKEND.tasks.register
 class FinetuneableZoobotClassifier(ClassifierTask, _SupervisedSteps, ZoobotModule):
-    """Classify galaxies into `num_classes` classes; labels are class indices 0..num_classes-1.
-
-    Cross-entropy with optional `label_smoothing` and per-class `class_weights`; accuracy is logged.
-    Predictions are softmax probabilities, `(batch, num_classes, n_samples)`, ready for calibration.
-    `class_names` (one per class, in index order) are kept in the task config, so a saved model
-    says what its outputs are (`model.class_names`; None if not given). The arguments are those of
-    `zoobot.models.tasks.ClassifierTask`.
-    """
+    """`zoobot.models.tasks.ClassifierTask` with PyTorch: cross-entropy and torchmetrics accuracy."""
 
     def setup_task(self) -> None:
         weights = self.task_args["class_weights"]
@@ -93,12 +86,7 @@ class FinetuneableZoobotClassifier(ClassifierTask, _SupervisedSteps, ZoobotModul
 
 @BACKEND.tasks.register
 class FinetuneableZoobotRegressor(RegressorTask, _SupervisedSteps, ZoobotModule):
-    """Predict `num_outputs` continuous values per galaxy with a mean squared or absolute error loss.
-
-    `unit_interval=True` squashes outputs into (0, 1) with a sigmoid, for fractions. MAE and MSE are
-    logged. Predictions are `(batch, num_outputs, n_samples)`. The arguments are those of
-    `zoobot.models.tasks.RegressorTask`.
-    """
+    """`zoobot.models.tasks.RegressorTask` with PyTorch: the error and torchmetrics MAE / MSE."""
 
     def setup_task(self) -> None:
         self.loss_fn = F.mse_loss if self.loss_name == "mse" else F.l1_loss
@@ -116,8 +104,4 @@ class FinetuneableZoobotRegressor(RegressorTask, _SupervisedSteps, ZoobotModule)
 
 @BACKEND.tasks.register
 class FinetuneableZoobotTree(FinetuneableTreeTask, ZoobotTree):
-    """Finetune on votes for a (new) decision tree `schema`, as `ZoobotTree` does for pretraining.
-
-    Only the encoder source (`name=` or `encoder=`) and the finetuning defaults differ
-    (`zoobot.models.tasks.FinetuneableTreeTask`).
-    """
+    """`zoobot.models.tasks.FinetuneableTreeTask` with PyTorch: `ZoobotTree` from a given encoder."""

@@ -115,14 +115,5 @@ class TreeSteps:
 
 @BACKEND.tasks.register
 class ZoobotTree(TreeTask, TreeSteps, ZoobotModule):
-    """Pretrain an encoder on Galaxy Zoo votes: Dirichlet concentrations for every answer of `schema`.
-
-    The loss is the Dirichlet-multinomial negative log-likelihood of the votes (`zoobot.torch.loss`),
-    summed over questions and averaged over the batch; it is logged per question and per campaign,
-    with the vote-fraction error of each question. `architecture` is any name `load_encoder` takes;
-    `encoder=` uses a module instead. `settings` are `zoobot.models.settings.TrainingSettings`
-    (defaults `PRETRAINING`: the whole encoder trains at `learning_rate=1e-3` after a one-epoch
-    warmup, head dropout 0.2). `concentration` is the head's log-spaced (low, high) range (None:
-    1 + 100 sigmoid, the head of models saved before the option). Predictions are concentrations,
-    `(batch, answer, n_samples)`. The arguments are those of `zoobot.models.tasks.TreeTask`.
-    """
+    """`zoobot.models.tasks.TreeTask` with PyTorch: the loss of `zoobot.torch.loss`, logged per
+    question and per campaign with the vote-fraction error of each question."""
