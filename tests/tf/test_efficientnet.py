@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from zoobot.tf import architectures
 from zoobot.tf.architectures import efficientnet
 from zoobot.tf.weights import WeightsMismatchError, load_timm_state, timm_state
 
@@ -142,7 +143,7 @@ def test_timm_state_round_trip_is_exact(case):
 def test_blocks_cover_every_weight_once(case):
     build, _, native, _ = _load_case(case)
     model = build(native)
-    groups = efficientnet.blocks(model)
+    groups = architectures.family_blocks(model, "efficientnet")
     stages = sorted(
         {layer.name.split(".")[1] for layer in model.layers if layer.name.startswith("blocks.")}
     )

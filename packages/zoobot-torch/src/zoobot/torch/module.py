@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from zoobot.models.blocks import n_trained
 from zoobot.models.pretrained import PretrainedMixin
 from zoobot.models.settings import FINETUNING, TrainingSettings
 from zoobot.models.tasks import HeadSpec, log_concentration_scale
@@ -114,9 +115,9 @@ class ZoobotModule(PretrainedMixin, pl.LightningModule):
         self.hparams.update(self.task_config())  # what Lightning logs and checkpoints
         self.n_samples, self.mc_dropout = 1, False
         blocks = encoder_blocks(encoder)
-        n_trained = len(blocks) if settings.n_blocks < 0 else min(settings.n_blocks, len(blocks))
-        self.trained_blocks = blocks[:n_trained]
-        self.frozen_prefixes = [p for block in blocks[n_trained:] for p in block]
+        count = n_trained(settings.n_blocks, len(blocks))
+        self.trained_blocks = blocks[:count]
+        self.frozen_prefixes = [p for block in blocks[count:] for p in block]
         for name, parameter in encoder.named_parameters():
             parameter.requires_grad_(not matches(name, self.frozen_prefixes))
         self.train(self.training)

@@ -19,7 +19,6 @@ from keras import layers
 from zoobot.tf.architectures.layers import (
     Gelu,
     LayerScale,
-    blocks_by_prefix,
     conv2d,
     depthwise_conv2d,
     merge_model_args,
@@ -215,11 +214,3 @@ def build(architecture: str, channels: int, model_args: Mapping | None = None) -
     model = keras.Model(inputs, x, name=architecture)
     model.num_features = dims[-1]
     return model
-
-
-def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
-    """Stages 3..0, then the stem; the head norm joins the first block (as zoobot.torch.blocks)."""
-    stages = sorted(
-        {layer.name.split(".")[1] for layer in model.layers if layer.name.startswith("stages.")}
-    )
-    return blocks_by_prefix(model, [*([f"stages.{i}"] for i in reversed(stages)), ["stem"]])

@@ -42,7 +42,6 @@ from keras import layers
 
 from zoobot.tf.architectures.layers import (
     TorchBatchNorm,
-    blocks_by_prefix,
     merge_model_args,
     require,
     residual,
@@ -584,18 +583,3 @@ def build_generated(
     args = merge_model_args(name, DEFAULTS, {}, given)
     _check(name, args)
     return _build(generator, channels, args, name)
-
-
-def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
-    """`blocks.N` ... `blocks.0`, then `conv_stem` + `bn1`; `conv_head` and `bn2` join the first
-    block (as zoobot.torch.blocks.efficientnet_blocks)."""
-    stages = sorted(
-        {
-            int(layer.name.split(".")[1])
-            for layer in model.layers
-            if layer.name.startswith("blocks.")
-        }
-    )
-    return blocks_by_prefix(
-        model, [*([f"blocks.{i}"] for i in reversed(stages)), ["conv_stem", "bn1"]]
-    )

@@ -44,7 +44,6 @@ from zoobot.tf.architectures.layers import (
     Gelu,
     LayerScale,
     TorchBatchNorm,
-    blocks_by_prefix,
     conv2d,
     merge_model_args,
     require,
@@ -624,16 +623,3 @@ def build(architecture: str, channels: int, model_args: Mapping | None = None) -
     model = keras.Model(inputs, x, name=architecture)
     model.num_features = dims[-1]
     return model
-
-
-def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
-    """Stages 3..0, then the stem; the final norm and head join the first block (as
-    zoobot.torch.blocks.maxvit_blocks)."""
-    stages = sorted(
-        {
-            int(layer.name.split(".")[1])
-            for layer in model.layers
-            if layer.name.startswith("stages.")
-        }
-    )
-    return blocks_by_prefix(model, [*([f"stages.{i}"] for i in reversed(stages)), ["stem"]])

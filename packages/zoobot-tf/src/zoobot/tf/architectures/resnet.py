@@ -19,7 +19,6 @@ from keras import layers
 from zoobot.tf.architectures.layers import (
     TorchBatchNorm,
     avg_pool2x2_ceil,
-    blocks_by_prefix,
     conv2d,
     max_pool2d,
     merge_model_args,
@@ -235,10 +234,3 @@ def build(architecture: str, channels: int, model_args: Mapping | None = None) -
     model = keras.Model(inputs, x, name=architecture)
     model.num_features = inplanes
     return model
-
-
-def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
-    """layer4..layer1, then the stem's conv1 and bn1 (as in zoobot.torch.blocks)."""
-    return blocks_by_prefix(
-        model, [["layer4"], ["layer3"], ["layer2"], ["layer1"], ["conv1", "bn1"]]
-    )
