@@ -1,10 +1,16 @@
-"""zoobot.data.augmentation: the augmentation names both frameworks take, and the dihedral
-reference their fast versions are tested against."""
+"""zoobot.data.augmentation: the augmentation names both frameworks take, the dihedral
+reference their fast versions are tested against, and the full augmentation's checked settings."""
 
 import numpy as np
 import pytest
 
-from zoobot.data.augmentation import AUGMENTATIONS, DIHEDRAL, check_augmentation, dihedral
+from zoobot.data.augmentation import (
+    AUGMENTATIONS,
+    DIHEDRAL,
+    AugmentConfig,
+    check_augmentation,
+    dihedral,
+)
 
 
 def test_a_quarter_turn_and_a_mirror_move_pixels_where_the_square_s_symmetries_put_them():
@@ -34,3 +40,17 @@ def test_unknown_augmentation_names_the_known_ones():
     assert [check_augmentation(a) for a in AUGMENTATIONS] == list(AUGMENTATIONS)
     with pytest.raises(ValueError, match="dihedral, full, none; got 'astro'"):
         check_augmentation("astro")
+
+
+def test_augment_config_reads_names_and_mappings_and_refuses_bad_ranges():
+    assert AugmentConfig.from_value(True) == AugmentConfig()
+    assert AugmentConfig.from_value(False) is None
+    assert AugmentConfig.from_value({"astro_p": 0.5}).astro_p == 0.5
+    with pytest.raises(ValueError, match="unknown augmentation option"):
+        AugmentConfig.from_value({"astro": 0.5})
+    with pytest.raises(ValueError, match="probability"):
+        AugmentConfig(greyscale_p=2)
+    with pytest.raises(ValueError, match="crop_scale"):
+        AugmentConfig(crop_scale=(0.8, 0.7))
+    with pytest.raises(ValueError, match="at most 1"):
+        AugmentConfig(crop_scale=(0.8, 1.5))

@@ -239,20 +239,6 @@ def test_decode_train_image_is_close_to_read_image(catalog, tmp_path):
     assert np.abs(decoded - read_image(big, SIZE) / 255).mean() < 3 / 255
 
 
-def test_augment_config():
-    assert AugmentConfig.from_value(True) == AugmentConfig()
-    assert AugmentConfig.from_value(False) is None
-    assert AugmentConfig.from_value({"astro_p": 0.5}).astro_p == 0.5
-    with pytest.raises(ValueError, match="unknown augmentation option"):
-        AugmentConfig.from_value({"astro": 0.5})
-    with pytest.raises(ValueError, match="probability"):
-        AugmentConfig(greyscale_p=2)
-    with pytest.raises(ValueError, match="crop_scale"):
-        AugmentConfig(crop_scale=(0.8, 0.7))
-    with pytest.raises(ValueError, match="at most 1"):
-        AugmentConfig(crop_scale=(0.8, 1.5))
-
-
 def test_unseeded_training_leaves_images_on_disk_unchanged(catalog):
     before = {p: Path(p).read_bytes() for p in catalog["file_loc"]}
     list(train_dataset(catalog, ["row"], SIZE, batch_size=8, split=None, seed=None))

@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from zoobot.tf import architectures
 from zoobot.tf.architectures import efficientnet
-from zoobot.tf.weights import WeightsMismatchError
+from zoobot.tf.weights import WeightsMismatchError, load_timm_state, timm_state
 
 FIXTURES = Path(__file__).parent / "fixtures" / "timm"
 TOLERANCE = 1e-4  # max |keras - timm| relative to the largest |timm feature|
@@ -90,7 +91,7 @@ CASES = ["test_efficientnet", "efficientnet_b0_mini", "tf_efficientnetv2_s_small
 def test_features_match_timm(case):
     build, state, native, arrays = _load_case(case)
     model = build(native)
-    efficientnet.load_timm_state(model, state)
+    load_timm_state(model, state, "encoder")
     _assert_close(_features(model, arrays["x_native"]), arrays["features_native"])
     assert model.num_features == arrays["features_native"].shape[1]
 
@@ -103,7 +104,7 @@ def test_features_match_timm_with_adapted_channels(case):
     model = build(channels)
     state = dict(state)
     state["conv_stem.weight"] = _adapt_first_conv(state["conv_stem.weight"], channels)
-    efficientnet.load_timm_state(model, state)
+    load_timm_state(model, state, "encoder")
     _assert_close(_features(model, arrays["x_adapted"]), arrays["features_adapted"])
 
 
@@ -123,8 +124,8 @@ def test_hub_folder_loads_through_load_encoder(case):
 def test_timm_state_round_trip_is_exact(case):
     build, state, native, _ = _load_case(case)
     model = build(native)
-    efficientnet.load_timm_state(model, state)
-    back = efficientnet.timm_state(model)
+    load_timm_state(model, state, "encoder")
+    back = timm_state(model)
     assert sorted(back) == sorted(state)  # (safetensors stores keys sorted, not in timm's order)
     assert list(back)[:2] == ["conv_stem.weight", "bn1.weight"]  # timm's module order
     for key, value in state.items():
@@ -133,7 +134,7 @@ def test_timm_state_round_trip_is_exact(case):
         np.testing.assert_array_equal(back[key], value, err_msg=key)
     # and again through a fresh model: Keras -> timm -> Keras is exact too
     twin = build(native)
-    efficientnet.load_timm_state(twin, back)
+    load_timm_state(twin, back, "encoder")
     for a, b in zip(model.weights, twin.weights, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
 
@@ -142,7 +143,7 @@ def test_timm_state_round_trip_is_exact(case):
 def test_blocks_cover_every_weight_once(case):
     build, _, native, _ = _load_case(case)
     model = build(native)
-    groups = efficientnet.blocks(model)
+    groups = architectures.family_blocks(model, "efficientnet")
     stages = sorted(
         {layer.name.split(".")[1] for layer in model.layers if layer.name.startswith("blocks.")}
     )
@@ -170,7 +171,7 @@ def test_strict_loading_names_each_misfit():
     bad["blocks.9.0.conv.weight"] = np.zeros((1,), np.float32)
     bad["conv_head.weight"] = np.zeros((3, 3, 1, 1), np.float32)
     with pytest.raises(WeightsMismatchError) as err:
-        efficientnet.load_timm_state(model, bad)
+        load_timm_state(model, bad, "encoder")
     message = str(err.value)
     assert "blocks.1.0.conv_exp.weight" in message
     assert "blocks.9.0.conv.weight" in message
@@ -182,7 +183,7 @@ def test_strict_loading_names_each_misfit():
         np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
     # a different architecture's weights do not fit either
     with pytest.raises(WeightsMismatchError):
-        efficientnet.load_timm_state(efficientnet.build("test_efficientnet", native), state)
+        load_timm_state(efficientnet.build("test_efficientnet", native), state, "encoder")
 
 
 # timm 1.0.31, create_model(name, num_classes=0): num_features, state dict entries and numbers
@@ -200,7 +201,7 @@ TIMM_SIZES = {
 def test_full_size_state_matches_timm(architecture):
     num_features, entries, numbers = TIMM_SIZES[architecture]
     model = efficientnet.build(architecture, 3)
-    state = efficientnet.timm_state(model)
+    state = timm_state(model)
     assert model.num_features == num_features
     assert len(state) == entries
     assert sum(v.size for v in state.values()) == numbers

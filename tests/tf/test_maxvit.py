@@ -129,7 +129,7 @@ def test_saved_folder_reloads_with_its_size_and_weights(tmp_path, case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_blocks_are_stages_from_the_head_then_the_stem(case):
-    """As zoobot.torch.blocks.maxvit_blocks: stages 3..0, then the stem; norm/head in block 0."""
+    """As zoobot.models.blocks groups MaxViT: stages 3..0, then the stem; norm/head in block 0."""
     encoder = load_encoder(FIXTURES / case)
     groups = architectures.blocks(encoder)
     assert len(groups) == 5

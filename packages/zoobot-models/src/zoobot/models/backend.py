@@ -39,29 +39,40 @@ class Backend(abc.ABC):
     tasks: TaskRegistry
     """Task name -> this framework's model class, for reloading saved task models."""
 
+    module: str
+    """The framework package, e.g. "zoobot.torch": the methods below that are not abstract call its
+    mirrored modules (`encoders`, `runner`, `distributed`, `training`) by their shared names."""
+
+    def part(self, name: str) -> Any:
+        """The framework's module `name` (`zoobot.<framework>.<name>`), imported on first use."""
+        return importlib.import_module(f"{self.module}.{name}")
+
     # -- encoders: timm tensors in and out ---------------------------------------------------------
 
-    @abc.abstractmethod
     def is_architecture(self, name: str) -> bool:
         """Whether `name` is an architecture this framework builds (random weights) by name."""
+        return self.part("encoders").is_architecture(name)
 
-    @abc.abstractmethod
     def load_encoder(self, name: str | os.PathLike, channels: int | None = None) -> Any:
         """An encoder by architecture name, `hf_hub:` repo or Hub-layout folder (`load_encoder`)."""
+        return self.part("encoders").load_encoder(name, channels)
 
-    @abc.abstractmethod
     def encoder_from_config(self, config: Mapping, weights: Path, channels: int | None) -> Any:
         """The encoder a Hub-layout `config` describes, with the timm tensors of `weights` loaded
         strictly (a `.safetensors` file, or a legacy `.bin` read without running its pickle)."""
+        encoders = self.part("encoders")
+        return encoders.encoder_from_config(
+            config, encoders.load_state_dict_file(weights), channels
+        )
 
-    @abc.abstractmethod
     def write_encoder(self, encoder: Any, folder: Path) -> dict:
         """Write `config.json` and `model.safetensors` for `encoder` into `folder` as timm does;
         return the config written."""
+        return self.part("encoders").write_timm_files(encoder, folder)
 
-    @abc.abstractmethod
     def encoder_dim(self, encoder: Any) -> int:
         """Width of the encoder's pooled features."""
+        return self.part("encoders").encoder_dim(encoder)
 
     # -- heads: tensors in PyTorch names and layouts ----------------------------------------------
 
@@ -81,11 +92,11 @@ class Backend(abc.ABC):
         file, folder or dataset, `zoobot.data.streaming.open_catalog_rows`) or of another source
         the framework reads (e.g. TFRecord shards). Both pickle (spawned processes get them)."""
 
-    @abc.abstractmethod
     def prepare_run(self, model: Any, settings: RunSettings) -> tuple[RunSettings, dict]:
         """(the settings a run of `model` takes here, e.g. the precision its device computes in;
         what identifies the numbers `model` gives, for the run's manifest: framework, weights
         digest, input channels)."""
+        return self.part("runner").prepare_run(model, settings)
 
     @abc.abstractmethod
     def run_predictions(
@@ -118,11 +129,9 @@ class Backend(abc.ABC):
     def launch(self, job: Callable[[Rank], Any], launch: Launch) -> Any:
         """Run `job(rank)` in every process of `launch` and return what it gives in this process:
         here, or in the processes the framework's launcher starts (returning the merged run), or as
-        one rank of a launch that started this process (`torchrun`, SLURM, `TF_CONFIG`). This
-        default runs one process only."""
-        if not launch.single:
-            raise ValueError(f"{self.name} runs predict in one process (devices=1, nodes=1)")
-        return job(Rank())
+        one rank of a launch that started this process (`torchrun`, SLURM, `TF_CONFIG`): the
+        framework's `distributed.launch`."""
+        return self.part("distributed").launch(job, launch)
 
     @abc.abstractmethod
     def predict_batch(self, model: Any, images: np.ndarray) -> np.ndarray:
@@ -146,7 +155,6 @@ class Backend(abc.ABC):
 
     # -- training on a catalog ------------------------------------------------------------------
 
-    @abc.abstractmethod
     def fit_catalog(
         self,
         build: Callable[[], Any],
@@ -161,6 +169,7 @@ class Backend(abc.ABC):
         are also written to `save_dir/best` in the Hub layout. `data` is a catalog or any other
         source the framework's `train` takes; `options` has the keys of
         `zoobot.models.cli.TRAINING_OPTIONS` and `splits`."""
+        return self.part("training").fit_catalog(build, data, label_cols, save_dir, **options)
 
     # -- shared helpers ---------------------------------------------------------------------------
 

@@ -82,6 +82,18 @@ HELP_KEYS = (
 )
 
 
+def typical_run(prog: str) -> str:
+    """The help's closing example: a run of `prog` on the synthetic survey of zoobot-data."""
+    return f"""\
+a typical run on the synthetic survey of zoobot-data:
+  zoobot-data survey 2000 data/survey --image-size 128
+  {prog} train data/survey/catalog.parquet runs/pretrain --schema decals_dr5 --image-size 128
+  {prog} predict data/survey/catalog.parquet runs/pretrain/best preds/votes.parquet
+  {prog} represent data/survey/catalog.parquet runs/pretrain/best preds/features.parquet
+  {prog} push runs/pretrain/best my-name/zoobot-synthetic --dry-run
+"""
+
+
 @dataclass(frozen=True)
 class ModelCommand:
     """One framework's command: its name, texts, and its `Backend` (or the module holding it as
@@ -91,8 +103,9 @@ class ModelCommand:
     framework: str
     backend: str | Any
     description: str
-    epilog: str
     help: Mapping[str, str]
+    epilog: str | None = None
+    """Text after the subcommand list (default: `typical_run(prog)`)."""
     start: Callable[[argparse.Namespace], None] | None = None
     """Called with the parsed arguments before the backend is imported (e.g. to choose the Keras
     backend and start the framework quietly)."""
@@ -685,7 +698,7 @@ def build_parser(command: ModelCommand) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=command.prog,
         description=command.description,
-        epilog=command.epilog,
+        epilog=typical_run(command.prog) if command.epilog is None else command.epilog,
         formatter_class=HelpFormatter,
     )
     parser.add_argument(

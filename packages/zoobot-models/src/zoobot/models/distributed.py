@@ -110,6 +110,14 @@ def slurm_array_share(env: Mapping[str, str]) -> Share:
     return Share(index, count)
 
 
+def slurm_step_tasks(env: Mapping[str, str]) -> int | None:
+    """The task count of the SLURM job step this process is a task of, when it has several and
+    is not an interactive shell's (`srun --pty bash`); else None."""
+    tasks = int(env.get("SLURM_NTASKS", 1))
+    interactive = env.get("SLURM_JOB_NAME") in ("bash", "interactive")
+    return tasks if tasks > 1 and not interactive else None
+
+
 @dataclass(frozen=True)
 class Rank:
     """This process's place in a launch: `index` of `count` ranks, the device it runs on, and the

@@ -101,3 +101,13 @@ def cpu_runs(kind: str) -> bool:
     supported, why = native(kind)
     reason = why if supported else f"{why}; runs in float32, faster than emulated {kind}"
     return choose(f"cpu_{kind}", supported, reason)
+
+
+def run_precision(precision: str, on_cpu: bool) -> str:
+    """The precision `predict` runs a request for `precision` at: "bf16" on a CPU only where it
+    computes bf16 natively (`cpu_runs`), else "32", several times faster than emulated bf16 there
+    (benchmarks/bf16_cpu.py). Other devices run what was asked."""
+    precision = str(precision)
+    if precision == "32" or not on_cpu:
+        return precision
+    return precision if cpu_runs("bf16") else "32"

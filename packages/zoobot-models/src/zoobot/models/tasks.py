@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from zoobot.data.augmentation import check_augmentation
 from zoobot.data.labels import LabelRule
 from zoobot.models.layout import RESERVED_KEYS
+from zoobot.models.settings import FINETUNING, PRETRAINING
+from zoobot.shared.registry import as_schema
 from zoobot.shared.schema import Schema
 
 OUTPUT_TABLES = ("tree", "classifier", "regressor")
@@ -273,3 +277,169 @@ def label_rule(model: object, label_cols: Sequence[str]) -> LabelRule:
             f"a regressor with {n} output(s) trains on {n} label column(s), got {cols}"
         )
     return LabelRule.targets(cols)
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A task head as every framework builds it: dropout, a linear layer from the encoder's
+    features to `outputs` values (module 1 of the head, so its tensors are `1.weight`, `1.bias`),
+    then `activation`: None, "sigmoid", or "concentration" (Dirichlet concentrations, log-spaced in
+    `concentration` (low, high), or 1 + 100 sigmoid without one)."""
+
+    outputs: int
+    dropout: float
+    activation: str | None = None
+    concentration: Sequence[float] | None = None
+
+
+class TaskModel:
+    """The constructors of the built-in task models, written once for every framework.
+
+    A framework's task class lists one of these subclasses before its own base, which supplies
+    `backend`, `settings_and_rest(kwargs)` (the checked `TrainingSettings` among keyword arguments,
+    and the rest its base takes), `build_head(spec, in_features)` and `__init__(encoder, head,
+    settings, task_args, **rest)`; the task class's `setup_task()` then adds its loss and metrics.
+    """
+
+    def _assemble(self, encoder, head: dict, task_args: dict, settings, rest, **attributes):
+        """Build the head of `HeadSpec(**head)`, the model around it, set `attributes`, then
+        `setup_task()`."""
+        spec = HeadSpec(dropout=settings.dropout, **head)
+        head = self.build_head(spec, self.backend.encoder_dim(encoder))
+        super().__init__(encoder, head, settings, task_args, **rest)
+        for name, value in attributes.items():
+            setattr(self, name, value)
+        self.setup_task()
+
+
+class TreeTask(TaskModel):
+    """`ZoobotTree`: pretrain an encoder on Galaxy Zoo votes, predicting Dirichlet concentrations
+    for every answer of `schema`.
+
+    The loss is the Dirichlet-multinomial negative log-likelihood of the votes, summed over
+    questions and averaged over the batch. `architecture` is any name `load_encoder` takes;
+    `encoder=` uses a model instead. `settings` are `zoobot.models.settings.TrainingSettings`
+    (defaults `PRETRAINING`: the whole encoder trains at `learning_rate=1e-3` after a one-epoch
+    warmup, head dropout 0.2). `concentration` is the head's log-spaced (low, high) range (None:
+    1 + 100 sigmoid, the head of models saved before the option). Predictions are concentrations,
+    `(batch, answer, n_samples)`.
+    """
+
+    task = "tree"
+    default_settings = PRETRAINING
+
+    def __init__(
+        self,
+        schema: Schema | str | Mapping,
+        architecture: str | os.PathLike = "convnext_nano",
+        encoder=None,
+        channels: int = 3,
+        concentration: Sequence[float] | None = DEFAULT_CONCENTRATION,
+        **settings,
+    ):
+        schema = as_schema(schema)
+        settings, rest = self.settings_and_rest(settings)
+        if encoder is None:
+            encoder = self.backend.load_encoder(architecture, channels)
+        task_args = tree_args(schema, concentration)
+        head = {
+            "outputs": len(schema.label_cols),
+            "activation": "concentration",
+            "concentration": task_args["concentration"],
+        }
+        self._assemble(encoder, head, task_args, settings, rest, schema=schema)
+
+    @classmethod
+    def from_task_config(cls, config: dict, encoder):
+        return super().from_task_config(saved_tree_args(config), encoder)
+
+
+class FinetuneableTreeTask:
+    """`FinetuneableZoobotTree`: finetune on votes for a (new) decision tree `schema`, as the tree
+    (listed after this class) does for pretraining; only the encoder source (`name=` for
+    `load_encoder`, or `encoder=`) and the finetuning defaults differ."""
+
+    task = "finetuneable_tree"
+    default_settings = FINETUNING
+
+    def __init__(
+        self,
+        schema: Schema | str | Mapping,
+        name: str | os.PathLike | None = None,
+        encoder=None,
+        channels: int = 3,
+        **settings,
+    ):
+        encoder = resolve_encoder(self.backend, name, encoder, channels)
+        super().__init__(schema, encoder=encoder, **settings)
+
+
+class ClassifierTask(TaskModel):
+    """`FinetuneableZoobotClassifier`: classify galaxies into `num_classes` classes; labels are
+    class indices 0..num_classes-1.
+
+    Cross-entropy with optional `label_smoothing` and per-class `class_weights`; accuracy is logged.
+    Predictions are softmax probabilities, `(batch, num_classes, n_samples)`, ready for calibration.
+    `class_names` (one per class, in index order) are kept in the task config, so a saved model
+    says what its outputs are (`model.class_names`; None if not given).
+    """
+
+    task = "classifier"
+    default_settings = FINETUNING
+
+    def __init__(
+        self,
+        num_classes: int,
+        name: str | os.PathLike | None = None,
+        encoder=None,
+        channels: int = 3,
+        label_smoothing: float = 0.0,
+        class_weights: Sequence[float] | None = None,
+        class_names: Sequence[str] | None = None,
+        **settings,
+    ):
+        settings, rest = self.settings_and_rest(settings)
+        task_args = classifier_args(num_classes, label_smoothing, class_weights, class_names)
+        encoder = resolve_encoder(self.backend, name, encoder, channels)
+        self._assemble(
+            encoder,
+            {"outputs": num_classes},
+            task_args,
+            settings,
+            rest,
+            num_classes=num_classes,
+            class_names=task_args.get("class_names"),
+            label_smoothing=label_smoothing,
+        )
+
+
+class RegressorTask(TaskModel):
+    """`FinetuneableZoobotRegressor`: predict `num_outputs` continuous values per galaxy with a
+    mean squared (`loss="mse"`) or absolute (`"mae"`) error loss.
+
+    `unit_interval=True` squashes outputs into (0, 1) with a sigmoid, for fractions. MAE and MSE are
+    logged. Predictions are `(batch, num_outputs, n_samples)`.
+    """
+
+    task = "regressor"
+    default_settings = FINETUNING
+
+    def __init__(
+        self,
+        name: str | os.PathLike | None = None,
+        encoder=None,
+        channels: int = 3,
+        loss: str = "mse",
+        unit_interval: bool = False,
+        num_outputs: int = 1,
+        **settings,
+    ):
+        if loss not in ("mse", "mae"):
+            raise ValueError(f"loss must be 'mse' or 'mae', got {loss!r}")
+        settings, rest = self.settings_and_rest(settings)
+        encoder = resolve_encoder(self.backend, name, encoder, channels)
+        task_args = {"loss": loss, "unit_interval": unit_interval, "num_outputs": num_outputs}
+        head = {"outputs": num_outputs, "activation": "sigmoid" if unit_interval else None}
+        self._assemble(
+            encoder, head, task_args, settings, rest, loss_name=loss, num_outputs=num_outputs
+        )

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
@@ -23,17 +22,17 @@ import numpy as np
 from zoobot.data.streaming import CatalogRows
 from zoobot.models import preprocessing
 from zoobot.models.backend import Backend
-from zoobot.models.distributed import Launch, Rank
 from zoobot.models.layout import check_weights_fit
 from zoobot.models.runner import Parts, RunSettings
 from zoobot.models.tasks import TaskRegistry
-from zoobot.tf import encoders, runtime
+from zoobot.tf import runtime
 
 
 class KerasBackend(Backend):
     """Keras 3: converted timm encoders, `keras.Sequential` heads, a `tf.data` engine, Keras `fit`."""
 
     package = "zoobot-tf"
+    module = "zoobot.tf"
 
     def __init__(self):
         runtime.keras_backend()  # refuses a backend zoobot.tf does not run on, with the fix
@@ -43,25 +42,6 @@ class KerasBackend(Backend):
     def name(self) -> str:
         """ "tf" when Keras runs on TensorFlow, "jax" on JAX."""
         return runtime.name()
-
-    def is_architecture(self, name: str) -> bool:
-        return encoders.is_architecture(name)
-
-    def load_encoder(self, name: str | os.PathLike, channels: int | None = None) -> keras.Model:
-        return encoders.load_encoder(name, channels)
-
-    def encoder_from_config(
-        self, config: Mapping, weights: Path, channels: int | None
-    ) -> keras.Model:
-        return encoders.encoder_from_config(
-            config, encoders.load_state_dict_file(weights), channels
-        )
-
-    def write_encoder(self, encoder: keras.Model, folder: Path) -> dict:
-        return encoders.write_timm_files(encoder, folder)
-
-    def encoder_dim(self, encoder: keras.Model) -> int:
-        return encoders.encoder_dim(encoder)
 
     def head_state(self, head: keras.Model) -> dict[str, np.ndarray]:
         state = {}
@@ -100,11 +80,6 @@ class KerasBackend(Backend):
 
         return open_rows(data)
 
-    def prepare_run(self, model: keras.Model, settings: RunSettings) -> tuple[RunSettings, dict]:
-        from zoobot.tf.runner import prepare_run
-
-        return prepare_run(model, settings)
-
     def run_predictions(
         self,
         rows: Any,
@@ -136,11 +111,6 @@ class KerasBackend(Backend):
         key = ("features", str(settings.precision))
         run_chunks(rows, parts, chunks, encoder, forward, settings, 0, key)
 
-    def launch(self, job: Callable[[Rank], Any], launch: Launch) -> Any:
-        from zoobot.tf.distributed import launch as run_launch
-
-        return run_launch(job, launch)
-
     def predict_batch(self, model: keras.Model, images: np.ndarray) -> np.ndarray:
         from zoobot.tf.data.transforms import eval_transform
         from zoobot.tf.runner import input_channels
@@ -163,18 +133,6 @@ class KerasBackend(Backend):
         why = runtime.set_threads(threads)
         if why is not None:
             print(f"zoobot-tf: --threads ignored: {why}", file=sys.stderr)
-
-    def fit_catalog(
-        self,
-        build: Callable[[], keras.Model],
-        data: Any,
-        label_cols: Sequence[str],
-        save_dir: str | os.PathLike,
-        options: Mapping[str, Any],
-    ) -> keras.Model:
-        from zoobot.tf.training import fit_catalog
-
-        return fit_catalog(build, data, label_cols, save_dir, **options)
 
 
 BACKEND = KerasBackend()

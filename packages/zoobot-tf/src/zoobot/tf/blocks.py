@@ -1,11 +1,8 @@
 """Encoder blocks, ordered from the head backwards, for partial finetuning and layer-wise lr decay.
 
-A block is a list of Keras layers of the encoder. `zoobot.tf.architectures.blocks` gives them per
-family with the grouping of `zoobot.torch.blocks` (convnext: stages reversed then the stem;
-efficientnet: blocks reversed then conv_stem + bn1; resnet: layer4..layer1 then conv1 + bn1), head
-side first and stem last. Layers holding weights that no block lists join block 0 (the one nearest
-the head), so every encoder weight belongs to exactly one block; an encoder of an unknown family is
-one single block.
+A block is a list of Keras layers of the encoder: `zoobot.tf.architectures.blocks` groups them as
+`zoobot.models.blocks` says (the grouping of `zoobot.torch.blocks`), head side first and stem last,
+every encoder weight in exactly one block; an encoder of an unknown family is one single block.
 
 Freezing sets `layer.trainable = False` on the frozen blocks' layers: their weights get no
 gradients, and Keras 3 runs a non-trainable `BatchNormalization` in inference mode (moving
@@ -18,6 +15,8 @@ from __future__ import annotations
 import logging
 
 import keras
+
+from zoobot.models.blocks import n_trained
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +66,10 @@ def block_variables(block: list[keras.layers.Layer]) -> list[keras.Variable]:
     return variables
 
 
-def n_trained_blocks(n_blocks: int, blocks: LayerBlocks) -> int:
-    """How many blocks train: all for `n_blocks < 0`, else at most `n_blocks`."""
-    return len(blocks) if n_blocks < 0 else min(n_blocks, len(blocks))
-
-
 def freeze_blocks(blocks: LayerBlocks, n_blocks: int) -> tuple[LayerBlocks, LayerBlocks]:
     """Freeze all but the first `n_blocks` blocks (-1: none); return (trained, frozen) blocks."""
-    n_trained = n_trained_blocks(n_blocks, blocks)
-    trained, frozen = blocks[:n_trained], blocks[n_trained:]
+    count = n_trained(n_blocks, len(blocks))
+    trained, frozen = blocks[:count], blocks[count:]
     for block in trained:
         for layer in block:
             layer.trainable = True

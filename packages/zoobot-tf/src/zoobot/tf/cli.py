@@ -27,15 +27,6 @@ with id_str and file_loc (image path) columns plus labels. Run `zoobot-tf COMMAN
 each command reads, writes and an example.
 """
 
-EPILOG = """\
-a typical run on the synthetic survey of zoobot-data:
-  zoobot-data survey 2000 data/survey --image-size 128
-  zoobot-tf train data/survey/catalog.parquet runs/pretrain --schema decals_dr5 --image-size 128
-  zoobot-tf predict data/survey/catalog.parquet runs/pretrain/best preds/votes.parquet
-  zoobot-tf represent data/survey/catalog.parquet runs/pretrain/best preds/features.parquet
-  zoobot-tf push runs/pretrain/best my-name/zoobot-synthetic --dry-run
-"""
-
 
 # TensorFlow's C++ log lines ("E0000 00:00:1796605211.112482 8205 cuda_platform.cc:52] ...") and
 # the notice absl prints before them while its logging is not set up, which TF_CPP_MIN_LOG_LEVEL
@@ -117,7 +108,6 @@ COMMAND = ModelCommand(
     start=start,
     backends=KERAS_BACKENDS,
     description=DESCRIPTION,
-    epilog=EPILOG,
     help={
         "architecture": "timm architecture, hf_hub:owner/repo or a folder to start from",
         "train_precision": "training precision (a Keras dtype policy); mixed is bf16 on CPU and "

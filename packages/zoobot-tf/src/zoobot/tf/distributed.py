@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from zoobot.models.distributed import Launch, Rank, spawn
+from zoobot.models.distributed import Launch, Rank, slurm_step_tasks, spawn
 from zoobot.models.runner import clear_parts
 
 STRATEGIES = ("auto", "workers", "multi_worker")
@@ -50,8 +50,8 @@ def cluster_rank(strategy: Any, env=None) -> Rank | None:
         found = None
     if found is not None:
         return Rank(*found)
-    tasks = int(env.get("SLURM_NTASKS", 1))
-    if tasks > 1 and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+    tasks = slurm_step_tasks(env)
+    if tasks is not None:
         return Rank(
             int(env["SLURM_PROCID"]), tasks, _slurm_device(int(env.get("SLURM_LOCALID", 0)))
         )

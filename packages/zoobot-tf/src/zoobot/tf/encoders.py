@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import keras
 import numpy as np
 import safetensors.numpy
 
-from zoobot.models import preprocessing
+from zoobot.models.encoders import TORCHVISION_PREFIX, adapt_first_convs, load_encoder_with
 from zoobot.models.hub import HubUnavailableError, ModelSource
 from zoobot.models.layout import (
     CONFIG_NAME,
@@ -44,6 +45,7 @@ __all__ = [
     "LegacyWeightsError",
     "WeightsMismatchError",
     "adapt_input_conv",
+    "encoder_by_name",
     "encoder_dim",
     "encoder_from_config",
     "first_conv",
@@ -56,10 +58,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TORCHVISION_PREFIX = "torchvision:"
-# torchvision ResNets are timm's architectures under the same tensor names (zoobot.torch saves them
-# in the timm layout), so the names zoobot.torch accepts build the timm twins here.
-TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # timm's classifier module per family: dropped from checkpoints saved with a classifier
 _CLASSIFIERS = {
     "convnext": "head.fc",
@@ -213,17 +211,14 @@ def encoder_from_config(
             for classifier in (classifiers,) if isinstance(classifiers, str) else classifiers:
                 state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
         if target_channels != source_channels:
-            for conv in first_convs(pretrained_cfg):
-                key = f"{conv}.weight"
-                if key in state:
-                    state[key] = adapt_input_conv(target_channels, state[key], source_channels)
-                    logger.warning(
-                        "%s: adapted first conv %r from %d to %d input channels (timm adapt_input_conv)",
-                        architecture,
-                        conv,
-                        source_channels,
-                        target_channels,
-                    )
+            state = adapt_first_convs(
+                architecture,
+                pretrained_cfg,
+                state,
+                source_channels,
+                target_channels,
+                lambda w: adapt_input_conv(target_channels, w, source_channels),
+            )
         architectures.load_timm_state(encoder, state)
     encoder.zoobot_pretrained_cfg = _pretrained_cfg_for(
         pretrained_cfg, target_channels, first, _fixed_size(encoder)
@@ -231,8 +226,10 @@ def encoder_from_config(
     return encoder
 
 
-def _architecture_encoder(name: str, channels: int | None, model_args: dict) -> keras.Model:
-    architecture = name.split(".", 1)[0]
+def encoder_by_name(name: str, channels: int | None, model_args: dict) -> keras.Model:
+    """A randomly initialised architecture zoobot.tf implements (`torchvision:<resnet>` is timm's
+    twin of the same network), with `channels` inputs (default 3)."""
+    architecture = name.removeprefix(TORCHVISION_PREFIX).split(".", 1)[0]
     supported = architectures.supported_architectures()
     if architecture not in supported:
         close = difflib.get_close_matches(architecture, supported, n=5, cutoff=0.6)
@@ -263,25 +260,7 @@ def load_encoder(
     `pretrained=False` builds a Hub/folder architecture without loading its weights. Keyword
     arguments are timm model arguments (e.g. `drop_path_rate=0.1`). Takes channels-last images.
     """
-    text = os.fspath(name)
-    if text.startswith(TORCHVISION_PREFIX):
-        architecture = text[len(TORCHVISION_PREFIX) :]
-        if architecture not in TORCHVISION_RESNETS:
-            raise ValueError(
-                f"{text} is not offered; choose from torchvision:{{{', '.join(TORCHVISION_RESNETS)}}}"
-            )
-        return _architecture_encoder(architecture, channels, model_args)
-    source = ModelSource.parse(name, is_architecture=is_architecture)
-    if source is None:
-        return _architecture_encoder(text, channels, model_args)
-    config = source.read_config()
-    state = read_weights(source) if pretrained else None
-    return preprocessing.encoder_from_config(
-        config,
-        f"{source}/{CONFIG_NAME}",
-        channels,
-        lambda: encoder_from_config(config, state, channels, **model_args),
-    )
+    return load_encoder_with(sys.modules[__name__], name, channels, pretrained, model_args)
 
 
 def encoder_dim(encoder: keras.Model) -> int:

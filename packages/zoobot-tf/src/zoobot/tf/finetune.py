@@ -11,18 +11,14 @@ Arguments, defaults, task names and saved task configs are those of `zoobot.torc
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import keras
 from keras import ops
 
-from zoobot.models.settings import FINETUNING
-from zoobot.models.tasks import classifier_args, resolve_encoder
-from zoobot.shared import Schema
+from zoobot.models.tasks import ClassifierTask, FinetuneableTreeTask, RegressorTask
 from zoobot.tf.backend import BACKEND
-from zoobot.tf.encoders import encoder_dim
-from zoobot.tf.module import ZoobotModel, linear_head
+from zoobot.tf.module import ZoobotModel
 from zoobot.tf.tree import ZoobotTree
 
 __all__ = [
@@ -64,41 +60,12 @@ def cross_entropy(
 
 
 @BACKEND.tasks.register
-class FinetuneableZoobotClassifier(ZoobotModel):
-    """Classify galaxies into `num_classes` classes; labels are class indices 0..num_classes-1.
+class FinetuneableZoobotClassifier(ClassifierTask, ZoobotModel):
+    """`zoobot.models.tasks.ClassifierTask` with Keras: PyTorch's cross-entropy arithmetic, accuracy."""
 
-    Cross-entropy with optional `label_smoothing` and per-class `class_weights` (PyTorch's
-    arithmetic); accuracy is logged. Predictions are softmax probabilities,
-    `(batch, num_classes, n_samples)`, ready for calibration. `class_names` (one per class, in
-    index order) are kept in the task config, so a saved model says what its outputs are
-    (`model.class_names`; None if not given), as in zoobot-torch.
-    """
-
-    task = "classifier"
-    default_settings = FINETUNING
-
-    def __init__(
-        self,
-        num_classes: int,
-        name: str | os.PathLike | None = None,
-        encoder: keras.Model | None = None,
-        channels: int = 3,
-        label_smoothing: float = 0.0,
-        class_weights: Sequence[float] | None = None,
-        class_names: Sequence[str] | None = None,
-        **settings,
-    ):
-        settings, keras_kwargs = self.default_settings.split(settings)
-        settings = self.default_settings.replace(**settings)
-        task_args = classifier_args(num_classes, label_smoothing, class_weights, class_names)
-        encoder = resolve_encoder(BACKEND, name, encoder, channels)
-        head = linear_head(encoder_dim(encoder), num_classes, settings.dropout)
-        super().__init__(encoder, head, settings, task_args, **keras_kwargs)
-        self.class_names = task_args.get("class_names")
-        self.num_classes = num_classes
-        weights = task_args["class_weights"]
+    def setup_task(self) -> None:
+        weights = self.task_args["class_weights"]
         self.class_weights = None if weights is None else tuple(weights)
-        self.label_smoothing = label_smoothing
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
     def task_loss(self, labels, output):
@@ -114,39 +81,10 @@ class FinetuneableZoobotClassifier(ZoobotModel):
 
 
 @BACKEND.tasks.register
-class FinetuneableZoobotRegressor(ZoobotModel):
-    """Predict `num_outputs` continuous values per galaxy with a mean squared or absolute error loss.
+class FinetuneableZoobotRegressor(RegressorTask, ZoobotModel):
+    """`zoobot.models.tasks.RegressorTask` with Keras: the error and MAE / MSE metrics."""
 
-    `unit_interval=True` squashes outputs into (0, 1) with a sigmoid, for fractions. MAE and MSE are
-    logged. Predictions are `(batch, num_outputs, n_samples)`.
-    """
-
-    task = "regressor"
-    default_settings = FINETUNING
-
-    def __init__(
-        self,
-        name: str | os.PathLike | None = None,
-        encoder: keras.Model | None = None,
-        channels: int = 3,
-        loss: str = "mse",
-        unit_interval: bool = False,
-        num_outputs: int = 1,
-        **settings,
-    ):
-        if loss not in ("mse", "mae"):
-            raise ValueError(f"loss must be 'mse' or 'mae', got {loss!r}")
-        settings, keras_kwargs = self.default_settings.split(settings)
-        settings = self.default_settings.replace(**settings)
-        encoder = resolve_encoder(BACKEND, name, encoder, channels)
-        extra = [keras.layers.Activation("sigmoid", dtype="float32", name="sigmoid")]
-        head = linear_head(
-            encoder_dim(encoder), num_outputs, settings.dropout, *(extra if unit_interval else [])
-        )
-        task_args = {"loss": loss, "unit_interval": unit_interval, "num_outputs": num_outputs}
-        super().__init__(encoder, head, settings, task_args, **keras_kwargs)
-        self.loss_name = loss
-        self.num_outputs = num_outputs
+    def setup_task(self) -> None:
         self.mae = keras.metrics.MeanAbsoluteError(name="mae")
         self.mse = keras.metrics.MeanSquaredError(name="mse")
 
@@ -167,23 +105,5 @@ class FinetuneableZoobotRegressor(ZoobotModel):
 
 
 @BACKEND.tasks.register
-class FinetuneableZoobotTree(ZoobotTree):
-    """Finetune on votes for a (new) decision tree `schema`, as `ZoobotTree` does for pretraining.
-
-    Only the encoder source (`name=` or `encoder=`) and the finetuning defaults differ.
-    """
-
-    task = "finetuneable_tree"
-    default_settings = FINETUNING
-
-    def __init__(
-        self,
-        schema: Schema | str | Mapping,
-        name: str | os.PathLike | None = None,
-        encoder: keras.Model | None = None,
-        channels: int = 3,
-        **settings,
-    ):
-        super().__init__(
-            schema, encoder=resolve_encoder(BACKEND, name, encoder, channels), **settings
-        )
+class FinetuneableZoobotTree(FinetuneableTreeTask, ZoobotTree):
+    """`zoobot.models.tasks.FinetuneableTreeTask` with Keras: `ZoobotTree` from a given encoder."""

@@ -21,6 +21,7 @@ from keras import ops
 
 from zoobot.models.pretrained import PretrainedMixin
 from zoobot.models.settings import FINETUNING, TrainingSettings
+from zoobot.models.tasks import HeadSpec, log_concentration_scale
 from zoobot.tf.backend import BACKEND
 from zoobot.tf.blocks import LayerBlocks, encoder_blocks, freeze_blocks, lr_multipliers
 from zoobot.tf.optimizers import WarmupCosine, layerwise_adamw
@@ -38,27 +39,55 @@ def torch_linear_initializers(in_features: int) -> dict:
     }
 
 
-def linear_head(
-    in_features: int, out_features: int, dropout: float, *extra: keras.layers.Layer
-) -> keras.Sequential:
-    """Dropout, a dense layer (torch `Linear` init) and `extra` layers, in float32 whatever the policy.
+@keras.saving.register_keras_serializable(package="zoobot")
+class ScaledSigmoid(keras.layers.Layer):
+    """1 + 100 sigmoid(x): Dirichlet concentrations in (1, 101), never too peaked nor too flat."""
+
+    def call(self, x):
+        return 1 + 100 * keras.ops.sigmoid(x)
+
+
+@keras.saving.register_keras_serializable(package="zoobot")
+class LogScaledSigmoid(keras.layers.Layer):
+    """Concentrations in (low, high), spread evenly in log: low (high / low)^sigmoid(x).
+
+    A range reaching below 1 lets a rare answer's concentration be small while its question's total
+    stays low, as split votes need (zoobot.models.tasks.DEFAULT_CONCENTRATION).
+    """
+
+    def __init__(self, low: float, high: float, **kwargs):
+        super().__init__(**kwargs)
+        self.low, self.high = float(low), float(high)
+        self.log_low, self.log_span = log_concentration_scale((low, high))
+
+    def call(self, x):
+        return keras.ops.exp(self.log_low + self.log_span * keras.ops.sigmoid(x))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "low": self.low, "high": self.high}
+
+
+def build_head(spec: HeadSpec, in_features: int) -> keras.Sequential:
+    """Dropout, a dense layer (torch `Linear` init) and the activation `spec` names
+    (`zoobot.models.tasks`), in float32 whatever the policy.
 
     Layer `i` of the Sequential is module `i` of zoobot.torch's `nn.Sequential` head, so the dense
     layer's weights are `1.weight` (out, in) and `1.bias` in `head.safetensors`.
     """
-    head = keras.Sequential(
-        [
-            keras.layers.Dropout(dropout, dtype="float32", name="dropout"),
-            keras.layers.Dense(
-                out_features,
-                dtype="float32",
-                name="linear",
-                **torch_linear_initializers(in_features),
-            ),
-            *extra,
-        ],
-        name="head",
-    )
+    layers = [
+        keras.layers.Dropout(spec.dropout, dtype="float32", name="dropout"),
+        keras.layers.Dense(
+            spec.outputs, dtype="float32", name="linear", **torch_linear_initializers(in_features)
+        ),
+    ]
+    if spec.activation == "sigmoid":
+        layers.append(keras.layers.Activation("sigmoid", dtype="float32", name="sigmoid"))
+    elif spec.activation == "concentration" and spec.concentration is None:
+        layers.append(ScaledSigmoid(dtype="float32", name="scaled_sigmoid"))
+    elif spec.activation == "concentration":
+        low, high = spec.concentration
+        layers.append(LogScaledSigmoid(low, high, dtype="float32", name="log_scaled_sigmoid"))
+    head = keras.Sequential(layers, name="head")
     head.build((None, in_features))
     return head
 
@@ -133,6 +162,17 @@ class ZoobotModel(PretrainedMixin, keras.Model):
         self.blocks = BlockSplit(tuple(tuple(b) for b in trained), tuple(tuple(b) for b in frozen))
 
     # -- the task protocol -----------------------------------------------------------------------
+    @classmethod
+    def settings_and_rest(cls, kwargs: dict) -> tuple[TrainingSettings, dict]:
+        """(the `TrainingSettings` of keyword arguments, defaults `default_settings`; the rest, for
+        `keras.Model`), for `zoobot.models.tasks.TaskModel`."""
+        settings, rest = TrainingSettings.split(kwargs)
+        return cls.default_settings.replace(**settings), rest
+
+    @staticmethod
+    def build_head(spec: HeadSpec, in_features: int) -> keras.Sequential:
+        return build_head(spec, in_features)
+
     def task_config(self) -> dict:
         """The arguments that rebuild this model around an encoder (`zoobot.models.tasks`)."""
         return {**self.task_args, **self.settings.as_dict()}

@@ -125,16 +125,11 @@ def reseed(states: list[keras.Variable], seed: int) -> None:
 
 
 def run_precision(precision: str, device: str | None = None) -> str:
-    """The precision to run at: "bf16" on a CPU only where it computes bf16 natively
-    (`zoobot.models.fast_paths.cpu_runs`), else "32": emulated bf16 is several times slower than
-    float32 there, and with oneDNN held to AVX2 TensorFlow refuses bf16 convolutions
-    (benchmarks/bf16_cpu.py). `device` is `predict`'s; None is the backend's choice (a GPU if
-    one is visible). GPUs run what was asked."""
-    precision = str(precision)
-    if precision == "32":
-        return precision
+    """`zoobot.models.fast_paths.run_precision` on `predict`'s `device` (None: the backend's
+    choice, a GPU if one is visible); with oneDNN held to AVX2 TensorFlow also refuses bf16
+    convolutions, so "bf16" runs float32 on a CPU without native bf16."""
     on_cpu = "CPU" in device.upper() if device else not runtime.gpu_count()
-    return "32" if on_cpu and not fast_paths.cpu_runs("bf16") else precision
+    return fast_paths.run_precision(precision, on_cpu)
 
 
 def _cache(model: keras.Model) -> dict:

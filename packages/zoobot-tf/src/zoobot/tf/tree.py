@@ -2,68 +2,17 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
-
 import keras
 import numpy as np
 from keras import ops
 
-from zoobot.models.settings import PRETRAINING
-from zoobot.models.tasks import (
-    DEFAULT_CONCENTRATION,
-    log_concentration_scale,
-    saved_tree_args,
-    tree_args,
-)
-from zoobot.shared import Schema, as_schema
+from zoobot.models.tasks import TreeTask
+from zoobot.shared import Schema
 from zoobot.tf.backend import BACKEND
-from zoobot.tf.encoders import encoder_dim, load_encoder
 from zoobot.tf.loss import DirichletMultinomialLoss
-from zoobot.tf.module import ZoobotModel, linear_head
+from zoobot.tf.module import LogScaledSigmoid, ScaledSigmoid, ZoobotModel
 
-
-@keras.saving.register_keras_serializable(package="zoobot")
-class ScaledSigmoid(keras.layers.Layer):
-    """1 + 100 sigmoid(x): Dirichlet concentrations in (1, 101), never too peaked nor too flat."""
-
-    def call(self, x):
-        return 1 + 100 * keras.ops.sigmoid(x)
-
-
-@keras.saving.register_keras_serializable(package="zoobot")
-class LogScaledSigmoid(keras.layers.Layer):
-    """Concentrations in (low, high), spread evenly in log: low (high / low)^sigmoid(x).
-
-    A range reaching below 1 lets a rare answer's concentration be small while its question's total
-    stays low, as split votes need (zoobot.models.tasks.DEFAULT_CONCENTRATION).
-    """
-
-    def __init__(self, low: float, high: float, **kwargs):
-        super().__init__(**kwargs)
-        self.low, self.high = float(low), float(high)
-        self.log_low, self.log_span = log_concentration_scale((low, high))
-
-    def call(self, x):
-        return keras.ops.exp(self.log_low + self.log_span * keras.ops.sigmoid(x))
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "low": self.low, "high": self.high}
-
-
-def dirichlet_head(
-    in_features: int,
-    n_answers: int,
-    dropout: float,
-    concentration: Sequence[float] | None = None,
-) -> keras.Sequential:
-    """Dropout, a dense layer, and one concentration per answer column (float32): in the
-    log-spaced `concentration` range (low, high), or 1 + 100 sigmoid without one."""
-    if concentration is None:
-        scale = ScaledSigmoid(dtype="float32", name="scaled_sigmoid")
-    else:
-        scale = LogScaledSigmoid(*concentration, dtype="float32", name="log_scaled_sigmoid")
-    return linear_head(in_features, n_answers, dropout, scale)
+__all__ = ["LogScaledSigmoid", "ScaledSigmoid", "TreeMetrics", "TreeSteps", "ZoobotTree"]
 
 
 def question_sums(values, index: np.ndarray, n_questions: int):
@@ -139,8 +88,8 @@ class TreeMetrics(keras.metrics.Metric):
 class TreeSteps:
     """Loss and metrics of a model whose head predicts Dirichlet concentrations for a schema."""
 
-    def _init_tree(self, schema: Schema) -> None:
-        self.schema = schema
+    def setup_task(self) -> None:
+        schema = self.schema
         self.dirichlet_loss = DirichletMultinomialLoss(schema)
         self.tree_metrics = TreeMetrics(schema)
 
@@ -162,47 +111,8 @@ class TreeSteps:
 
 
 @BACKEND.tasks.register
-class ZoobotTree(TreeSteps, ZoobotModel):
-    """Pretrain an encoder on Galaxy Zoo votes: Dirichlet concentrations for every answer of `schema`.
-
-    The loss is the Dirichlet-multinomial negative log-likelihood of the votes (`zoobot.tf.loss`),
-    summed over questions and averaged over the batch; `fit` logs it per question and per campaign,
-    with the vote-fraction error of each question (`TreeMetrics`). `architecture` is any name
-    `load_encoder` takes; `encoder=` uses a Keras model instead. `settings` are
-    `zoobot.models.settings.TrainingSettings` (defaults `PRETRAINING`). `concentration` is the
-    head's log-spaced (low, high) range (None: 1 + 100 sigmoid, the head of models saved before
-    the option). Train with
-    `model.fit(dataset, epochs=...)` on batches of (images, vote counts); predictions are
-    concentrations, `(batch, answer, n_samples)`. The head and the loss run in float32 under any
-    mixed-precision policy.
-    """
-
-    task = "tree"
-    default_settings = PRETRAINING
-
-    def __init__(
-        self,
-        schema: Schema | str | Mapping,
-        architecture: str | os.PathLike = "convnext_nano",
-        encoder: keras.Model | None = None,
-        channels: int = 3,
-        concentration: Sequence[float] | None = DEFAULT_CONCENTRATION,
-        **settings,
-    ):
-        schema = as_schema(schema)
-        settings, keras_kwargs = self.default_settings.split(settings)
-        settings = self.default_settings.replace(**settings)
-        encoder = encoder if encoder is not None else load_encoder(architecture, channels)
-        task_args = tree_args(schema, concentration)
-        head = dirichlet_head(
-            encoder_dim(encoder),
-            len(schema.label_cols),
-            settings.dropout,
-            task_args["concentration"],
-        )
-        super().__init__(encoder, head, settings, task_args, **keras_kwargs)
-        self._init_tree(schema)
-
-    @classmethod
-    def from_task_config(cls, config: dict, encoder: keras.Model) -> ZoobotTree:
-        return super().from_task_config(saved_tree_args(config), encoder)
+class ZoobotTree(TreeTask, TreeSteps, ZoobotModel):
+    """`zoobot.models.tasks.TreeTask` with Keras: the loss of `zoobot.tf.loss`; `fit` logs it per
+    question and per campaign with the vote-fraction error of each question (`TreeMetrics`). Train
+    with `model.fit(dataset, epochs=...)` on batches of (images, vote counts). The head and the
+    loss run in float32 under any mixed-precision policy."""

@@ -8,20 +8,16 @@ processes (`zoobot.torch.distributed`, Lightning Fabric) and Lightning training.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 from torch import nn
 
 from zoobot.data.streaming import CatalogRows, open_catalog_rows
 from zoobot.models import preprocessing
 from zoobot.models.backend import Backend
-from zoobot.models.distributed import Launch, Rank
 from zoobot.models.runner import Parts, RunSettings
 from zoobot.models.tasks import TaskRegistry
 from zoobot.torch import encoders
@@ -32,28 +28,10 @@ class TorchBackend(Backend):
 
     name = "torch"
     package = "zoobot-torch"
+    module = "zoobot.torch"
 
     def __init__(self):
         self.tasks = TaskRegistry(builtin="zoobot.torch.finetune")
-
-    def is_architecture(self, name: str) -> bool:
-        return timm.is_model(name)
-
-    def load_encoder(self, name: str | os.PathLike, channels: int | None = None) -> nn.Module:
-        return encoders.load_encoder(name, channels)
-
-    def encoder_from_config(
-        self, config: Mapping, weights: Path, channels: int | None
-    ) -> nn.Module:
-        return encoders.encoder_from_config(
-            config, encoders.load_state_dict_file(weights), channels
-        )
-
-    def write_encoder(self, encoder: nn.Module, folder: Path) -> dict:
-        return encoders.write_timm_files(encoder, folder)
-
-    def encoder_dim(self, encoder: nn.Module) -> int:
-        return encoders.encoder_dim(encoder)
 
     def head_state(self, head: nn.Module) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().float().numpy() for k, v in head.state_dict().items()}
@@ -65,11 +43,6 @@ class TorchBackend(Backend):
     def open_rows(self, data: Any) -> tuple[CatalogRows, CatalogRows]:
         rows = open_catalog_rows(data)
         return rows, rows
-
-    def prepare_run(self, model: nn.Module, settings: RunSettings) -> tuple[RunSettings, dict]:
-        from zoobot.torch.runner import prepare_run
-
-        return prepare_run(model, settings)
 
     def run_predictions(
         self,
@@ -100,11 +73,6 @@ class TorchBackend(Backend):
         from zoobot.torch.runner import run_chunks
 
         run_chunks(rows, parts, chunks, encoder, encoder, settings)
-
-    def launch(self, job: Callable[[Rank], Any], launch: Launch) -> Any:
-        from zoobot.torch.distributed import launch as run_launch
-
-        return run_launch(job, launch)
 
     def predict_batch(self, model: nn.Module, images: np.ndarray) -> np.ndarray:
         from zoobot.torch.cpu import input_channels
@@ -142,18 +110,6 @@ class TorchBackend(Backend):
 
     def set_threads(self, threads: int) -> None:
         torch.set_num_threads(threads)
-
-    def fit_catalog(
-        self,
-        build: Callable[[], nn.Module],
-        data: Any,
-        label_cols: Sequence[str],
-        save_dir: str | os.PathLike,
-        options: Mapping[str, Any],
-    ) -> nn.Module:
-        from zoobot.torch.training import fit_catalog
-
-        return fit_catalog(build, data, label_cols, save_dir, **options)
 
 
 BACKEND = TorchBackend()

@@ -21,22 +21,12 @@ Catalogs are CSV or Parquet files with id_str and file_loc (image path) columns 
 Run `zoobot-torch COMMAND --help` for what each command reads, writes and an example.
 """
 
-EPILOG = """\
-a typical run on the synthetic survey of zoobot-data:
-  zoobot-data survey 2000 data/survey --image-size 128
-  zoobot-torch train data/survey/catalog.parquet runs/pretrain --schema decals_dr5 --image-size 128
-  zoobot-torch predict data/survey/catalog.parquet runs/pretrain/best preds/votes.parquet
-  zoobot-torch represent data/survey/catalog.parquet runs/pretrain/best preds/features.parquet
-  zoobot-torch push runs/pretrain/best my-name/zoobot-synthetic --dry-run
-"""
-
 
 COMMAND = ModelCommand(
     prog="zoobot-torch",
     framework="torch",
     backend="zoobot.torch.backend",
     description=DESCRIPTION,
-    epilog=EPILOG,
     help={
         "architecture": "timm architecture, torchvision:resnet50, hf_hub:owner/repo or a folder "
         "to start from",

@@ -61,13 +61,9 @@ def cpu_autocast_dtype() -> torch.dtype | None:
 
 
 def run_precision(precision: str, device: torch.device) -> str:
-    """The precision to run at: "bf16" on a CPU only where it computes bf16 natively
-    (`zoobot.models.fast_paths.cpu_runs`), else "32", which benchmarks/bf16_cpu.py measured
-    several times faster than emulated bf16 there. Other devices run what was asked."""
-    precision = str(precision)
-    if precision == "32" or device.type != "cpu":
-        return precision
-    return precision if fast_paths.cpu_runs("bf16") else "32"
+    """`zoobot.models.fast_paths.run_precision` on `device`: "bf16" runs float32 on a CPU without
+    native bf16."""
+    return fast_paths.run_precision(precision, device.type == "cpu")
 
 
 def prefers_channels_last(model: nn.Module, precision: str) -> bool:

@@ -15,7 +15,7 @@ import os
 import pickle
 from typing import Any
 
-from zoobot.models.distributed import Launch, Rank
+from zoobot.models.distributed import Launch, Rank, slurm_step_tasks
 
 
 def _environment_world() -> tuple[int, int] | None:
@@ -25,9 +25,8 @@ def _environment_world() -> tuple[int, int] | None:
     if "TORCHELASTIC_RUN_ID" in env and int(env.get("WORLD_SIZE", 1)) > 1:
         world, local = int(env["WORLD_SIZE"]), int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"]))
         return local, max(1, world // local)
-    tasks = int(env.get("SLURM_NTASKS", 1))
-    interactive = env.get("SLURM_JOB_NAME") in ("bash", "interactive")
-    if tasks > 1 and not interactive:
+    tasks = slurm_step_tasks(env)
+    if tasks is not None:
         nodes = int(env.get("SLURM_NNODES", 1))
         return max(1, tasks // nodes), nodes
     return None

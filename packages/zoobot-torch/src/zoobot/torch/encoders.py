@@ -9,9 +9,9 @@ The Hub layout (DESIGN.md contract 3) is a folder or Hub repo with `config.json`
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pickle
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import torch
 import torchvision
 from torch import nn
 
-from zoobot.models import preprocessing
+from zoobot.models.encoders import TORCHVISION_PREFIX, adapt_first_convs, load_encoder_with
 from zoobot.models.hub import HubUnavailableError as HubUnavailableError  # re-exported
 from zoobot.models.hub import ModelSource
 from zoobot.models.layout import (
@@ -29,16 +29,10 @@ from zoobot.models.layout import (
     WeightsFileError,
     check_weights_fit,
     checkpoint_channels,
-    first_convs,
     read_safetensors,
 )
 from zoobot.models.layout import WeightsMismatchError as WeightsMismatchError  # re-exported
 
-logger = logging.getLogger(__name__)
-
-TORCHVISION_PREFIX = "torchvision:"
-# torchvision ResNets share timm's parameter names, so they save to and reload from the timm layout.
-TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 _MAX_LISTED = 10
 # torchvision ResNet layouts with their timm twins (same parameter names, same outputs).
 _RESNET_LAYOUTS = {
@@ -108,8 +102,13 @@ def encoder_from_config(
     source_channels = checkpoint_channels(model_args, cfg, state_dict)
     target_channels = channels or source_channels
     if state_dict is not None and target_channels != source_channels:
-        state_dict = _adapt_first_conv(
-            architecture, cfg, state_dict, source_channels, target_channels
+        state_dict = adapt_first_convs(
+            architecture,
+            cfg,
+            state_dict,
+            source_channels,
+            target_channels,
+            lambda w: timm.models.adapt_input_conv(target_channels, w, base_chans=source_channels),
         )
     kwargs = {**model_args, **timm_kwargs, "num_classes": num_classes, "in_chans": target_channels}
     spatial = tuple((cfg.get("input_size") or (3, 224, 224))[1:])
@@ -128,28 +127,27 @@ def encoder_from_config(
     return model
 
 
-def _adapt_first_conv(
-    architecture: str, cfg: Mapping, state_dict: Mapping, source: int, target: int
-) -> dict[str, torch.Tensor]:
-    """The state dict with its first conv adapted from `source` to `target` input channels."""
-    state_dict = dict(state_dict)
-    for conv in first_convs(cfg):
-        key = f"{conv}.weight"
-        if key in state_dict:
-            state_dict[key] = timm.models.adapt_input_conv(
-                target, state_dict[key], base_chans=source
-            )
-            logger.warning(
-                "%s: adapted first conv %r from %d to %d input channels (timm adapt_input_conv)",
-                architecture,
-                conv,
-                source,
-                target,
-            )
-    return state_dict
+def is_architecture(name: str) -> bool:
+    """Whether `name` is a timm architecture (a name that wins over a folder)."""
+    return timm.is_model(name)
 
 
-def _timm_encoder(name: str, channels: int | None, timm_kwargs: dict) -> nn.Module:
+def encoder_by_name(name: str, channels: int | None, timm_kwargs: dict) -> nn.Module:
+    """A randomly initialised timm architecture, or torchvision's implementation of a ResNet
+    (`torchvision:resnet50`), with `channels` inputs (default 3)."""
+    if name.startswith(TORCHVISION_PREFIX):
+        if timm_kwargs:
+            raise TypeError(
+                f"torchvision encoders take no timm arguments, got {sorted(timm_kwargs)}"
+            )
+        model = torchvision.models.get_model(name[len(TORCHVISION_PREFIX) :], weights=None)
+        model.num_features = model.fc.in_features
+        model.fc = nn.Identity()
+        if channels and channels != model.conv1.in_channels:
+            model.conv1 = nn.Conv2d(
+                channels, model.conv1.out_channels, 7, stride=2, padding=3, bias=False
+            )
+        return model
     architecture = name.split(".", 1)[0]
     if not timm.is_model(architecture):
         close = timm.list_models(f"*{architecture}*")[:_MAX_LISTED]
@@ -161,21 +159,6 @@ def _timm_encoder(name: str, channels: int | None, timm_kwargs: dict) -> nn.Modu
     return timm.create_model(
         name, pretrained=False, num_classes=0, in_chans=channels or 3, **timm_kwargs
     )
-
-
-def _torchvision_encoder(name: str, channels: int | None, timm_kwargs: dict) -> nn.Module:
-    if name not in TORCHVISION_RESNETS:
-        raise ValueError(f"torchvision:{name} is not offered; choose from {TORCHVISION_RESNETS}")
-    if timm_kwargs:
-        raise TypeError(f"torchvision encoders take no timm arguments, got {sorted(timm_kwargs)}")
-    model = torchvision.models.get_model(name, weights=None)
-    model.num_features = model.fc.in_features
-    model.fc = nn.Identity()
-    if channels and channels != model.conv1.in_channels:
-        model.conv1 = nn.Conv2d(
-            channels, model.conv1.out_channels, 7, stride=2, padding=3, bias=False
-        )
-    return model
 
 
 def load_encoder(
@@ -191,20 +174,7 @@ def load_encoder(
     builds a Hub/folder architecture without loading its weights. Extra keyword arguments go to
     `timm.create_model` (e.g. `drop_path_rate`).
     """
-    text = os.fspath(name)
-    if text.startswith(TORCHVISION_PREFIX):
-        return _torchvision_encoder(text[len(TORCHVISION_PREFIX) :], channels, timm_kwargs)
-    source = ModelSource.parse(name, is_architecture=timm.is_model)
-    if source is None:
-        return _timm_encoder(text, channels, timm_kwargs)
-    config = source.read_config()
-    state_dict = read_weights(source) if pretrained else None
-    return preprocessing.encoder_from_config(
-        config,
-        f"{source}/{CONFIG_NAME}",
-        channels,
-        lambda: encoder_from_config(config, state_dict, channels, **timm_kwargs),
-    )
+    return load_encoder_with(sys.modules[__name__], name, channels, pretrained, timm_kwargs)
 
 
 def encoder_dim(encoder: nn.Module) -> int:

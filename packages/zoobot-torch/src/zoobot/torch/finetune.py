@@ -11,19 +11,13 @@ probe, `n_blocks=0`, at `learning_rate=1e-4`, head dropout 0.5). Train them with
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
-
 import torch
 import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
-from zoobot.models.settings import FINETUNING
-from zoobot.models.tasks import classifier_args, resolve_encoder
-from zoobot.shared import Schema
+from zoobot.models.tasks import ClassifierTask, FinetuneableTreeTask, RegressorTask
 from zoobot.torch.backend import BACKEND
-from zoobot.torch.encoders import encoder_dim
 from zoobot.torch.module import ZoobotModule
 from zoobot.torch.training import get_trainer
 from zoobot.torch.tree import STAGES, ZoobotTree
@@ -34,11 +28,6 @@ __all__ = [
     "FinetuneableZoobotTree",
     "get_trainer",
 ]
-
-
-def _linear_head(in_features: int, out_features: int, dropout: float) -> nn.Sequential:
-    """Dropout then a linear layer: logits or values from the pooled features."""
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, out_features))
 
 
 class _StageMetrics(nn.Module):
@@ -68,52 +57,17 @@ class _SupervisedSteps:
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, **options)
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "validation")
-
-    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test")
-
 
 @BACKEND.tasks.register
-class FinetuneableZoobotClassifier(_SupervisedSteps, ZoobotModule):
-    """Classify galaxies into `num_classes` classes; labels are class indices 0..num_classes-1.
+class FinetuneableZoobotClassifier(ClassifierTask, _SupervisedSteps, ZoobotModule):
+    """`zoobot.models.tasks.ClassifierTask` with PyTorch: cross-entropy and torchmetrics accuracy."""
 
-    Cross-entropy with optional `label_smoothing` and per-class `class_weights`; accuracy is logged.
-    Predictions are softmax probabilities, `(batch, num_classes, n_samples)`, ready for calibration.
-    `class_names` (one per class, in index order) are kept in the task config, so a saved model
-    says what its outputs are (`model.class_names`; None if not given).
-    """
-
-    task = "classifier"
-    default_settings = FINETUNING
-
-    def __init__(
-        self,
-        num_classes: int,
-        name: str | os.PathLike | None = None,
-        encoder: nn.Module | None = None,
-        channels: int = 3,
-        label_smoothing: float = 0.0,
-        class_weights: Sequence[float] | None = None,
-        class_names: Sequence[str] | None = None,
-        **settings,
-    ):
-        settings = self.default_settings.replace(**settings)
-        task_args = classifier_args(num_classes, label_smoothing, class_weights, class_names)
-        encoder = resolve_encoder(BACKEND, name, encoder, channels)
-        head = _linear_head(encoder_dim(encoder), num_classes, settings.dropout)
-        super().__init__(encoder, head, settings, task_args)
-        self.class_names = task_args.get("class_names")
-        weights = task_args["class_weights"]
+    def setup_task(self) -> None:
+        weights = self.task_args["class_weights"]
         self.register_buffer(
             "class_weights", None if weights is None else torch.tensor(weights), persistent=False
         )
-        self.label_smoothing = label_smoothing
-        accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
+        accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=self.num_classes)
         self.metrics = _StageMetrics(accuracy=accuracy)
 
     def loss_and_target(
@@ -131,36 +85,11 @@ class FinetuneableZoobotClassifier(_SupervisedSteps, ZoobotModule):
 
 
 @BACKEND.tasks.register
-class FinetuneableZoobotRegressor(_SupervisedSteps, ZoobotModule):
-    """Predict `num_outputs` continuous values per galaxy with a mean squared or absolute error loss.
+class FinetuneableZoobotRegressor(RegressorTask, _SupervisedSteps, ZoobotModule):
+    """`zoobot.models.tasks.RegressorTask` with PyTorch: the error and torchmetrics MAE / MSE."""
 
-    `unit_interval=True` squashes outputs into (0, 1) with a sigmoid, for fractions. MAE and MSE are
-    logged. Predictions are `(batch, num_outputs, n_samples)`.
-    """
-
-    task = "regressor"
-    default_settings = FINETUNING
-
-    def __init__(
-        self,
-        name: str | os.PathLike | None = None,
-        encoder: nn.Module | None = None,
-        channels: int = 3,
-        loss: str = "mse",
-        unit_interval: bool = False,
-        num_outputs: int = 1,
-        **settings,
-    ):
-        if loss not in ("mse", "mae"):
-            raise ValueError(f"loss must be 'mse' or 'mae', got {loss!r}")
-        settings = self.default_settings.replace(**settings)
-        encoder = resolve_encoder(BACKEND, name, encoder, channels)
-        head = _linear_head(encoder_dim(encoder), num_outputs, settings.dropout)
-        if unit_interval:
-            head.append(nn.Sigmoid())
-        task_args = {"loss": loss, "unit_interval": unit_interval, "num_outputs": num_outputs}
-        super().__init__(encoder, head, settings, task_args)
-        self.loss_fn = F.mse_loss if loss == "mse" else F.l1_loss
+    def setup_task(self) -> None:
+        self.loss_fn = F.mse_loss if self.loss_name == "mse" else F.l1_loss
         self.metrics = _StageMetrics(
             mae=torchmetrics.MeanAbsoluteError(), mse=torchmetrics.MeanSquaredError()
         )
@@ -174,23 +103,5 @@ class FinetuneableZoobotRegressor(_SupervisedSteps, ZoobotModule):
 
 
 @BACKEND.tasks.register
-class FinetuneableZoobotTree(ZoobotTree):
-    """Finetune on votes for a (new) decision tree `schema`, as `ZoobotTree` does for pretraining.
-
-    Only the encoder source (`name=` or `encoder=`) and the finetuning defaults differ.
-    """
-
-    task = "finetuneable_tree"
-    default_settings = FINETUNING
-
-    def __init__(
-        self,
-        schema: Schema | str | Mapping,
-        name: str | os.PathLike | None = None,
-        encoder: nn.Module | None = None,
-        channels: int = 3,
-        **settings,
-    ):
-        super().__init__(
-            schema, encoder=resolve_encoder(BACKEND, name, encoder, channels), **settings
-        )
+class FinetuneableZoobotTree(FinetuneableTreeTask, ZoobotTree):
+    """`zoobot.models.tasks.FinetuneableTreeTask` with PyTorch: `ZoobotTree` from a given encoder."""

@@ -11,8 +11,10 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from zoobot.models.blocks import n_trained
 from zoobot.models.pretrained import PretrainedMixin
 from zoobot.models.settings import FINETUNING, TrainingSettings
+from zoobot.models.tasks import HeadSpec, log_concentration_scale
 from zoobot.models.training import NonFiniteLossError, nonfinite_loss_message
 from zoobot.torch.backend import BACKEND
 from zoobot.torch.blocks import block_parameters, encoder_blocks, matches
@@ -54,6 +56,29 @@ class FastCPUTraining(pl.Callback):
         self._release()
 
 
+class ScaledSigmoid(nn.Module):
+    """1 + 100 sigmoid(x): Dirichlet concentrations in (1, 101), never too peaked nor too flat."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1 + 100 * torch.sigmoid(x)
+
+
+class LogScaledSigmoid(nn.Module):
+    """Concentrations in (low, high), spread evenly in log: low (high / low)^sigmoid(x).
+
+    A range reaching below 1 lets a rare answer's concentration be small while its question's total
+    stays low, as split votes need (a Dirichlet whose every concentration is >= 1 cannot say "a few
+    volunteers, unsure, might pick this").
+    """
+
+    def __init__(self, low: float, high: float):
+        super().__init__()
+        self.log_low, self.log_span = log_concentration_scale((low, high))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.log_low + self.log_span * torch.sigmoid(x))
+
+
 def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     """A block with autocast off on `device_type` (nothing to turn off where autocast is unknown)."""
     try:
@@ -90,12 +115,29 @@ class ZoobotModule(PretrainedMixin, pl.LightningModule):
         self.hparams.update(self.task_config())  # what Lightning logs and checkpoints
         self.n_samples, self.mc_dropout = 1, False
         blocks = encoder_blocks(encoder)
-        n_trained = len(blocks) if settings.n_blocks < 0 else min(settings.n_blocks, len(blocks))
-        self.trained_blocks = blocks[:n_trained]
-        self.frozen_prefixes = [p for block in blocks[n_trained:] for p in block]
+        count = n_trained(settings.n_blocks, len(blocks))
+        self.trained_blocks = blocks[:count]
+        self.frozen_prefixes = [p for block in blocks[count:] for p in block]
         for name, parameter in encoder.named_parameters():
             parameter.requires_grad_(not matches(name, self.frozen_prefixes))
         self.train(self.training)
+
+    @classmethod
+    def settings_and_rest(cls, kwargs: dict) -> tuple[TrainingSettings, dict]:
+        """The `TrainingSettings` of keyword arguments (defaults `default_settings`); an unknown
+        name is an error (`zoobot.models.tasks.TaskModel`)."""
+        return cls.default_settings.replace(**kwargs), {}
+
+    @staticmethod
+    def build_head(spec: HeadSpec, in_features: int) -> nn.Sequential:
+        """Dropout, a linear layer, then the activation `spec` names (`zoobot.models.tasks`)."""
+        layers = [nn.Dropout(spec.dropout), nn.Linear(in_features, spec.outputs)]
+        if spec.activation == "sigmoid":
+            layers.append(nn.Sigmoid())
+        elif spec.activation == "concentration":
+            low_high = spec.concentration
+            layers.append(ScaledSigmoid() if low_high is None else LogScaledSigmoid(*low_high))
+        return nn.Sequential(*layers)
 
     def task_config(self) -> dict:
         """The arguments that rebuild this model around an encoder (`zoobot.models.tasks`)."""
@@ -154,6 +196,19 @@ class ZoobotModule(PretrainedMixin, pl.LightningModule):
             optimizer, WarmupCosine(warmup, total, settings.cosine)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        """The loss of a batch of stage `train`, `validation` or `test`, logged (the task's)."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "validation")
+
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._batch_idx = batch_idx

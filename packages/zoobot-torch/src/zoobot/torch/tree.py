@@ -2,62 +2,19 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
-
 import torch
 import torchmetrics
 from torch import nn
 
-from zoobot.models.settings import PRETRAINING
-from zoobot.models.tasks import (
-    DEFAULT_CONCENTRATION,
-    log_concentration_scale,
-    saved_tree_args,
-    tree_args,
-)
-from zoobot.shared import Schema, as_schema
+from zoobot.models.tasks import TreeTask
+from zoobot.shared import Schema
 from zoobot.torch.backend import BACKEND
-from zoobot.torch.encoders import encoder_dim, load_encoder
 from zoobot.torch.loss import DirichletMultinomialLoss
-from zoobot.torch.module import ZoobotModule
+from zoobot.torch.module import LogScaledSigmoid, ScaledSigmoid, ZoobotModule
+
+__all__ = ["LogScaledSigmoid", "ScaledSigmoid", "TreeSteps", "VoteFractionError", "ZoobotTree"]
 
 STAGES = ("train", "validation", "test")
-
-
-class ScaledSigmoid(nn.Module):
-    """1 + 100 sigmoid(x): Dirichlet concentrations in (1, 101), never too peaked nor too flat."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 1 + 100 * torch.sigmoid(x)
-
-
-class LogScaledSigmoid(nn.Module):
-    """Concentrations in (low, high), spread evenly in log: low (high / low)^sigmoid(x).
-
-    A range reaching below 1 lets a rare answer's concentration be small while its question's total
-    stays low, as split votes need (a Dirichlet whose every concentration is >= 1 cannot say "a few
-    volunteers, unsure, might pick this").
-    """
-
-    def __init__(self, low: float, high: float):
-        super().__init__()
-        self.log_low, self.log_span = log_concentration_scale((low, high))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.exp(self.log_low + self.log_span * torch.sigmoid(x))
-
-
-def dirichlet_head(
-    in_features: int,
-    n_answers: int,
-    dropout: float,
-    concentration: Sequence[float] | None = None,
-) -> nn.Sequential:
-    """Dropout, a linear layer, and one concentration per answer column: in the log-spaced
-    `concentration` range (low, high), or 1 + 100 sigmoid without one."""
-    scale = ScaledSigmoid() if concentration is None else LogScaledSigmoid(*concentration)
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, n_answers), scale)
 
 
 def _per_question_sum(values: torch.Tensor, index: torch.Tensor, n_questions: int) -> torch.Tensor:
@@ -103,9 +60,9 @@ class VoteFractionError(torchmetrics.Metric):
 class TreeSteps:
     """Loss and metrics of a model whose head predicts Dirichlet concentrations for a schema."""
 
-    def _init_tree(self, schema: Schema) -> None:
-        """Set up the loss and metrics of `schema`."""
-        self.schema = schema
+    def setup_task(self) -> None:
+        """Set up the loss and metrics of the model's `schema`."""
+        schema = self.schema
         self.loss = DirichletMultinomialLoss(schema)
         campaigns = schema.campaigns
         names = [q.name for q in schema.questions]
@@ -146,15 +103,6 @@ class TreeSteps:
         logged[f"{stage}/vote_fraction_error"] = errors.nanmean()
         self.log_dict({k: v for k, v in logged.items() if not torch.isnan(v)})
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "validation")
-
-    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test")
-
     def on_train_epoch_end(self) -> None:
         self._log_vote_fraction_error("train")
 
@@ -166,44 +114,6 @@ class TreeSteps:
 
 
 @BACKEND.tasks.register
-class ZoobotTree(TreeSteps, ZoobotModule):
-    """Pretrain an encoder on Galaxy Zoo votes: Dirichlet concentrations for every answer of `schema`.
-
-    The loss is the Dirichlet-multinomial negative log-likelihood of the votes (`zoobot.torch.loss`),
-    summed over questions and averaged over the batch; it is logged per question and per campaign,
-    with the vote-fraction error of each question. `architecture` is any name `load_encoder` takes;
-    `encoder=` uses a module instead. `settings` are `zoobot.models.settings.TrainingSettings`
-    (defaults `PRETRAINING`: the whole encoder trains at `learning_rate=1e-3` after a one-epoch
-    warmup, head dropout 0.2). `concentration` is the head's log-spaced (low, high) range (None:
-    1 + 100 sigmoid, the head of models saved before the option). Predictions are concentrations,
-    `(batch, answer, n_samples)`.
-    """
-
-    task = "tree"
-    default_settings = PRETRAINING
-
-    def __init__(
-        self,
-        schema: Schema | str | Mapping,
-        architecture: str | os.PathLike = "convnext_nano",
-        encoder: nn.Module | None = None,
-        channels: int = 3,
-        concentration: Sequence[float] | None = DEFAULT_CONCENTRATION,
-        **settings,
-    ):
-        schema = as_schema(schema)
-        settings = self.default_settings.replace(**settings)
-        encoder = encoder if encoder is not None else load_encoder(architecture, channels)
-        task_args = tree_args(schema, concentration)
-        head = dirichlet_head(
-            encoder_dim(encoder),
-            len(schema.label_cols),
-            settings.dropout,
-            task_args["concentration"],
-        )
-        super().__init__(encoder, head, settings, task_args)
-        self._init_tree(schema)
-
-    @classmethod
-    def from_task_config(cls, config: dict, encoder: nn.Module) -> ZoobotTree:
-        return super().from_task_config(saved_tree_args(config), encoder)
+class ZoobotTree(TreeTask, TreeSteps, ZoobotModule):
+    """`zoobot.models.tasks.TreeTask` with PyTorch: the loss of `zoobot.torch.loss`, logged per
+    question and per campaign with the vote-fraction error of each question."""

@@ -9,10 +9,6 @@ interface:
   channels-last float32 images `(B, H, W, channels)` and returning what
   `timm.create_model(architecture, num_classes=0, in_chans=channels, **model_args)` returns in eval
   mode: the pooled features, after any head norm. Layers are named by their timm module paths.
-- `load_timm_state(model, state)` / `timm_state(model)`: strict conversion from / to timm tensor
-  names and layouts (see `zoobot.tf.weights`).
-- `blocks(model) -> list[list[keras.layers.Layer]]`: head side first, stem last, grouped as
-  `zoobot.torch.blocks` groups the timm model, every weighted layer in exactly one block.
 - optionally `FIXED_INPUT_SIZE = True`: the model is built for one input size, the `img_size`
   model argument (timm's `fixed_input_size`); a checkpoint's `pretrained_cfg.input_size` gives it.
 
@@ -28,6 +24,9 @@ from types import ModuleType
 
 import keras
 import numpy as np
+
+from zoobot.models.blocks import matches, prefix_blocks
+from zoobot.tf import weights
 
 # family name -> module; add a family by adding its module here.
 FAMILY_MODULES = {
@@ -104,15 +103,28 @@ def _module_of(model: keras.Model) -> ModuleType:
 
 
 def load_timm_state(model: keras.Model, state: Mapping[str, np.ndarray]) -> None:
-    """Assign timm-named tensors to `model`; strict (raises `weights.WeightsMismatchError`)."""
-    _module_of(model).load_timm_state(model, state)
+    """Assign timm-named tensors to `model`; strict (raises `weights.WeightsMismatchError`).
+    Layers are named by their timm module paths, so one conversion serves every family."""
+    _module_of(model)  # refuses a model build_encoder did not make
+    weights.load_timm_state(model, state, f"{model.name} encoder")
 
 
 def timm_state(model: keras.Model) -> dict[str, np.ndarray]:
     """The model's weights as timm's `state_dict()` names them, in timm layouts."""
-    return _module_of(model).timm_state(model)
+    _module_of(model)  # refuses a model build_encoder did not make
+    return weights.timm_state(model)
+
+
+def family_blocks(model: keras.Model, family: str) -> list[list[keras.layers.Layer]]:
+    """The weighted layers of a `family` model (layers named by timm module paths) in the blocks of
+    `zoobot.models.blocks`, head side first and stem last, each layer in exactly one block."""
+    weighted = [layer for layer in model.layers if layer.weights]
+    prefixes = prefix_blocks(family, [layer.name for layer in weighted])
+    return [[layer for layer in weighted if matches(layer.name, block)] for block in prefixes]
 
 
 def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
-    """The model's weighted layers in blocks, head side first and stem last."""
-    return _module_of(model).blocks(model)
+    """The model's weighted layers in blocks, head side first and stem last, grouped as
+    `zoobot.torch.blocks` groups the timm model (`family_blocks`)."""
+    _module_of(model)  # refuses a model build_encoder did not make
+    return family_blocks(model, family_of(model.zoobot_architecture))

@@ -16,11 +16,9 @@ import keras
 import numpy as np
 from keras import layers
 
-from zoobot.tf import weights
 from zoobot.tf.architectures.layers import (
     Gelu,
     LayerScale,
-    blocks_by_prefix,
     conv2d,
     depthwise_conv2d,
     merge_model_args,
@@ -216,21 +214,3 @@ def build(architecture: str, channels: int, model_args: Mapping | None = None) -
     model = keras.Model(inputs, x, name=architecture)
     model.num_features = dims[-1]
     return model
-
-
-def load_timm_state(model: keras.Model, state: Mapping[str, np.ndarray]) -> None:
-    """Assign a timm ConvNeXt state dict (strict; see `zoobot.tf.weights`)."""
-    weights.load_timm_state(model, state, f"{model.name} encoder")
-
-
-def timm_state(model: keras.Model) -> dict[str, np.ndarray]:
-    """The model's weights as timm's ConvNeXt `state_dict()`."""
-    return weights.timm_state(model)
-
-
-def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
-    """Stages 3..0, then the stem; the head norm joins the first block (as zoobot.torch.blocks)."""
-    stages = sorted(
-        {layer.name.split(".")[1] for layer in model.layers if layer.name.startswith("stages.")}
-    )
-    return blocks_by_prefix(model, [*([f"stages.{i}"] for i in reversed(stages)), ["stem"]])

@@ -38,13 +38,10 @@ from copy import deepcopy
 from typing import Any
 
 import keras
-import numpy as np
 from keras import layers
 
-from zoobot.tf import weights
 from zoobot.tf.architectures.layers import (
     TorchBatchNorm,
-    blocks_by_prefix,
     merge_model_args,
     require,
     residual,
@@ -586,28 +583,3 @@ def build_generated(
     args = merge_model_args(name, DEFAULTS, {}, given)
     _check(name, args)
     return _build(generator, channels, args, name)
-
-
-def load_timm_state(model: keras.Model, state: Mapping[str, np.ndarray]) -> None:
-    """Assign a timm EfficientNet state dict (strict; see `zoobot.tf.weights`)."""
-    weights.load_timm_state(model, state, f"{model.name} encoder")
-
-
-def timm_state(model: keras.Model) -> dict[str, np.ndarray]:
-    """The model's weights as timm's EfficientNet `state_dict()`."""
-    return weights.timm_state(model)
-
-
-def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
-    """`blocks.N` ... `blocks.0`, then `conv_stem` + `bn1`; `conv_head` and `bn2` join the first
-    block (as zoobot.torch.blocks.efficientnet_blocks)."""
-    stages = sorted(
-        {
-            int(layer.name.split(".")[1])
-            for layer in model.layers
-            if layer.name.startswith("blocks.")
-        }
-    )
-    return blocks_by_prefix(
-        model, [*([f"blocks.{i}"] for i in reversed(stages)), ["conv_stem", "bn1"]]
-    )

@@ -230,26 +230,6 @@ class Gelu(layers.Layer):
         return {**super().get_config(), "approximate": self.approximate}
 
 
-def blocks_by_prefix(
-    model: keras.Model, groups: Sequence[Sequence[str]]
-) -> list[list[keras.layers.Layer]]:
-    """The model's weighted layers split into `groups` of timm module prefixes, in graph order.
-
-    A layer belongs to the group listing its name or a prefix of it (`stages.3` holds
-    `stages.3.blocks.0.conv_dw`); layers no group claims (final norms) join group 0, the one
-    nearest the head, so every weighted layer is in exactly one block, as in zoobot.torch.blocks.
-    """
-    weighted = [layer for layer in model.layers if layer.weights]
-
-    def claims(prefixes: Sequence[str], name: str) -> bool:
-        return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-    blocks = [[layer for layer in weighted if claims(prefixes, layer.name)] for prefixes in groups]
-    listed = {id(layer) for block in blocks for layer in block}
-    blocks[0].extend(layer for layer in weighted if id(layer) not in listed)
-    return blocks
-
-
 def residual(branch, shortcut, drop_rate: float, name: str):
     """`drop_path(branch) + shortcut`, with the DropPath layer only when the rate is non-zero."""
     if drop_rate > 0:

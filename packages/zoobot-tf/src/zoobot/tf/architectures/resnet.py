@@ -16,11 +16,9 @@ import keras
 import numpy as np
 from keras import layers
 
-from zoobot.tf import weights
 from zoobot.tf.architectures.layers import (
     TorchBatchNorm,
     avg_pool2x2_ceil,
-    blocks_by_prefix,
     conv2d,
     max_pool2d,
     merge_model_args,
@@ -236,20 +234,3 @@ def build(architecture: str, channels: int, model_args: Mapping | None = None) -
     model = keras.Model(inputs, x, name=architecture)
     model.num_features = inplanes
     return model
-
-
-def load_timm_state(model: keras.Model, state: Mapping[str, np.ndarray]) -> None:
-    """Assign a timm ResNet state dict (strict; see `zoobot.tf.weights`)."""
-    weights.load_timm_state(model, state, f"{model.name} encoder")
-
-
-def timm_state(model: keras.Model) -> dict[str, np.ndarray]:
-    """The model's weights as timm's ResNet `state_dict()` (with BatchNorm's buffers)."""
-    return weights.timm_state(model)
-
-
-def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
-    """layer4..layer1, then the stem's conv1 and bn1 (as in zoobot.torch.blocks)."""
-    return blocks_by_prefix(
-        model, [["layer4"], ["layer3"], ["layer2"], ["layer1"], ["conv1", "bn1"]]
-    )

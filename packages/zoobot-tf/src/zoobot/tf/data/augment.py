@@ -6,7 +6,8 @@ random draw is a `tf.random.stateless_*` op keyed by `seed` (a shape-(2,) intege
 with a fixed stream number, so the same seed and batch give the same output, in eager mode, in a
 `tf.function` and inside `tf.data`. There is no `tf.numpy_function` / `tf.py_function` here.
 
-The steps and their parameters are those of `zoobot.torch.data.transforms.train_transform`:
+The steps and their parameters (`zoobot.data.augmentation.AugmentConfig`, shared with
+`zoobot.torch.data.transforms.train_transform`) are:
 
 1. geometry, one bilinear resampling (`ImageProjectiveTransformV3`, constant 0 fill like
    torchvision's `RandomRotation`): any-angle rotation about the centre, horizontal and vertical
@@ -27,84 +28,17 @@ The steps and their parameters are those of `zoobot.torch.data.transforms.train_
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import tensorflow as tf
 
-from zoobot.data.augmentation import check_augmentation
+from zoobot.data.augmentation import AugmentConfig
 from zoobot.tf.data.transforms import mean_greyscale
+
+__all__ = ["AugmentConfig", "augment_batch", "geometry", "psf_kernels"]
 
 # ITU-R 601-2 luma, the weights of torchvision's rgb_to_grayscale.
 LUMA = (0.2989, 0.587, 0.114)
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Which augmentations `augment_batch` applies and their ranges (torch's defaults)."""
-
-    rotation: bool = True
-    flips: bool = True
-    crop_scale: tuple[float, float] = (0.7, 0.8)
-    crop_ratio: tuple[float, float] = (0.9, 1.1)
-    greyscale_p: float = 0.0
-    astro_p: float = 0.25
-    psf_fwhm: tuple[float, float] = (0.5, 2.5)
-    psf_beta: tuple[float, float] = (2.5, 4.5)
-    sky_sigma: tuple[float, float] = (0.005, 0.05)
-    stretch_strength: float = 3.0
-    stretch_gain: tuple[float, float] = (0.8, 1.25)
-    mask_max_regions: int = 3
-    mask_area: tuple[float, float] = (0.002, 0.03)
-    mask_aspect: tuple[float, float] = (1 / 20, 20.0)
-
-    def __post_init__(self):
-        for name in ("greyscale_p", "astro_p"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(
-                    f"{name} must be a probability in [0, 1], got {getattr(self, name)}"
-                )
-        ranges = ("crop_scale", "crop_ratio", "psf_fwhm", "psf_beta", "sky_sigma", "stretch_gain")
-        for name in (*ranges, "mask_area", "mask_aspect"):
-            value = getattr(self, name)
-            if len(value) != 2 or not 0 < value[0] <= value[1]:
-                raise ValueError(f"{name} must be a (low, high) pair with 0 < low <= high: {value}")
-            object.__setattr__(self, name, (float(value[0]), float(value[1])))
-        if self.crop_scale[1] > 1:
-            raise ValueError(
-                f"crop_scale is a fraction of the image area, at most 1: {self.crop_scale}"
-            )
-        if self.mask_max_regions < 1:
-            raise ValueError(f"mask_max_regions must be at least 1, got {self.mask_max_regions}")
-
-    @classmethod
-    def from_value(
-        cls, augment: bool | str | Mapping | AugmentConfig | None
-    ) -> AugmentConfig | None:
-        """`True` or "full" -> defaults, `False`/`None`/"none" -> no augmentation, a mapping ->
-        those fields ("dihedral" is `zoobot.tf.data.transforms.dihedral_transform`, not a
-        setting of `augment_batch`)."""
-        if isinstance(augment, AugmentConfig):
-            return augment
-        if isinstance(augment, str):
-            if check_augmentation(augment) == "dihedral":
-                raise ValueError("augment='dihedral' is dihedral_transform, not an AugmentConfig")
-            augment = augment == "full"
-        if augment is None or augment is False:
-            return None
-        if augment is True:
-            return cls()
-        if isinstance(augment, Mapping):
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(augment) - known)
-            if unknown:
-                raise ValueError(
-                    f"unknown augmentation option(s) {unknown}; known: {sorted(known)}"
-                )
-            return cls(**augment)
-        raise TypeError(f"augment must be a bool, a mapping or an AugmentConfig, not {augment!r}")
 
 
 def _stream(seed: tf.Tensor, number: int) -> tf.Tensor:

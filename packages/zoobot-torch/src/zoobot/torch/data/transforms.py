@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from zoobot.data.augmentation import check_augmentation
+from zoobot.data.augmentation import AugmentConfig, check_augmentation
 
 DEFAULT_MEAN = (0.0,)
 DEFAULT_STD = (1.0,)
+FULL = AugmentConfig()  # the "full" augmentation's ranges, shared with zoobot.tf
 
 
 class ToFloatImage(v2.Transform):
@@ -78,7 +79,7 @@ class PSFBlur(v2.Transform):
     """Convolve with a Moffat PSF of random FWHM (pixels) and beta: seeing worse than the survey's."""
 
     def __init__(
-        self, fwhm: tuple[float, float] = (0.5, 2.5), beta: tuple[float, float] = (2.5, 4.5)
+        self, fwhm: tuple[float, float] = FULL.psf_fwhm, beta: tuple[float, float] = FULL.psf_beta
     ):
         super().__init__()
         self.fwhm, self.beta = fwhm, beta
@@ -100,7 +101,7 @@ class PSFBlur(v2.Transform):
 class SkyNoise(v2.Transform):
     """Add Gaussian sky noise of random level (fraction of full scale) to each pixel and band."""
 
-    def __init__(self, sigma: tuple[float, float] = (0.005, 0.05)):
+    def __init__(self, sigma: tuple[float, float] = FULL.sky_sigma):
         super().__init__()
         self.sigma = sigma
 
@@ -118,7 +119,11 @@ class StretchJitter(v2.Transform):
     both keep 0 and 1 fixed and tend to the identity as a -> 0. The gain scales contrast.
     """
 
-    def __init__(self, strength: float = 3.0, gain: tuple[float, float] = (0.8, 1.25)):
+    def __init__(
+        self,
+        strength: float = FULL.stretch_strength,
+        gain: tuple[float, float] = FULL.stretch_gain,
+    ):
         super().__init__()
         self.strength, self.gain = strength, gain
 
@@ -140,9 +145,9 @@ class MaskedRegions(v2.Transform):
 
     def __init__(
         self,
-        max_regions: int = 3,
-        area: tuple[float, float] = (0.002, 0.03),
-        aspect: tuple[float, float] = (1 / 20, 20),
+        max_regions: int = FULL.mask_max_regions,
+        area: tuple[float, float] = FULL.mask_area,
+        aspect: tuple[float, float] = FULL.mask_aspect,
     ):
         super().__init__()
         self.max_regions, self.area, self.aspect = max_regions, area, aspect
@@ -177,7 +182,7 @@ class RandomQuarterTurn(v2.Transform):
         return torch.rot90(inpt, params["k"], dims=(-2, -1))
 
 
-def astro_augmentations(p: float = 0.25) -> list[v2.Transform]:
+def astro_augmentations(p: float = FULL.astro_p) -> list[v2.Transform]:
     """The astronomy augmentations, each applied with probability `p`."""
     return [
         v2.RandomApply([t], p=p) for t in (PSFBlur(), SkyNoise(), StretchJitter(), MaskedRegions())
@@ -199,16 +204,20 @@ def train_transform(
     channels: int = 3,
     mean: Sequence[float] = DEFAULT_MEAN,
     std: Sequence[float] = DEFAULT_STD,
-    crop_scale: tuple[float, float] = (0.7, 0.8),
-    crop_ratio: tuple[float, float] = (0.9, 1.1),
-    greyscale_p: float = 0.0,
-    astro_p: float = 0.25,
+    crop_scale: tuple[float, float] = FULL.crop_scale,
+    crop_ratio: tuple[float, float] = FULL.crop_ratio,
+    greyscale_p: float = FULL.greyscale_p,
+    astro_p: float = FULL.astro_p,
 ) -> v2.Compose:
-    """Any-angle rotation, flips, random resized crop, optional greyscale, astronomy augmentations.
+    """Any-angle rotation, flips, random resized crop, optional greyscale, astronomy augmentations
+    (the ranges of `zoobot.data.augmentation.AugmentConfig`, which checks these arguments).
 
     Galaxies have no preferred orientation or handedness, so rotations and flips keep every label;
     the crop zooms in a little, as Zoobot always has. `astro_p=0` turns the astronomy ones off.
     """
+    full = AugmentConfig(
+        crop_scale=crop_scale, crop_ratio=crop_ratio, greyscale_p=greyscale_p, astro_p=astro_p
+    )
     bilinear = v2.InterpolationMode.BILINEAR
     steps: list[v2.Transform] = [
         ToFloatImage(),
@@ -216,15 +225,19 @@ def train_transform(
         v2.RandomHorizontalFlip(),
         v2.RandomVerticalFlip(),
         v2.RandomResizedCrop(
-            image_size, scale=crop_scale, ratio=crop_ratio, interpolation=bilinear, antialias=True
+            image_size,
+            scale=full.crop_scale,
+            ratio=full.crop_ratio,
+            interpolation=bilinear,
+            antialias=True,
         ),
     ]
     if channels == 1:
         steps.append(MeanGreyscale())
-    elif greyscale_p > 0:
-        steps.append(v2.RandomGrayscale(greyscale_p))
-    if astro_p > 0:
-        steps.extend(astro_augmentations(astro_p))
+    elif full.greyscale_p > 0:
+        steps.append(v2.RandomGrayscale(full.greyscale_p))
+    if full.astro_p > 0:
+        steps.extend(astro_augmentations(full.astro_p))
     return v2.Compose([*steps, Normalise(mean, std, channels)])
 
 
