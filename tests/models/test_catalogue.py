@@ -120,7 +120,7 @@ def test_published_names_load_from_the_hub_unless_a_folder_has_that_name(tmp_pat
 def command() -> ModelCommand:
     """A command whose backend module does not exist: `models` must not need one."""
     help_texts = {key: key for key in HELP_KEYS}
-    return ModelCommand("zoobot-test", "Test", "no.such.backend", "test", "", help_texts)
+    return ModelCommand("zoobot-test", "Test", "no.such.backend", "test", help_texts)
 
 
 def test_models_command_prints_the_catalogue_without_a_framework(capsys):

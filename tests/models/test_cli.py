@@ -128,7 +128,7 @@ def test_framework_texts_reach_the_help(capsys):
 
 def test_a_missing_help_text_is_refused():
     with pytest.raises(ValueError, match="predict_input"):
-        ModelCommand("p", "f", "module", "", "", {"device": "x"})
+        ModelCommand("p", "f", "module", "", {"device": "x"})
 
 
 def test_library_errors_are_one_line_with_exit_code_1(catalog, capsys):

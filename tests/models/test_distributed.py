@@ -156,7 +156,7 @@ def test_merge_finishes_a_run_whose_slices_are_done_and_refuses_an_unfinished_on
     with pytest.raises(ValueError, match="another process is merging"):
         merge(save_loc)
     lock.write_text(f"{socket.gethostname()} 999999999")  # a merge that died: taken over
-    command = ModelCommand("zoobot-np", "NumPy", BACKEND, "", "", dict.fromkeys(HELP_KEYS, ""))
+    command = ModelCommand("zoobot-np", "NumPy", BACKEND, "", dict.fromkeys(HELP_KEYS, ""))
     assert run_command(command, ["merge", str(save_loc)]) == 0
     assert f"{ROWS} galaxies predicted: {save_loc}" in capsys.readouterr().out
     pd.testing.assert_frame_equal(pd.read_parquet(save_loc), reference, check_exact=True)
