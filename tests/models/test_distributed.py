@@ -205,6 +205,7 @@ def test_the_manifest_is_created_once_when_processes_start_together(tmp_path):
         thread.start()
     for thread in threads:
         thread.join()
+    assert len(created) == 6  # no process saw the others' half-made manifest as a foreign folder
     assert sorted(p.name for p in folder.iterdir()) == [MANIFEST]
     assert json.loads((folder / MANIFEST).read_text())["run"] == {"a": 1}
     with pytest.raises(ValueError, match="different run"):

@@ -356,7 +356,15 @@ def read_manifest(folder: Path) -> dict:
 
 
 def _check_ours(folder: Path) -> None:
-    if folder.exists() and not (folder / MANIFEST).is_file() and any(folder.iterdir()):
+    """Refuse a folder without our manifest, unless it is empty or holds only the manifest another
+    process is writing this moment (`create_text`'s temporary file). One listing decides."""
+    if not folder.is_dir():
+        return
+    names = [p.name for p in folder.iterdir()]
+    writing = f".{MANIFEST}."
+    if MANIFEST not in names and any(
+        not (name.startswith(writing) and name.endswith(".part")) for name in names
+    ):
         raise FileExistsError(f"{folder} exists but holds no {MANIFEST}; move it out of the way")
 
 
