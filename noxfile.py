@@ -250,6 +250,22 @@ def demo(session: nox.Session) -> None:
 
 
 @nox.session(venv_backend="none")
+def science(session: nox.Session) -> None:
+    """The larger experiment (8,000 galaxies at 96 px, pretrained by zoobot.torch and by zoobot.tf),
+    its per-question tables in science-output/report.md; not part of `nox -t tests`."""
+    python = parity_python(session)
+    session.run(
+        python,
+        "demo/run_demo.py",
+        "--science",
+        "--out",
+        "science-output",
+        *session.posargs,
+        external=True,
+    )
+
+
+@nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
     """Every benchmark beside its peer in one table: bench-output/bench-table.md and .json."""
     python = parity_python(session)

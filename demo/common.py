@@ -25,6 +25,7 @@ HUBBLE = "data/hubble_deep_field"
 LABELS = "data/finetune_labels"  # draw_<seed>.csv: one draw of labels per seed
 ENCODER = "models/zoobot-encoder-demo"  # the published encoder: timm Hub layout + model card
 TORCH_TREE = "torch/pretrain"  # Lightning run of the pretraining; best/ is the whole tree model
+TF_TREE = "tf/pretrain"  # the same pretraining run by zoobot.tf (Keras), with its test predictions
 STEPS = "steps"
 
 
@@ -96,14 +97,20 @@ QUICK = dict(
 )
 
 
-def settings_for(quick: bool, **overrides) -> Settings:
-    """The full or quick preset, with command-line overrides (None values ignored)."""
-    values = dict(QUICK) if quick else {}
+# The larger experiment of `nox -s science`: more galaxies and more pixels (the survey's field of
+# view is fixed, so 96 px resolve bars and bulges better than 64), trained by both frameworks.
+SCIENCE = dict(mode="science", n_galaxies=8000, image_size=96, pretrain_epochs=25)
+PRESETS = {"full": {}, "quick": QUICK, "science": SCIENCE}
+
+
+def settings_for(preset: str, **overrides) -> Settings:
+    """The `full`, `quick` or `science` preset, with command-line overrides (None values ignored)."""
+    values = dict(PRESETS[preset])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)
 
 
-KERAS_STEPS = ("compare", "tf_finetune", "tf_predict")
+KERAS_STEPS = ("compare", "tf_finetune", "tf_predict", "tf_pretrain")
 """Steps that run zoobot.tf, on the Keras backend of the run (`--backend`)."""
 
 

@@ -20,6 +20,7 @@ from common import (
     LABELS,
     SHARDS,
     SURVEY,
+    TF_TREE,
     TORCH_TREE,
     Run,
     jsonable,
@@ -409,6 +410,8 @@ FILE_NOTES = {
     "torch/predictions/": "torch predictions: full tables (concentrations per MC pass) and "
     "*_friendly.parquet (fractions with credible intervals), test + Hubble",
     "tf/predictions/": "TensorFlow predictions of the same tree model (loaded from the torch folder)",
+    f"{TF_TREE}/": "the same tree model trained by zoobot.tf (Keras CSV log, best/ model, "
+    "predictions/ of the test galaxies)",
     "torch/finetune/": "torch finetuning runs, <start>-seed<seed>/lr<rate>/ (Lightning logs, best/ "
     "model; test_predictions for the rate picked)",
     "tf/finetune/": "TensorFlow finetuning runs (Keras CSV logs, best/ model, test_predictions)",
@@ -519,8 +522,9 @@ def _paired_table(framework: str, paired: dict) -> list[str]:
 def write_report(run: Run, report: dict, figures: list[Path]) -> Path:
     s = run.settings
     h = report["headline"]
+    title = "Zoobot science report" if s.mode == "science" else "Zoobot demo report"
     lines = [
-        "# Zoobot demo report",
+        f"# {title}",
         "",
         f"Mode `{s.mode}`: {s.n_galaxies} synthetic galaxies ({s.schema} decision tree, "
         f"{s.image_size} px), encoder `{s.architecture}`, rare feature `{s.feature}`. "
@@ -558,6 +562,7 @@ def write_report(run: Run, report: dict, figures: list[Path]) -> Path:
                 f"{_share(v['min_gain_captured'])}) | {'yes' if v['beats_constant'] else 'NO'} | "
                 f"{low:.3f}-{high:.3f} |"
             )
+        lines += [""] + [f"- `{label}`: {TRAINED_BY[label]}" for label in votes]
         lines += [
             "",
             "Per question, over the test galaxies with at least 5 votes for it: MAE is the mean "
@@ -639,6 +644,14 @@ def write_report(run: Run, report: dict, figures: list[Path]) -> Path:
     return path
 
 
+# Who trained and who predicted, for each row of the vote-fraction tables.
+TRAINED_BY = {
+    "torch": "trained and predicted by zoobot.torch",
+    "tf": "the torch-trained model predicted by zoobot.tf",
+    "tf_trained": "trained and predicted by zoobot.tf",
+}
+
+
 def headline(report: dict) -> dict:
     h: dict = {}
     survey = report.get("survey", {})
@@ -647,17 +660,20 @@ def headline(report: dict) -> dict:
             str(survey["splits"].get(k, 0)) for k in ("train", "validation", "test")
         )
     votes = report.get("vote_fractions", {})
-    if "torch" in votes:
-        v = votes["torch"]
-        h["vote fraction MAE, test (constant; true-parameter reference)"] = (
+    for label in ("torch", "tf_trained"):
+        if label not in votes:
+            continue
+        v = votes[label]
+        who = "" if "tf_trained" not in votes else f"{TRAINED_BY[label]}: "
+        h[f"{who}vote fraction MAE, test (constant; true-parameter reference)"] = (
             f"{v['model_mae']:.3f} ({v['constant_mae']:.3f}; {_fmt(v['reference_mae'])})"
         )
-        h["share of the learnable gain, mean over questions (worst)"] = (
+        h[f"{who}share of the learnable gain, mean over questions (worst)"] = (
             f"{_share(v['gain_captured'])} ({_share(v['min_gain_captured'])})"
         )
-        h["beats the constant on every question"] = "yes" if v["beats_constant"] else "NO"
+        h[f"{who}beats the constant on every question"] = "yes" if v["beats_constant"] else "NO"
         low, high = v["coverage_range"]
-        h["coverage of 90% credible intervals, per question"] = f"{low:.3f}-{high:.3f}"
+        h[f"{who}coverage of 90% credible intervals, per question"] = f"{low:.3f}-{high:.3f}"
     for framework, starts in report.get("finetune", {}).items():
         if "pretrained" in starts and "scratch" in starts:
             pre, scratch = starts["pretrained"]["roc_auc"], starts["scratch"]["roc_auc"]
@@ -725,10 +741,12 @@ def make_report(run: Run, steps: dict, total_seconds: float) -> dict:
     reference = None
     torch_test = run.path("torch/predictions/test.parquet")
     tf_test = run.path("tf/predictions/test.parquet")
-    if torch_test.exists() or tf_test.exists():
+    tf_trained_test = run.path(f"{TF_TREE}/predictions/test.parquet")
+    tests = [path for path in (torch_test, tf_test, tf_trained_test) if path.exists()]
+    if tests:
         from zoobot.shared import read_predictions_full
 
-        ids = list(read_predictions_full(torch_test if torch_test.exists() else tf_test).id_str)
+        ids = sorted({i for path in tests for i in read_predictions_full(path).id_str})
         values = true_parameter_reference(run, ids)
         reference = None if values is None else pd.DataFrame(values, index=ids)
     if torch_test.exists():
@@ -744,6 +762,14 @@ def make_report(run: Run, steps: dict, total_seconds: float) -> dict:
             report["torch_vs_tf_fractions"] = float(
                 np.nanmean(np.abs(analysis["predicted"] - tf_analysis["predicted"][order]))
             )
+    if tf_trained_test.exists():
+        label = "tf_trained"
+        trained = vote_fraction_analysis(
+            run, tf_trained_test, label, _rows(reference, tf_trained_test)
+        )
+        report["vote_fractions"][label] = trained["summary"]
+        report["by_question"][label] = trained["by_question"].to_dict("records")
+        report["tf_pretrain"] = run.results("tf_pretrain")
     runs = finetune_runs(run)
     if not runs.empty:
         runs.to_csv(run.path(f"{TABLES}/finetune_runs.csv"), index=False)

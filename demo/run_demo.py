@@ -10,6 +10,10 @@
 5. predict vote fractions with MC-dropout uncertainty for held-out and Hubble Deep Field galaxies;
 6. write tables, plots, report.md and report.json into DIR.
 
+`--science` runs the larger experiment instead (`nox -s science`): a bigger survey at more pixels,
+the same tree model pretrained by zoobot.torch and by zoobot.tf, and the same per-question tables
+for both (steps data, torch_pretrain, torch_predict, tf_pretrain).
+
 Each step runs in its own Python process, importing only the framework it needs, as a user would
 (step 3 alone imports both). Steps whose results exist (`DIR/steps/*.json`, same settings) are
 skipped, so an interrupted demo carries on; `--fresh` starts over. `--quick` is a ~2 minute version
@@ -44,7 +48,14 @@ STEPS = {
     "tf_finetune": ("finetune the same classifier in TensorFlow vs scratch", ("torch_pretrain",)),
     "torch_predict": ("predict vote fractions with uncertainty (torch)", ("torch_pretrain",)),
     "tf_predict": ("predict vote fractions with the same model in TensorFlow", ("torch_pretrain",)),
+    "tf_pretrain": (
+        "pretrain the same tree model in zoobot.tf and predict the test galaxies",
+        ("data",),
+    ),
 }
+# What a run does unless `--steps` says otherwise, by preset.
+SCIENCE_STEPS = ("data", "torch_pretrain", "torch_predict", "tf_pretrain")
+DEMO_STEPS = tuple(step for step in STEPS if step != "tf_pretrain")
 SETTINGS_FILE = "settings.json"
 
 
@@ -78,6 +89,10 @@ def run_one_step(run: Run, step: str) -> dict:
         import steps_tf
 
         return steps_tf.predict_votes(run)
+    if step == "tf_pretrain":
+        import steps_tf
+
+        return steps_tf.pretrain(run)
     raise ValueError(f"unknown step {step!r}")
 
 
@@ -124,10 +139,16 @@ def launch(run: Run, step: str) -> tuple[bool, str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: about two minutes")
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="tiny sizes: about two minutes")
+    preset.add_argument(
+        "--science",
+        action="store_true",
+        help="the larger experiment, pretrained by both frameworks (nox -s science)",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete earlier results and redo all")
     parser.add_argument(
-        "--steps", help=f"comma-separated steps to run (default all): {', '.join(STEPS)}"
+        "--steps", help=f"comma-separated steps to run (default: the preset's): {', '.join(STEPS)}"
     )
     parser.add_argument(
         "--feature", help="rare feature to finetune on: ring, bar, strong_bar, merger"
@@ -148,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return step_main(out, args.step)
 
     settings = settings_for(
-        args.quick,
+        "quick" if args.quick else "science" if args.science else "full",
         feature=args.feature,
         architecture=args.architecture,
         n_galaxies=args.n_galaxies,
@@ -159,18 +180,20 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / SETTINGS_FILE).write_text(settings.to_json() + "\n", encoding="utf-8")
     run = Run(out, settings, args.backend)
-    chosen = list(STEPS) if not args.steps else [s.strip() for s in args.steps.split(",")]
+    default = SCIENCE_STEPS if settings.mode == "science" else DEMO_STEPS
+    chosen = list(default) if not args.steps else [s.strip() for s in args.steps.split(",")]
     unknown = [s for s in chosen if s not in STEPS and s != "report"]
     if unknown:
         parser.error(f"unknown steps {unknown}; choose from {list(STEPS)}")
 
     say(f"Zoobot demo ({settings.mode}, zoobot.tf on Keras's {args.backend} backend) -> {out}")
-    total = Timer()
     statuses: dict[str, dict] = {}
-    for number, (step, (what, needs)) in enumerate(STEPS.items(), start=1):
-        header = f"[{number}/{len(STEPS) + 1}] {step}: {what}"
+    steps = {step: STEPS[step] for step in STEPS if step in chosen or run.step_done(step)}
+    total = Timer()
+    for number, (step, (what, needs)) in enumerate(steps.items(), start=1):
+        header = f"[{number}/{len(steps) + 1}] {step}: {what}"
         if step not in chosen:
-            statuses[step] = {"status": "done" if run.step_done(step) else "not chosen"}
+            statuses[step] = {"status": "done"}
             continue
         if run.step_done(step):
             seconds = _recorded_seconds(run, step)
@@ -192,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             statuses[step]["error"] = error
             say(f"    FAILED after {timer():.1f}s (full log: logs/{step}.log):\n{error}")
 
-    say(f"[{len(STEPS) + 1}/{len(STEPS) + 1}] report: tables, plots, report.md, report.json")
+    say(f"[{len(steps) + 1}/{len(steps) + 1}] report: tables, plots, report.md, report.json")
     timer = Timer()
     try:
         import report

@@ -7,7 +7,9 @@ Keras on TensorFlow, or on JAX (`run_demo.py --backend jax`, TensorFlow then onl
   galaxies: zoobot.tf finetunes a torch-trained encoder (the few-label comparison over seeds and
   a learning-rate grid is the torch step's);
 - `predict`: the torch-trained tree model reloaded in TensorFlow (`zoobot.tf.predictions` reads the
-  same folder) predicting vote fractions with MC dropout for the test galaxies.
+  same folder) predicting vote fractions with MC dropout for the test galaxies;
+- `pretrain` (the science preset's): the same tree model trained by zoobot.tf on the same votes and
+  splits with `train`'s defaults, then its MC-dropout predictions for the test galaxies.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 from common import (
     ENCODER,
     SURVEY,
+    TF_TREE,
     TORCH_TREE,
     Run,
     Timer,
@@ -171,6 +174,59 @@ def predict_votes(run: Run) -> dict:
     }
 
 
-def run_step(run: Run) -> dict:
-    """Finetuning and predictions in one TensorFlow process (one startup)."""
-    return {"finetune": finetune(run), "predict": predict_votes(run)}
+def pretrain(run: Run) -> dict:
+    """Train the tree model on the votes with zoobot.tf (the torch step's settings and splits) and
+    predict the test galaxies with MC dropout."""
+    quiet()
+    import keras
+
+    from zoobot.tf import runtime, train
+    from zoobot.tf.predictions import predict
+
+    s = run.settings
+    keras.utils.set_random_seed(s.seed)
+    catalog = pd.read_parquet(run.path(SURVEY) / "catalog_with_splits.parquet")
+    save_dir = run.path(TF_TREE)
+    shutil.rmtree(save_dir, ignore_errors=True)
+    say(
+        f"  pretraining {s.architecture} on the votes with zoobot.tf (Keras on {runtime.name()}): "
+        f"{s.pretrain_epochs} epochs, {(catalog['split'] == 'train').sum()} training galaxies at "
+        f"{s.image_size} px"
+    )
+    timer = Timer()
+    train(
+        catalog,
+        s.schema,
+        save_dir,
+        architecture=s.architecture,
+        epochs=s.pretrain_epochs,
+        batch_size=s.pretrain_batch_size,
+        image_size=s.image_size,
+        patience=s.pretrain_epochs,
+        seed=s.seed,
+        progress=False,
+        verbose=0,
+        model_kwargs={"learning_rate": s.pretrain_learning_rate},
+    )
+    seconds = timer()
+    say(f"  pretrained in {seconds:.0f}s; predicting the test galaxies")
+    test = catalog[catalog["split"] == "test"]
+    files = predict(
+        test,
+        save_dir / "best",
+        save_dir / "predictions" / "test.parquet",
+        n_samples=s.mc_samples,
+        image_size=s.image_size,
+        progress=False,
+        resume=False,
+        overwrite=True,
+        seed=s.seed,
+    )
+    return {
+        "framework": runtime.name(),
+        "architecture": s.architecture,
+        "epochs": s.pretrain_epochs,
+        "seconds": seconds,
+        "tree_folder": str(save_dir / "best"),
+        "test": {"galaxies": files.n_predicted, "predictions": str(files.predictions)},
+    }
