@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--architecture", help="timm encoder (default test_resnet)")
     parser.add_argument("--n-galaxies", type=int, help="survey size")
+    parser.add_argument("--pretrain-epochs", type=int, help="epochs of pretraining on the votes")
     parser.add_argument("--seed", type=int)
     parser.add_argument(
         "--backend",
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         feature=args.feature,
         architecture=args.architecture,
         n_galaxies=args.n_galaxies,
+        pretrain_epochs=args.pretrain_epochs,
         seed=args.seed,
     )
     if args.fresh:

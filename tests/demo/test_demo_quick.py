@@ -248,3 +248,43 @@ def test_the_report_says_plainly_where_the_model_is_no_better_than_the_constant(
     by_question = json.loads((demo / "report.json").read_text(encoding="utf-8"))["by_question"]
     for label, table in by_question.items():
         assert f"- {report.constant_sentence(label, table)}" in text
+
+
+def test_the_science_step_trains_the_tree_in_zoobot_tf_and_reports_it_beside_torch(
+    demo: Path, tmp_path
+):
+    """`tf_pretrain` (a step of `--science`) trains the same tree model with zoobot.tf on the same
+    splits, and the report gives its per-question table beside the torch-trained model's."""
+    out = tmp_path / "science"
+    shutil.copytree(demo, out)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "demo" / "run_demo.py"), "--out", str(out), "--quick",
+         "--steps", "tf_pretrain"],
+        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        timeout=1800, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["steps"]["tf_pretrain"]["status"] == "done"
+    assert (out / "tf" / "pretrain" / "best" / "config.json").exists()
+    torch, trained = report["vote_fractions"]["torch"], report["vote_fractions"]["tf_trained"]
+    # the same test galaxies, votes and training-mean constant: only the model differs
+    assert trained["galaxies"] == torch["galaxies"]
+    assert trained["constant_mae"] == pytest.approx(torch["constant_mae"], rel=1e-12)
+    assert trained["reference_mae"] == pytest.approx(torch["reference_mae"], rel=1e-12)
+    assert 0.0 < trained["model_mae"] < 0.5
+    questions = [row["question"] for row in report["by_question"]["torch"]]
+    assert [row["question"] for row in report["by_question"]["tf_trained"]] == questions
+    assert (out / "tables" / "tf_trained_vote_fractions_by_question.csv").exists()
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "### Per question (tf_trained)" in text
+    assert "- `tf_trained`: trained and predicted by zoobot.tf" in text
+
+
+def test_the_science_preset_is_the_larger_experiment_in_both_frameworks():
+    common, run_demo = _demo_module("common"), _demo_module("run_demo")
+    full, science = common.settings_for("full"), common.settings_for("science")
+    assert science.n_galaxies > full.n_galaxies and science.image_size > full.image_size
+    assert science.mode == "science" and common.settings_for("quick").mode == "quick"
+    assert {"torch_pretrain", "tf_pretrain"} <= set(run_demo.SCIENCE_STEPS)
+    assert "tf_pretrain" not in run_demo.DEMO_STEPS
