@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import pandas as pd
 from common import (
@@ -139,19 +140,17 @@ def finetune(run: Run) -> dict:
     return results
 
 
-def predict_votes(run: Run) -> dict:
-    """The torch-trained tree model, reloaded in TensorFlow, predicting the test galaxies."""
-    quiet()
+def predict_test(run: Run, model, save_loc) -> dict:
+    """MC-dropout vote fractions of the survey's test galaxies from the tree model folder `model`."""
     from zoobot.tf.predictions import predict
 
     s = run.settings
     catalog = pd.read_parquet(run.path(SURVEY) / "catalog_with_splits.parquet")
-    test = catalog[catalog["split"] == "test"]
     timer = Timer()
     files = predict(
-        test,
-        run.path(TORCH_TREE) / "best",
-        run.path("tf/predictions/test.parquet"),
+        catalog[catalog["split"] == "test"],
+        model,
+        save_loc,
         n_samples=s.mc_samples,
         image_size=s.image_size,
         progress=False,
@@ -159,19 +158,25 @@ def predict_votes(run: Run) -> dict:
         overwrite=True,
         seed=s.seed,
     )
-    say(
-        f"  TF predictions (torch-trained model loaded in Keras) for {files.n_predicted} test "
-        f"galaxies, {s.mc_samples} MC-dropout passes: {files.friendly.name} ({timer():.1f}s)"
-    )
     return {
-        "test": {
-            "galaxies": files.n_predicted,
-            "failed": files.n_failed,
-            "predictions": str(files.predictions),
-            "friendly": str(files.friendly),
-            "seconds": timer(),
-        }
+        "galaxies": files.n_predicted,
+        "failed": files.n_failed,
+        "predictions": str(files.predictions),
+        "friendly": str(files.friendly),
+        "seconds": timer(),
     }
+
+
+def predict_votes(run: Run) -> dict:
+    """The torch-trained tree model, reloaded in TensorFlow, predicting the test galaxies."""
+    quiet()
+    test = predict_test(run, run.path(TORCH_TREE) / "best", run.path("tf/predictions/test.parquet"))
+    say(
+        f"  TF predictions (torch-trained model loaded in Keras) for {test['galaxies']} test "
+        f"galaxies, {run.settings.mc_samples} MC-dropout passes: "
+        f"{Path(test['friendly']).name} ({test['seconds']:.1f}s)"
+    )
+    return {"test": test}
 
 
 def pretrain(run: Run) -> dict:
@@ -181,7 +186,6 @@ def pretrain(run: Run) -> dict:
     import keras
 
     from zoobot.tf import runtime, train
-    from zoobot.tf.predictions import predict
 
     s = run.settings
     keras.utils.set_random_seed(s.seed)
@@ -210,23 +214,12 @@ def pretrain(run: Run) -> dict:
     )
     seconds = timer()
     say(f"  pretrained in {seconds:.0f}s; predicting the test galaxies")
-    test = catalog[catalog["split"] == "test"]
-    files = predict(
-        test,
-        save_dir / "best",
-        save_dir / "predictions" / "test.parquet",
-        n_samples=s.mc_samples,
-        image_size=s.image_size,
-        progress=False,
-        resume=False,
-        overwrite=True,
-        seed=s.seed,
-    )
+    test = predict_test(run, save_dir / "best", save_dir / "predictions" / "test.parquet")
     return {
         "framework": runtime.name(),
         "architecture": s.architecture,
         "epochs": s.pretrain_epochs,
         "seconds": seconds,
         "tree_folder": str(save_dir / "best"),
-        "test": {"galaxies": files.n_predicted, "predictions": str(files.predictions)},
+        "test": test,
     }
