@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import huggingface_hub
-import huggingface_hub.constants
 import pandas as pd
 import pytest
 
@@ -33,11 +32,7 @@ def survey(tmp_path_factory) -> pd.DataFrame:
 
 
 @pytest.fixture
-def offline(tmp_path, monkeypatch):
-    """HF_HUB_OFFLINE=1 with an empty cache in tmp_path; HfApi must not even be constructed."""
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+def offline(offline_hub, monkeypatch):
+    """The offline Hugging Face cache (`offline_hub`), where HfApi must not even be constructed."""
     monkeypatch.setattr(huggingface_hub, "HfApi", contract.no_network)
-    return cache
+    return offline_hub

@@ -11,14 +11,12 @@ rather than skip, so a missing framework is never mistaken for a passing suite.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
 import os
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -158,21 +156,6 @@ FAST = {"image_size": SIZE, "batch_size": 8, "chunk_rows": 16, "progress": False
 def images(n: int = 2, size: int = SIZE, seed: int = 7) -> np.ndarray:
     """uint8 RGB images, as `read_image` gives them."""
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-def fill_hf_cache(cache: Path, repo_id: str, folder: Path) -> None:
-    """Lay out `folder` as huggingface_hub caches a download of `repo_id` at main."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    for file in folder.iterdir():
-        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(file.read_bytes())
-        link = repo / "snapshots" / commit / file.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
 
 
 def free_port() -> int:

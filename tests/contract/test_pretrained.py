@@ -11,7 +11,7 @@ import huggingface_hub.constants
 import numpy as np
 import pytest
 import safetensors.numpy
-from contract import SCHEMA, fill_hf_cache, images, no_network
+from contract import SCHEMA, images, no_network
 
 from zoobot.shared import get_schema
 
@@ -159,7 +159,7 @@ def test_refuses_to_replace_a_folder_that_is_not_a_model(fw, tmp_path, tree):
 
 
 def test_task_model_through_the_offline_hub_cache(fw, tmp_path, tree, offline):
-    fill_hf_cache(offline, "owner/tree", tree.save_pretrained(tmp_path / "tree"))
+    offline.fill("owner/tree", tree.save_pretrained(tmp_path / "tree"))
     reloaded = fw.package.ZoobotTree.from_pretrained("hf_hub:owner/tree")
     np.testing.assert_array_equal(outputs(fw, reloaded), outputs(fw, tree))
     with pytest.raises(fw.package.HubUnavailableError, match="not in the Hugging Face cache"):

@@ -12,7 +12,6 @@ float32 summation order (~1e-6 here); a wrong tensor mapping moves features by O
 import numpy as np
 import published
 import pytest
-from contract import fill_hf_cache
 
 from zoobot.models.catalogue import published_encoder
 
@@ -41,7 +40,7 @@ def cached_repo(tmp_path, cache, case_id: str, files: tuple[str, ...]):
     case = CASES[case_id]
     entry = published_encoder(case["entry"])
     folder = published.write_repo(tmp_path / "repo", case, files)
-    fill_hf_cache(cache, entry.repo_id, folder)
+    cache.fill(entry.repo_id, folder)
     return entry, published.images(entry.channels, case["height"], case["width"], case["seed"])
 
 

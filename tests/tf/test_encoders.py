@@ -10,15 +10,11 @@ same numbers, on any CPU; results that change kernels or batching carry toleranc
 """
 
 import functools
-import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
-import huggingface_hub
-import huggingface_hub.constants
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -35,35 +31,6 @@ from zoobot.tf.pretrained import save_pretrained
 
 FIXTURES = Path(__file__).parent / "fixtures" / "timm"
 CASES = ("test_convnext", "convnext_nano_grey", "test_resnet", "resnet50_grey")
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty Hugging Face cache, with the Hub unreachable (HF_HUB_OFFLINE=1)."""
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
-def fill_hf_cache(cache: Path, repo_id: str, folder: Path, ref: str = "main") -> str:
-    """Lay out `folder` as huggingface_hub caches `repo_id` at `ref`; return the commit hash."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    files = sorted(folder.iterdir())
-    commit = hashlib.sha1(b"".join(f.name.encode() + f.read_bytes() for f in files)).hexdigest()
-    for file in files:
-        data = file.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = repo / "snapshots" / commit / file.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / ref).write_text(commit)
-    return commit
 
 
 @functools.cache
@@ -287,9 +254,9 @@ def test_legacy_bin_is_read_without_torch(tmp_path, caplog):
 
 
 def test_hub_revisions_through_the_offline_cache(tmp_path, offline_hub):
-    first = fill_hf_cache(offline_hub, "owner/repo", FIXTURES / "test_resnet")
-    fill_hf_cache(offline_hub, "owner/repo", FIXTURES / "resnet50_grey")
-    fill_hf_cache(offline_hub, "owner/repo", FIXTURES / "test_convnext", ref="v3")
+    first = offline_hub.fill("owner/repo", FIXTURES / "test_resnet")
+    offline_hub.fill("owner/repo", FIXTURES / "resnet50_grey")
+    offline_hub.fill("owner/repo", FIXTURES / "test_convnext", ref="v3")
     resnet = features(fixture_encoder("test_resnet"))
     assert np.array_equal(features(load_encoder(f"hf_hub:owner/repo@{first}")), resnet)
     assert load_encoder("hf_hub:owner/repo").zoobot_architecture == "resnet50"
@@ -299,7 +266,7 @@ def test_hub_revisions_through_the_offline_cache(tmp_path, offline_hub):
 
 
 def test_hub_legacy_bin_through_the_offline_cache(offline_hub):
-    fill_hf_cache(offline_hub, "mwalmsley/zoobot-encoder-test", FIXTURES / "test_convnext_legacy")
+    offline_hub.fill("mwalmsley/zoobot-encoder-test", FIXTURES / "test_convnext_legacy")
     encoder = load_encoder("hf_hub:mwalmsley/zoobot-encoder-test")
     assert np.array_equal(features(encoder), features(fixture_encoder("test_convnext")))
 

@@ -1,14 +1,10 @@
 """zoobot.tf loads legacy `pytorch_model.bin` encoders through `zoobot.models.legacy`, from folders and
 the offline Hub cache, and refuses malicious ones naming what to convert."""
 
-import hashlib
 import logging
-import os
 import shutil
 from pathlib import Path
 
-import huggingface_hub
-import huggingface_hub.constants
 import numpy as np
 import pytest
 
@@ -43,34 +39,8 @@ def test_safetensors_wins_over_the_pickle(tmp_path, caplog):
     assert np.array_equal(features(encoder), features(load_encoder(CONVNEXT)))
 
 
-def fill_hf_cache(cache: Path, repo_id: str, folder: Path) -> None:
-    """Lay out `folder` as huggingface_hub caches `repo_id` at main (as test_encoders does)."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(folder.name.encode()).hexdigest()
-    for file in folder.iterdir():
-        data = file.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = repo / "snapshots" / commit / file.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
 def test_hub_repo_with_only_a_pickle_loads_through_the_offline_cache(offline_hub, caplog):
-    fill_hf_cache(offline_hub, "mwalmsley/zoobot-encoder-legacy", CONVNEXT_LEGACY)
+    offline_hub.fill("mwalmsley/zoobot-encoder-legacy", CONVNEXT_LEGACY)
     with caplog.at_level(logging.WARNING, logger="zoobot.tf.encoders"):
         encoder = load_encoder("hf_hub:mwalmsley/zoobot-encoder-legacy")
     assert "hf_hub:mwalmsley/zoobot-encoder-legacy: no model.safetensors" in caplog.text
@@ -82,7 +52,7 @@ def test_malicious_hub_pickle_names_the_repo_to_convert(tmp_path, offline_hub, m
     folder.mkdir()
     shutil.copy(CONVNEXT_LEGACY / "config.json", folder)
     shutil.copy(LEGACY / "malicious_eval.bin", folder / "pytorch_model.bin")
-    fill_hf_cache(offline_hub, "someone/evil", folder)
+    offline_hub.fill("someone/evil", folder)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UnsafeCheckpointError, match="load_encoder\\('hf_hub:someone/evil'\\)"):
         load_encoder("hf_hub:someone/evil")

@@ -5,14 +5,11 @@ batch shapes in one process (or processes with the same threads): the same kerne
 same numbers, on any CPU; results that change kernels or batching carry tolerances.
 """
 
-import hashlib
 import json
 import logging
-import os
 from collections import OrderedDict
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 import timm
 import torch
@@ -37,35 +34,6 @@ class Payload:
 
     def __reduce__(self):
         return (_record_unpickling, ())
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty Hugging Face cache, with the Hub unreachable (HF_HUB_OFFLINE=1)."""
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
-def fill_hf_cache(cache: Path, repo_id: str, folder: Path, ref: str = "main") -> str:
-    """Lay out `folder` as huggingface_hub caches `repo_id` at `ref`; return the commit hash."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    files = sorted(folder.iterdir())
-    commit = hashlib.sha1(b"".join(f.name.encode() + f.read_bytes() for f in files)).hexdigest()
-    for file in files:
-        data = file.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = repo / "snapshots" / commit / file.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / ref).write_text(commit)
-    return commit
 
 
 def timm_folder(
@@ -308,7 +276,7 @@ def test_greyscale_checkpoint_adapted_to_three_channels(tmp_path, caplog):
 
 def test_published_layout_through_the_offline_hub_cache(tmp_path, offline_hub):
     folder = published_folder(tmp_path / "published")
-    fill_hf_cache(offline_hub, "mwalmsley/zoobot-encoder-test", folder)
+    offline_hub.fill("mwalmsley/zoobot-encoder-test", folder)
     encoder = load_encoder("hf_hub:mwalmsley/zoobot-encoder-test")
     # exactly how zoobot 2.x loads the published encoders
     reference = timm.create_model(
@@ -318,9 +286,9 @@ def test_published_layout_through_the_offline_hub_cache(tmp_path, offline_hub):
 
 
 def test_hub_revisions_through_the_offline_cache(tmp_path, offline_hub):
-    first = fill_hf_cache(offline_hub, "owner/repo", timm_folder(tmp_path / "a", seed=1))
-    fill_hf_cache(offline_hub, "owner/repo", timm_folder(tmp_path / "b", seed=2))
-    fill_hf_cache(offline_hub, "owner/repo", timm_folder(tmp_path / "c", seed=3), ref="v3")
+    first = offline_hub.fill("owner/repo", timm_folder(tmp_path / "a", seed=1))
+    offline_hub.fill("owner/repo", timm_folder(tmp_path / "b", seed=2))
+    offline_hub.fill("owner/repo", timm_folder(tmp_path / "c", seed=3), ref="v3")
     expected = {
         seed: features(load_encoder(tmp_path / name))
         for seed, name in ((1, "a"), (2, "b"), (3, "c"))

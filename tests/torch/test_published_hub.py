@@ -10,7 +10,6 @@ import sys
 from collections import OrderedDict
 from pathlib import Path
 
-import huggingface_hub
 import numpy as np
 import pytest
 import timm
@@ -22,23 +21,11 @@ from zoobot.models.catalogue import published_encoder
 # the contract tests' helpers (pytest's importlib mode puts nothing on the path)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contract"))
 
-import contract  # noqa: E402
 import published  # noqa: E402
 
 TOLERANCE = 1e-4  # as the contract tests: float32 summation order, see test_published_encoders.py
 CASES = published.cases()
 FEATURES = np.load(published.FEATURES_FILE)
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty Hugging Face cache, with the Hub unreachable (HF_HUB_OFFLINE=1)."""
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
 
 
 def features(encoder, x: np.ndarray) -> np.ndarray:
@@ -51,7 +38,7 @@ def test_timm_reads_the_stand_in_repo_as_zoobot_does(tmp_path, offline_hub, case
     case = CASES[case_id]
     entry = published_encoder(case["entry"])
     folder = published.write_repo(tmp_path / "repo", case, entry.files)
-    contract.fill_hf_cache(offline_hub, entry.repo_id, folder)
+    offline_hub.fill(entry.repo_id, folder)
     x = published.images(entry.channels, case["height"], case["width"], case["seed"])
     # how zoobot 2.x users load them (greyscale ones with in_chans=1)
     reference = timm.create_model(
