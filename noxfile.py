@@ -28,7 +28,7 @@ TF_PINS = ["tensorflow==2.21.0"]
 # JAX for CPU, what zoobot-tf[jax] installs (Keras on JAX: KERAS_BACKEND=jax).
 JAX_PINS = ["jax==0.10.2", "jaxlib==0.10.2"]
 # What tests-jax runs inside `nox -t tests`: the Keras tests whose code differs by backend (the
-# loss, the tree head and its training step, depthwise, the command's --backend, fast paths) and
+# loss, the tree head and its training step, depthwise and patch convolutions, the command's --backend, fast paths) and
 # the contract tests of loading, predicting, finetuning and learning. The whole Keras suite takes
 # about 3x the TensorFlow run on JAX, more than CI's time allows with the other sessions:
 # `nox -s tests-jax -- tests/tf tests/contract` runs it.
@@ -36,6 +36,7 @@ JAX_TESTS = [
     "tests/tf/test_loss.py",
     "tests/tf/test_tree.py",
     "tests/tf/test_depthwise.py",
+    "tests/tf/test_patch_conv.py",
     "tests/tf/test_cli.py",
     "tests/tf/test_fast_paths.py",
     "tests/contract/test_pretrained.py",

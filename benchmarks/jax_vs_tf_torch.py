@@ -14,6 +14,20 @@ Figures (issue 19), each JAX over the faster of TF and torch in the same round (
    same architecture and batch, fp32, after warm-up steps (which include JAX's compilation).
 TF and torch against JAX are also printed, and the vote fractions of the three are compared.
 
+What made JAX slow (issue 19, convnext_nano, batch 16, profiled with `jax.profiler` on an AMD EPYC
+Zen 4, 2 cores): the train step compiles once (no recompilation); about half of its time was the
+1x1 (`conv_mlp`) and patchify convolutions, whose kernel gradients XLA:CPU runs as convolutions
+with an image-sized window; and JAX's own gradient of the shifted-sum depthwise layers (7x7
+separate reductions over the batch for the kernel) took ~30x their forward pass in a one-layer
+micro-benchmark (0.67 s against 22 ms at 56x56x80). `zoobot.tf.patch_conv` (matmuls) and the
+hand-written depthwise gradient in `zoobot.tf.depthwise` took the gradient of the loss from 11.0 s
+to 5.9 s per batch (same machine load). XLA:CPU flags of jaxlib 0.10.2 (`--xla_cpu_use_onednn`, `--xla_cpu_use_xnnpack=false`,
+`--xla_cpu_enable_fast_math`, `--xla_cpu_prefer_vector_width=512`,
+`--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY`,
+`--xla_cpu_use_thunk_runtime=false`, `--xla_cpu_multi_thread_eigen=false`) changed neither predict
+nor the gradient beyond the machine's noise; `--xla_cpu_experimental_ynn_fusion_type=` (no YNNPACK
+fusions) made the gradient ~1.5x slower. zoobot sets none of them.
+
 Run: python benchmarks/jax_vs_tf_torch.py [--json out.json] [--rounds 3] [--images 256]
      [--architectures efficientnet_b0,convnext_nano] [--quick]
 """

@@ -133,3 +133,49 @@ def test_a_model_with_the_layer_saves_and_loads(tmp_path):
     assert type(loaded.get_layer("dw")) is DepthwiseConv2D
     x = np.ones((1, 8, 8, 3), np.float32)
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+
+
+def gradients(function, x, kernel, cotangent) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(function(x, kernel), and the gradients of sum(cotangent * function) by x and kernel)."""
+    if ON_JAX:
+        import jax
+        import jax.numpy as jnp
+
+        value, pullback = jax.vjp(function, jnp.asarray(x), jnp.asarray(kernel))
+        dx, dk = pullback(jnp.broadcast_to(jnp.asarray(cotangent, value.dtype), value.shape))
+        return np.asarray(value), np.asarray(dx), np.asarray(dk)
+    import tensorflow as tf
+
+    x, kernel = tf.Variable(x), tf.Variable(kernel)
+    with tf.GradientTape() as tape:
+        value = function(x, kernel)
+        total = tf.reduce_sum(value * cotangent)
+    dx, dk = tape.gradient(total, [x, kernel])
+    return np.asarray(value), np.asarray(dx), np.asarray(dk)
+
+
+@pytest.mark.parametrize("kernel_size,stride,padding", CASES)
+def test_shifted_sums_have_the_convolution_s_gradients(kernel_size, stride, padding):
+    """Input and kernel gradients under a random output gradient (on JAX the hand-written ones),
+    float32 against Keras's depthwise convolution: the kernel's sums n*h*w products, so its bound
+    is that many rounding steps of the sum of |x * g|."""
+    rng = np.random.default_rng(kernel_size + 7 * stride)
+    x = rng.standard_normal((3, 13, 11, 4)).astype(np.float32)
+    kernel = rng.standard_normal((kernel_size, kernel_size, 4, 1)).astype(np.float32)
+    value, _, _ = gradients(
+        lambda a, k: keras.ops.depthwise_conv(a, k, stride, padding), x, kernel, 0.0
+    )
+    cotangent = rng.standard_normal(value.shape).astype(np.float32)
+    strides = (stride, stride)
+    got = gradients(lambda a, k: shifted_depthwise(a, k, strides, padding), x, kernel, cotangent)
+    want = gradients(
+        lambda a, k: keras.ops.depthwise_conv(a, k, stride, padding), x, kernel, cotangent
+    )
+    k_sum = np.abs(kernel).sum(axis=(0, 1)).max()
+    np.testing.assert_allclose(got[0], want[0], rtol=0, atol=kernel_size**2 * EPS32 * k_sum * 5)
+    dx_bound = kernel_size**2 * EPS32 * k_sum * np.abs(cotangent).max()
+    np.testing.assert_allclose(got[1], want[1], rtol=0, atol=dx_bound)
+    terms = cotangent.size // 4
+    dk_bound = terms * EPS32 * np.abs(x).max() * np.abs(cotangent).max()
+    np.testing.assert_allclose(got[2], want[2], rtol=0, atol=dk_bound)
+    assert got[1].shape == x.shape and got[2].shape == kernel.shape

@@ -47,6 +47,7 @@ from zoobot.tf.architectures.layers import (
     residual,
 )
 from zoobot.tf.depthwise import DepthwiseConv2D
+from zoobot.tf.patch_conv import Conv2D
 
 # timm `_gen_efficientnet`: EfficientNet-B0, scaled by channel and depth multipliers for B1-B8.
 EFFICIENTNET_ARCH_DEF: tuple[tuple[str, ...], ...] = (
@@ -449,7 +450,7 @@ def _conv(x, filters, kernel, stride, name, args, *, depthwise=False, bias=False
             name=name,
         )
     else:
-        layer = layers.Conv2D(
+        layer = Conv2D(
             filters,
             kernel,
             strides=stride,
@@ -473,9 +474,9 @@ def _bn(x, name, args, act=True):
 def _se(x, channels, rd_channels, name):
     """timm's SqueezeExcite: mean over H, W -> 1x1 conv -> SiLU -> 1x1 conv -> sigmoid gate."""
     s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}.pool")(x)
-    s = layers.Conv2D(rd_channels, 1, kernel_initializer=_init(), name=f"{name}.conv_reduce")(s)
+    s = Conv2D(rd_channels, 1, kernel_initializer=_init(), name=f"{name}.conv_reduce")(s)
     s = layers.Activation("silu", name=f"{name}.act1")(s)
-    s = layers.Conv2D(channels, 1, kernel_initializer=_init(), name=f"{name}.conv_expand")(s)
+    s = Conv2D(channels, 1, kernel_initializer=_init(), name=f"{name}.conv_expand")(s)
     s = layers.Activation("sigmoid", name=f"{name}.gate")(s)
     return layers.Multiply(name=f"{name}.mul")([x, s])
 

@@ -18,6 +18,7 @@ from keras import layers, ops
 
 from zoobot.models.layout import ConfigError
 from zoobot.tf.depthwise import DepthwiseConv2D
+from zoobot.tf.patch_conv import Conv2D
 
 
 def merge_model_args(
@@ -91,7 +92,7 @@ def conv2d(
     same = stride == 1 and kernel_size % 2 == 1 and padding == kernel_size // 2
     if padding and not same:
         x = layers.ZeroPadding2D(padding, name=f"{name}.pad")(x)
-    return layers.Conv2D(
+    return Conv2D(
         filters,
         kernel_size,
         strides=stride,

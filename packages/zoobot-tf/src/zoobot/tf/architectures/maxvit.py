@@ -50,6 +50,7 @@ from zoobot.tf.architectures.layers import (
     residual,
 )
 from zoobot.tf.depthwise import DepthwiseConv2D
+from zoobot.tf.patch_conv import Conv2D
 
 # MaxxVitConvCfg / MaxxVitTransformerCfg fields as timm's model arguments name them
 # (`conv_*`, `transformer_*`), for the options zoobot.tf implements.
@@ -477,7 +478,7 @@ def _conv(x, filters, kernel, stride, name, args, *, depthwise=False, bias=False
             depthwise_initializer=_conv_init(),
             name=name,
         )(x)
-    return layers.Conv2D(
+    return Conv2D(
         filters,
         kernel,
         strides=stride,
@@ -527,9 +528,9 @@ def _mbconv(x, name, in_chs, out_chs, stride, args, drop_rate):
     x = _bn(x, f"{name}.norm2", args)
     rd = int(args["conv_attn_ratio"] * (out_chs if args["conv_expand_output"] else mid))
     s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}.se.pool")(x)
-    s = layers.Conv2D(rd, 1, kernel_initializer=_conv_init(), name=f"{name}.se.fc1")(s)
+    s = Conv2D(rd, 1, kernel_initializer=_conv_init(), name=f"{name}.se.fc1")(s)
     s = layers.Activation("silu", name=f"{name}.se.act")(s)
-    s = layers.Conv2D(mid, 1, kernel_initializer=_conv_init(), name=f"{name}.se.fc2")(s)
+    s = Conv2D(mid, 1, kernel_initializer=_conv_init(), name=f"{name}.se.fc2")(s)
     s = layers.Activation("sigmoid", name=f"{name}.se.gate")(s)
     x = layers.Multiply(name=f"{name}.se.mul")([x, s])
     x = _conv(x, out_chs, 1, 1, f"{name}.conv3_1x1", args, bias=args["conv_output_bias"])
