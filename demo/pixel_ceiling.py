@@ -15,11 +15,11 @@ it tabulates the constant, the true-parameter reference, the noise-free probabil
 model's share of the gain against both; how well each model recovers the noise-free
 probabilities; and, for the bar, ROC AUC for barred vs unbarred among clearly seen disks.
 
-Run (a science run's output folder; one training process, 2 threads, about half an hour):
+Run in the `parity`/`demo` environment, on a science run's output folder (one training process,
+2 threads, about half an hour):
 
-    source /work/plan/wtenv.sh .   # or install the zoobot packages
-    python demo/pixel_ceiling.py --run /work/bench/science-output --out /tmp/pixel-ceiling \\
-        --architecture test_resnet --minutes 25
+    nox -s science
+    python demo/pixel_ceiling.py --run science-output --out pixel-ceiling --minutes 25
 
 `--eval-only` re-tabulates from the saved predictions. Writes `ceiling_table.csv`,
 `recovery_table.csv`, `bar_auc.csv`, `summary.json` and `predictions.npz` to `--out`.
@@ -376,7 +376,7 @@ def evaluate(args, catalog, probs, aux, outputs, schema) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="/work/bench/science-output")
+    parser.add_argument("--run", required=True, help="output folder of a demo or science run")
     parser.add_argument("--out", default="pixel-ceiling")
     parser.add_argument("--architecture", default="test_resnet")
     parser.add_argument("--minutes", type=float, default=25.0)

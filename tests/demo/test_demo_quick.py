@@ -288,3 +288,29 @@ def test_the_science_preset_is_the_larger_experiment_in_both_frameworks():
     assert science.mode == "science" and common.settings_for("quick").mode == "quick"
     assert {"torch_pretrain", "tf_pretrain"} <= set(run_demo.SCIENCE_STEPS)
     assert "tf_pretrain" not in run_demo.DEMO_STEPS
+
+
+def test_the_pixel_ceiling_scores_a_truth_trained_net_on_the_reports_galaxies(demo: Path, tmp_path):
+    """`demo/pixel_ceiling.py` on a finished run: its targets are the catalog's own galaxies, and
+    it scores the same test galaxies with the report's constant, reference and vote-trained model."""
+    out = tmp_path / "ceiling"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "demo" / "pixel_ceiling.py"), "--run", str(demo),
+         "--out", str(out), "--max-epochs", "1", "--minutes", "5"],
+        capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["check"]["max_abs_difference_drawn_vs_catalog"] == 0.0
+    ours = pd.read_csv(out / "ceiling_table.csv").set_index("question")
+    report = pd.read_csv(demo / "tables" / "torch_vote_fractions_by_question.csv")
+    report = report.set_index("question").loc[ours.index]
+    assert (ours["n"] == report["n"]).all()
+    for column in ("constant_mae", "reference_mae"):
+        assert np.allclose(ours[column], report[column], rtol=1e-12, equal_nan=True), column
+    assert np.allclose(ours["vote_model_mae"], report["model_mae"], rtol=1e-12, equal_nan=True)
+    # The noise-free probabilities the net is trained on predict the votes better than the
+    # training mean wherever enough galaxies were asked (vote noise alone separates them).
+    easy = ours.loc[["smooth-or-featured-dr5", "disk-edge-on-dr5"]]
+    assert (easy["oracle_mae"] < easy["constant_mae"]).all()
+    assert np.isfinite(ours["ceiling_mae"]).all()
