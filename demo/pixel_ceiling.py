@@ -115,8 +115,12 @@ def dihedral(x, k: int, flip: bool):
     return torch.flip(x, dims=(-1,)) if flip else x
 
 
-def losses(outputs, probs, aux, groups):
-    """Per-question soft cross-entropy (summed over questions) and the auxiliary losses."""
+def losses(outputs, probs, aux, groups, use_aux: bool = True):
+    """Per-question soft cross-entropy (summed over questions) and the auxiliary losses.
+
+    A question whose targets are NaN for a galaxy (observed vote fractions of a question nobody
+    answered) is left out for that galaxy; the loss is the mean over the batch's galaxies of each
+    galaxy's sum over the questions it has targets for (no weighting by the vote total)."""
     import torch
     import torch.nn.functional as F
 
@@ -125,9 +129,16 @@ def losses(outputs, probs, aux, groups):
     for start, end in groups:
         logp = F.log_softmax(outputs[:, start : end + 1], dim=1)
         target = probs[:, start : end + 1]
+        known = ~torch.isnan(target[:, 0])
+        if not known.any():
+            continue
+        target, logp = target[known], logp[known]
         # cross-entropy minus the target's entropy: 0 for a perfect prediction
-        main = main + (target * (torch.log(target) - logp)).sum(1).mean()
-    extra = 0.0
+        kl = (torch.xlogy(target, target) - target * logp).sum(1)
+        main = main + kl.sum() / len(outputs)
+    extra = torch.zeros(())
+    if not use_aux:
+        return main, extra
     regress = outputs[:, n_answers : n_answers + len(AUX)]
     for j in range(len(AUX)):
         known = ~torch.isnan(aux[:, j])
@@ -176,13 +187,13 @@ def train(args, catalog, images, probs, aux, schema) -> tuple[np.ndarray, dict]:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     groups = [(q.start, q.end) for q in schema.questions]
-    n_out = len(schema.label_cols) + len(AUX) + 1
+    n_out = len(schema.label_cols) + (0 if args.no_aux else len(AUX) + 1)
     model = timm.create_model(args.architecture, num_classes=n_out, pretrained=False)
     model = model.to(memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     split = catalog["split"].to_numpy()
     rows = {s: np.flatnonzero(split == s) for s in ("train", "validation", "test")}
-    p_t = torch.from_numpy(np.clip(probs, 1e-6, 1)).float()
+    p_t = torch.from_numpy(probs if args.targets == "votes" else np.clip(probs, 1e-6, 1)).float()
     a_t = torch.from_numpy(aux).float()
     budget = args.minutes * 60
     start = time.time()
@@ -205,7 +216,7 @@ def train(args, catalog, images, probs, aux, schema) -> tuple[np.ndarray, dict]:
             x = torch.stack(
                 [dihedral(xi, int(rng.integers(4)), bool(rng.integers(2))) for xi in x]
             ).contiguous(memory_format=torch.channels_last)
-            main, extra = losses(model(x), p_t[idx], a_t[idx], groups)
+            main, extra = losses(model(x), p_t[idx], a_t[idx], groups, not args.no_aux)
             loss = main + args.aux_weight * extra
             optimiser.zero_grad()
             loss.backward()
@@ -217,7 +228,7 @@ def train(args, catalog, images, probs, aux, schema) -> tuple[np.ndarray, dict]:
         with torch.no_grad():
             vx = torch.from_numpy(images[val]).float() / 255.0
             out = model(vx.contiguous(memory_format=torch.channels_last))
-            v_main, v_extra = losses(out, p_t[val], a_t[val], groups)
+            v_main, v_extra = losses(out, p_t[val], a_t[val], groups, not args.no_aux)
         record = {
             "epoch": epoch,
             "seconds": round(time.time() - start, 1),
@@ -232,6 +243,7 @@ def train(args, catalog, images, probs, aux, schema) -> tuple[np.ndarray, dict]:
             best = float(v_main)
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
+    torch.save(best_state, Path(args.out) / "model.pt")
     info = {
         "epochs": epoch,
         "train_seconds": time.time() - start,
@@ -286,7 +298,9 @@ def evaluate(args, catalog, probs, aux, outputs, schema) -> dict:
     train_rows = catalog[catalog["split"] == "train"]
     constant = constant_fractions(train_rows[schema.label_cols].to_numpy(np.float64), schema)
     reference = true_parameter_reference(train_rows.reset_index(drop=True), test, schema, seed=0)
-    ceiling = to_probabilities(outputs, [(q.start, q.end) for q in schema.questions])[order]
+    groups = [(q.start, q.end) for q in schema.questions]
+    ceiling = to_probabilities(outputs, groups)[order]
+    identity = to_probabilities(outputs[:1], groups)[order]  # view 0: no turn, no flip
     oracle = probs[pos]
     vote_model = expected_vote_fractions(votes.concentrations, schema)
 
@@ -299,6 +313,7 @@ def evaluate(args, catalog, probs, aux, outputs, schema) -> dict:
     vote_vs_ceiling = table(votes.concentrations, ceiling, bootstrap=1000)
     ceiling_vs_ref = table(ceiling[:, :, None], reference, bootstrap=1000)
     oracle_t = table(oracle[:, :, None], reference)
+    identity_vs_ref = table(identity[:, :, None], reference, bootstrap=1000)
     result = pd.DataFrame(
         {
             "question": vote_vs_ref["question"],
@@ -315,6 +330,10 @@ def evaluate(args, catalog, probs, aux, outputs, schema) -> dict:
             "ceiling_share_of_reference": ceiling_vs_ref["gain_captured"],
             "ceiling_share_of_reference_low": ceiling_vs_ref["gain_low"],
             "ceiling_share_of_reference_high": ceiling_vs_ref["gain_high"],
+            "ceiling_identity_view_mae": identity_vs_ref["model_mae"],
+            "ceiling_identity_view_share_of_reference": identity_vs_ref["gain_captured"],
+            "ceiling_identity_view_share_low": identity_vs_ref["gain_low"],
+            "ceiling_identity_view_share_high": identity_vs_ref["gain_high"],
             "vote_share_of_ceiling": vote_vs_ceiling["gain_captured"],
             "vote_share_of_ceiling_low": vote_vs_ceiling["gain_low"],
             "vote_share_of_ceiling_high": vote_vs_ceiling["gain_high"],
@@ -336,15 +355,18 @@ def evaluate(args, catalog, probs, aux, outputs, schema) -> dict:
     observed = vote_fractions(counts, schema)
     bar_votes = question_sums(counts, schema)[:, schema.questions.index(bar)]
     raw_aux = outputs.mean(0)[order][:, len(schema.label_cols) :]
+    has_aux = raw_aux.shape[1] > 0
     scores = {
         "noise-free target (1 - p_no)": 1 - oracle[:, no],
         "true-parameter reference (1 - p_no)": 1 - reference[:, no],
         "vote-trained model (1 - p_no)": 1 - vote_model[:, no],
         "truth-supervised net (1 - p_no)": 1 - ceiling[:, no],
-        "truth-supervised net, barred head": raw_aux[:, -1],
-        "truth-supervised net, visible-bar head": raw_aux[:, 0],
-        "volunteers' vote fraction (1 - f_no), >= 5 bar votes": 1 - observed[:, no],
+        "truth-supervised net, identity view only (1 - p_no)": 1 - identity[:, no],
     }
+    if has_aux:
+        scores["truth-supervised net, barred head"] = raw_aux[:, -1]
+        scores["truth-supervised net, visible-bar head"] = raw_aux[:, 0]
+    scores["volunteers' vote fraction (1 - f_no), >= 5 bar votes"] = 1 - observed[:, no]
     disk = (test["true_kind"] == "disk").to_numpy()
     barred = (test["true_bar"] != "none").to_numpy()
     clarity = test["true_clarity"].to_numpy()
@@ -365,6 +387,8 @@ def evaluate(args, catalog, probs, aux, outputs, schema) -> dict:
     # True parameters recovered from the pixels by the auxiliary heads (test galaxies).
     truth = aux[pos]
     params = {}
+    if not has_aux:
+        return {"table": result, "recovery": recovery, "bar_auc": bar_auc, "aux_r": params}
     for j, name in enumerate(AUX):
         known = ~np.isnan(truth[:, j])
         params[name] = float(np.corrcoef(truth[known, j], raw_aux[known, j])[0, 1])
@@ -387,6 +411,14 @@ def main() -> None:
     parser.add_argument("--aux-weight", type=float, default=0.3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--targets",
+        choices=("noise-free", "votes"),
+        default="noise-free",
+        help="train on the noise-free probabilities or on the observed vote fractions "
+        "(count / question total, questions without votes left out of the loss)",
+    )
+    parser.add_argument("--no-aux", action="store_true", help="no auxiliary true-parameter heads")
     parser.add_argument("--eval-only", action="store_true")
     args = parser.parse_args()
 
@@ -419,7 +451,8 @@ def main() -> None:
     else:
         image_size = int(json.loads((Path(args.run) / "settings.json").read_text())["image_size"])
         images = load_images(catalog["file_loc"], image_size)
-        outputs, info = train(args, catalog, images, probs, aux, schema)
+        targets = observed if args.targets == "votes" else probs
+        outputs, info = train(args, catalog, images, targets, aux, schema)
         np.savez_compressed(saved, test_outputs=outputs)
         info["settings"] = vars(args)
         (out / "train.json").write_text(json.dumps(info, indent=1))
