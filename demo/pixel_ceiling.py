@@ -115,18 +115,35 @@ def dihedral(x, k: int, flip: bool):
     return torch.flip(x, dims=(-1,)) if flip else x
 
 
-def losses(outputs, probs, aux, groups, use_aux: bool = True):
+def concentration_head():
+    """zoobot's tree head activation with its default range: raw outputs -> Dirichlet
+    concentrations, log-spaced in `DEFAULT_CONCENTRATION` (0.01, 1000)."""
+    from zoobot.models.tasks import DEFAULT_CONCENTRATION
+    from zoobot.torch.module import LogScaledSigmoid
+
+    return LogScaledSigmoid(*DEFAULT_CONCENTRATION)
+
+
+def losses(outputs, probs, aux, groups, use_aux: bool = True, dirichlet=None, counts=None):
     """Per-question soft cross-entropy (summed over questions) and the auxiliary losses.
 
     A question whose targets are NaN for a galaxy (observed vote fractions of a question nobody
     answered) is left out for that galaxy; the loss is the mean over the batch's galaxies of each
-    galaxy's sum over the questions it has targets for (no weighting by the vote total)."""
+    galaxy's sum over the questions it has targets for (no weighting by the vote total).
+
+    With `dirichlet` (a `(activation, DirichletMultinomialLoss)` pair) the main loss is instead
+    zoobot's Dirichlet-multinomial NLL of the vote `counts` (summed over questions, batch mean, 0
+    for unanswered questions), the answer outputs turned into concentrations by the tree head's
+    activation, exactly as `ZoobotTree` trains."""
     import torch
     import torch.nn.functional as F
 
     n_answers = probs.shape[1]
     main = 0.0
-    for start, end in groups:
+    if dirichlet is not None:
+        activation, dm_loss = dirichlet
+        main = dm_loss(counts, activation(outputs[:, :n_answers].float()))
+    for start, end in [] if dirichlet is not None else groups:
         logp = F.log_softmax(outputs[:, start : end + 1], dim=1)
         target = probs[:, start : end + 1]
         known = ~torch.isnan(target[:, 0])
@@ -165,9 +182,19 @@ def predict(model, images, batch: int = 200) -> np.ndarray:
     return np.concatenate(outs, axis=1)  # (view, galaxy, output)
 
 
-def to_probabilities(raw: np.ndarray, groups) -> np.ndarray:
-    """Softmax per question of raw outputs (view, galaxy, output), averaged over views."""
+def to_probabilities(raw: np.ndarray, groups, schema=None) -> np.ndarray:
+    """Softmax per question of raw outputs (view, galaxy, output), averaged over views; with
+    `schema` (a Dirichlet-trained net) the expected vote fractions of the tree head's
+    concentrations instead (`expected_vote_fractions`, the views as passes)."""
     n_answers = groups[-1][1] + 1
+    if schema is not None:
+        import torch
+
+        from zoobot.shared import expected_vote_fractions
+
+        with torch.no_grad():
+            conc = concentration_head()(torch.from_numpy(raw[..., :n_answers]).double()).numpy()
+        return expected_vote_fractions(conc.transpose(1, 2, 0), schema)
     logits = raw[..., :n_answers]
     probs = np.zeros_like(logits)
     for start, end in groups:
@@ -177,7 +204,7 @@ def to_probabilities(raw: np.ndarray, groups) -> np.ndarray:
     return probs.mean(0)
 
 
-def train(args, catalog, images, probs, aux, schema) -> tuple[np.ndarray, dict]:
+def train(args, catalog, images, probs, aux, schema, counts=None) -> tuple[np.ndarray, dict]:
     """Train on the train split within `args.minutes` (cosine schedule in wall-clock time), keep
     the weights with the lowest validation loss, and return the test outputs (view, galaxy, out)."""
     import timm
@@ -195,6 +222,12 @@ def train(args, catalog, images, probs, aux, schema) -> tuple[np.ndarray, dict]:
     rows = {s: np.flatnonzero(split == s) for s in ("train", "validation", "test")}
     p_t = torch.from_numpy(probs if args.targets == "votes" else np.clip(probs, 1e-6, 1)).float()
     a_t = torch.from_numpy(aux).float()
+    dirichlet, c_t = None, torch.zeros(len(catalog), 0)
+    if args.loss == "dirichlet":
+        from zoobot.torch.loss import DirichletMultinomialLoss
+
+        dirichlet = (concentration_head(), DirichletMultinomialLoss(schema))
+        c_t = torch.nan_to_num(torch.from_numpy(counts).float())  # as ZoobotTree's step
     budget = args.minutes * 60
     start = time.time()
     history, best, best_state, epoch = [], math.inf, None, 0
@@ -216,7 +249,9 @@ def train(args, catalog, images, probs, aux, schema) -> tuple[np.ndarray, dict]:
             x = torch.stack(
                 [dihedral(xi, int(rng.integers(4)), bool(rng.integers(2))) for xi in x]
             ).contiguous(memory_format=torch.channels_last)
-            main, extra = losses(model(x), p_t[idx], a_t[idx], groups, not args.no_aux)
+            main, extra = losses(
+                model(x), p_t[idx], a_t[idx], groups, not args.no_aux, dirichlet, c_t[idx]
+            )
             loss = main + args.aux_weight * extra
             optimiser.zero_grad()
             loss.backward()
@@ -228,7 +263,9 @@ def train(args, catalog, images, probs, aux, schema) -> tuple[np.ndarray, dict]:
         with torch.no_grad():
             vx = torch.from_numpy(images[val]).float() / 255.0
             out = model(vx.contiguous(memory_format=torch.channels_last))
-            v_main, v_extra = losses(out, p_t[val], a_t[val], groups, not args.no_aux)
+            v_main, v_extra = losses(
+                out, p_t[val], a_t[val], groups, not args.no_aux, dirichlet, c_t[val]
+            )
         record = {
             "epoch": epoch,
             "seconds": round(time.time() - start, 1),
@@ -299,8 +336,9 @@ def evaluate(args, catalog, probs, aux, outputs, schema) -> dict:
     constant = constant_fractions(train_rows[schema.label_cols].to_numpy(np.float64), schema)
     reference = true_parameter_reference(train_rows.reset_index(drop=True), test, schema, seed=0)
     groups = [(q.start, q.end) for q in schema.questions]
-    ceiling = to_probabilities(outputs, groups)[order]
-    identity = to_probabilities(outputs[:1], groups)[order]  # view 0: no turn, no flip
+    dm = schema if args.loss == "dirichlet" else None
+    ceiling = to_probabilities(outputs, groups, dm)[order]
+    identity = to_probabilities(outputs[:1], groups, dm)[order]  # view 0: no turn, no flip
     oracle = probs[pos]
     vote_model = expected_vote_fractions(votes.concentrations, schema)
 
@@ -419,8 +457,18 @@ def main() -> None:
         "(count / question total, questions without votes left out of the loss)",
     )
     parser.add_argument("--no-aux", action="store_true", help="no auxiliary true-parameter heads")
+    parser.add_argument(
+        "--loss",
+        choices=("soft-ce", "dirichlet"),
+        default="soft-ce",
+        help="per-question soft cross-entropy on the targets, or (with --targets votes --no-aux) "
+        "zoobot's Dirichlet-multinomial loss on the vote counts through the tree head's "
+        "concentration activation",
+    )
     parser.add_argument("--eval-only", action="store_true")
     args = parser.parse_args()
+    if args.loss == "dirichlet" and (args.targets != "votes" or not args.no_aux):
+        parser.error("--loss dirichlet needs --targets votes --no-aux")
 
     from zoobot.shared import get_schema
 
@@ -452,7 +500,7 @@ def main() -> None:
         image_size = int(json.loads((Path(args.run) / "settings.json").read_text())["image_size"])
         images = load_images(catalog["file_loc"], image_size)
         targets = observed if args.targets == "votes" else probs
-        outputs, info = train(args, catalog, images, targets, aux, schema)
+        outputs, info = train(args, catalog, images, targets, aux, schema, counts)
         np.savez_compressed(saved, test_outputs=outputs)
         info["settings"] = vars(args)
         (out / "train.json").write_text(json.dumps(info, indent=1))
