@@ -21,7 +21,10 @@ Run in the `parity`/`demo` environment, on a science run's output folder (one tr
     nox -s science
     python demo/pixel_ceiling.py --run science-output --out pixel-ceiling --minutes 25
 
-`--eval-only` re-tabulates from the saved predictions. Writes `ceiling_table.csv`,
+`--targets votes --no-aux` trains on the observed vote fractions instead; adding `--loss dirichlet`
+trains zoobot's Dirichlet-multinomial loss on the vote counts through the tree head's concentration
+activation (scored by the expected vote fractions). `--eval-only` re-tabulates from the saved
+predictions. Writes `ceiling_table.csv`,
 `recovery_table.csv`, `bar_auc.csv`, `summary.json` and `predictions.npz` to `--out`.
 """
 
