@@ -16,34 +16,22 @@ another order, so they agree to float32 rounding.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import keras
 from keras import ops
 
-from zoobot.models.fast_paths import choose
 from zoobot.tf import runtime
 
 __all__ = ["DepthwiseConv2D", "shifted_depthwise", "xla_cpu"]
 
 
-@functools.cache
-def _xla_cpu() -> tuple[bool, str]:
-    if not runtime.on_jax():
-        return False, "Keras runs on TensorFlow, whose oneDNN kernel is fast"
-    import jax
-
-    if jax.default_backend() != "cpu":
-        return False, f"JAX runs on {jax.default_backend()}, which has depthwise kernels"
-    return True, "XLA:CPU runs depthwise convolutions as dense ones; shifted sums instead"
-
-
 def xla_cpu() -> bool:
-    """Whether depthwise convolutions take the shifted-sum path (JAX on a CPU), logged once; on
-    TensorFlow nothing is logged (the path is JAX's only)."""
-    supported, why = _xla_cpu()
-    return supported and choose("xla_cpu_depthwise", supported, why)
+    """Whether depthwise convolutions take the shifted-sum path (JAX on a CPU), logged once."""
+    return runtime.xla_cpu_path(
+        "xla_cpu_depthwise",
+        "XLA:CPU runs depthwise convolutions as dense ones; shifted sums instead",
+    )
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:

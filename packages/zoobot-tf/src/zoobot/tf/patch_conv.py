@@ -17,34 +17,21 @@ they agree to float32 rounding.
 
 from __future__ import annotations
 
-import functools
-
 import keras
 from keras import ops
 
-from zoobot.models.fast_paths import choose
 from zoobot.tf import runtime
 from zoobot.tf.depthwise import _same_padding
 
 __all__ = ["Conv2D", "patch_matmul", "xla_cpu"]
 
 
-@functools.cache
-def _xla_cpu() -> tuple[bool, str]:
-    if not runtime.on_jax():
-        return False, "Keras runs on TensorFlow, whose oneDNN convolutions are fast"
-    import jax
-
-    if jax.default_backend() != "cpu":
-        return False, f"JAX runs on {jax.default_backend()}, whose convolutions are fast"
-    return True, "XLA:CPU runs 1x1 and patchify convolutions' gradients as large convolutions"
-
-
 def xla_cpu() -> bool:
-    """Whether non-overlapping convolutions take the matmul path (JAX on a CPU), logged once; on
-    TensorFlow nothing is logged (the path is JAX's only)."""
-    supported, why = _xla_cpu()
-    return supported and choose("xla_cpu_patch_conv", supported, why)
+    """Whether non-overlapping convolutions take the matmul path (JAX on a CPU), logged once."""
+    return runtime.xla_cpu_path(
+        "xla_cpu_patch_conv",
+        "XLA:CPU runs 1x1 and patchify convolutions' gradients as large convolutions",
+    )
 
 
 def patch_matmul(x, kernel, stride: int):

@@ -11,11 +11,14 @@ imported here only when Keras runs on it; on JAX, zoobot.tf needs TensorFlow onl
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
+
+from zoobot.models.fast_paths import choose
 
 __all__ = [
     "NAMES",
@@ -33,6 +36,7 @@ __all__ = [
     "set_threads",
     "stateless_step",
     "strategy_scope",
+    "xla_cpu_path",
 ]
 
 NAMES = {"tensorflow": "tf", "jax": "jax"}
@@ -118,6 +122,25 @@ def is_tf_dataset(data) -> bool:
     """Whether `data` is a `tf.data.Dataset` (without importing TensorFlow for the check)."""
     tf = sys.modules.get("tensorflow")
     return tf is not None and isinstance(data, tf.data.Dataset)
+
+
+@functools.cache
+def _on_xla_cpu() -> tuple[bool, str]:
+    """(whether Keras runs on JAX on a CPU, why not): where XLA:CPU's own kernels run the model."""
+    if not on_jax():
+        return False, "Keras runs on TensorFlow, whose oneDNN kernels are fast"
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return False, f"JAX runs on {jax.default_backend()}, not on XLA:CPU"
+    return True, ""
+
+
+def xla_cpu_path(name: str, why: str) -> bool:
+    """Whether to take the JAX-on-CPU fast path `name` (taken because `why`): Keras runs on JAX
+    on a CPU and `ZOOBOT_DISABLE` does not name it, logged once; on TensorFlow nothing is logged."""
+    supported, why_not = _on_xla_cpu()
+    return supported and choose(name, supported, why if supported else why_not)
 
 
 def gpu_count() -> int:
