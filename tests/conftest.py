@@ -57,7 +57,7 @@ class HubCache:
     def fill(self, repo_id: str, folder: Path, ref: str = "main") -> str:
         """Cache the files of `folder` as `repo_id` at `ref`; return the commit hash."""
         repo = self.path / f"models--{repo_id.replace('/', '--')}"
-        files = sorted(folder.iterdir())
+        files = sorted(f for f in folder.iterdir() if f.is_file())
         commit = hashlib.sha1(b"".join(f.name.encode() + f.read_bytes() for f in files)).hexdigest()
         for file in files:
             data = file.read_bytes()
@@ -70,6 +70,12 @@ class HubCache:
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / ref).write_text(commit)
         return commit
+
+
+@pytest.fixture(scope="session")
+def hub_cache():
+    """`hub_cache(folder)`: a `HubCache` over a cache folder of your own (e.g. a subprocess's)."""
+    return HubCache
 
 
 @pytest.fixture

@@ -295,30 +295,15 @@ def needs_survey(chain: Chain) -> bool:
 # ---------------------------------------------------------------- fixtures
 
 FAKE_HUB_SCRIPT = """
-import hashlib, os, sys
-from pathlib import Path
+import sys
 
 import timm
 import torch
 
-folder, cache, repo_id = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 torch.manual_seed(0)
 timm.models.save_for_hf(
-    timm.create_model("convnext_nano", num_classes=0), folder, safe_serialization=True
+    timm.create_model("convnext_nano", num_classes=0), sys.argv[1], safe_serialization=True
 )
-repo = cache / f"models--{repo_id.replace('/', '--')}"
-files = sorted(p for p in folder.iterdir() if p.is_file())
-commit = hashlib.sha1(b"".join(f.name.encode() + f.read_bytes() for f in files)).hexdigest()
-for f in files:
-    data = f.read_bytes()
-    blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    blob.write_bytes(data)
-    link = repo / "snapshots" / commit / f.name
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(os.path.relpath(blob, link.parent))
-(repo / "refs").mkdir(parents=True, exist_ok=True)
-(repo / "refs" / "main").write_text(commit)
 """
 
 SURVEY_SCRIPT = """
@@ -344,18 +329,14 @@ def base_env(home: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def readme_env(tmp_path_factory) -> dict:
+def readme_env(tmp_path_factory, hub_cache) -> dict:
     """Environment of every README command: offline, with the fake Hub repo in the cache."""
     home = tmp_path_factory.mktemp("readme-home")
     env = base_env(home)
     script = textwrap.dedent(FAKE_HUB_SCRIPT)
     folder = home / "fake-encoder"
-    run(
-        [sys.executable, "-c", script, str(folder), env["HF_HUB_CACHE"], HUB_REPO],
-        home,
-        env,
-        "making the offline Hub cache",
-    )
+    run([sys.executable, "-c", script, str(folder)], home, env, "saving the fake Hub encoder")
+    hub_cache(Path(env["HF_HUB_CACHE"])).fill(HUB_REPO, folder)
     return env
 
 
