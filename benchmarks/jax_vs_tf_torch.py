@@ -21,8 +21,8 @@ with an image-sized window; and JAX's own gradient of the shifted-sum depthwise 
 separate reductions over the batch for the kernel) took ~30x their forward pass in a one-layer
 micro-benchmark (0.67 s against 22 ms at 56x56x80). `zoobot.tf.patch_conv` (matmuls) and the
 hand-written depthwise gradient in `zoobot.tf.depthwise` took the gradient of the loss from 11.0 s
-to 5.9 s per batch (same machine load). XLA:CPU flags of jaxlib 0.10.2 (`--xla_cpu_use_onednn`, `--xla_cpu_use_xnnpack=false`,
-`--xla_cpu_enable_fast_math`, `--xla_cpu_prefer_vector_width=512`,
+to 5.9 s per batch (same machine load). XLA:CPU flags of jaxlib 0.10.2 (`--xla_cpu_use_onednn`,
+`--xla_cpu_use_xnnpack=false`, `--xla_cpu_enable_fast_math`, `--xla_cpu_prefer_vector_width=512`,
 `--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY`,
 `--xla_cpu_use_thunk_runtime=false`, `--xla_cpu_multi_thread_eigen=false`) changed neither predict
 nor the gradient beyond the machine's noise; `--xla_cpu_experimental_ynn_fusion_type=` (no YNNPACK
