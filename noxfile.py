@@ -30,9 +30,8 @@ JAX_PINS = ["jax==0.10.2", "jaxlib==0.10.2"]
 # What tests-jax runs inside `nox -t tests`: the Keras tests whose code differs by backend (the
 # loss, the tree head and its training step, depthwise and patch convolutions, the command's
 # --backend, fast paths) and the contract tests of loading, predicting, finetuning and learning.
-# The whole Keras suite takes
-# about 3x the TensorFlow run on JAX, more than CI's time allows with the other sessions:
-# `nox -s tests-jax -- tests/tf tests/contract` runs it.
+# The whole Keras suite takes about 3x the TensorFlow run on JAX, more than CI's time allows with
+# the other sessions: `nox -s tests-jax -- tests/tf tests/contract` runs it.
 JAX_TESTS = [
     "tests/tf/test_loss.py",
     "tests/tf/test_tree.py",
