@@ -23,8 +23,10 @@ Run in the `parity`/`demo` environment, on a science run's output folder (one tr
 
 `--targets votes --no-aux` trains on the observed vote fractions instead; adding `--loss dirichlet`
 trains zoobot's Dirichlet-multinomial loss on the vote counts through the tree head's concentration
-activation (scored by the expected vote fractions). `--eval-only` re-tabulates from the saved
-predictions. Writes `ceiling_table.csv`,
+activation (scored by the expected vote fractions), with `--ce-weight W` plus W times the soft
+cross-entropy of those expected fractions (zoobot's tree objective with `fraction_weight=W`) and
+with `--head mean-total` through a softmax mean times a per-question total concentration instead.
+`--eval-only` re-tabulates from the saved predictions. Writes `ceiling_table.csv`,
 `recovery_table.csv`, `bar_auc.csv`, `summary.json` and `predictions.npz` to `--out`.
 """
 
@@ -118,13 +120,32 @@ def dihedral(x, k: int, flip: bool):
     return torch.flip(x, dims=(-1,)) if flip else x
 
 
-def concentration_head():
-    """zoobot's tree head activation with its default range: raw outputs -> Dirichlet
-    concentrations, log-spaced in `DEFAULT_CONCENTRATION` (0.01, 1000)."""
+def concentration_head(kind: str = "dirichlet", schema=None):
+    """Raw outputs -> Dirichlet concentrations. `dirichlet`: zoobot's tree head activation, one
+    output per answer log-spaced in `DEFAULT_CONCENTRATION` (0.01, 1000). `mean-total`: a
+    softmax mean per question times a per-question total log-spaced in (0.1, 1e4), from one
+    extra output per question after the answers."""
+    import torch
+
     from zoobot.models.tasks import DEFAULT_CONCENTRATION
     from zoobot.torch.module import LogScaledSigmoid
 
-    return LogScaledSigmoid(*DEFAULT_CONCENTRATION)
+    if kind != "mean-total":
+        n = len(schema.label_cols) if schema is not None else None
+        act = LogScaledSigmoid(*DEFAULT_CONCENTRATION)
+        return lambda raw: act(raw[..., :n] if n else raw)
+    total_act = LogScaledSigmoid(0.1, 1e4)
+    groups = [(q.start, q.end) for q in schema.questions]
+    n = len(schema.label_cols)
+
+    def head(raw):
+        parts = []
+        for j, (start, end) in enumerate(groups):
+            mean = torch.softmax(raw[..., start : end + 1], dim=-1)
+            parts.append(mean * total_act(raw[..., n + j : n + j + 1]))
+        return torch.cat(parts, dim=-1)
+
+    return head
 
 
 def losses(outputs, probs, aux, groups, use_aux: bool = True, dirichlet=None, counts=None):
@@ -134,20 +155,26 @@ def losses(outputs, probs, aux, groups, use_aux: bool = True, dirichlet=None, co
     answered) is left out for that galaxy; the loss is the mean over the batch's galaxies of each
     galaxy's sum over the questions it has targets for (no weighting by the vote total).
 
-    With `dirichlet` (a `(activation, DirichletMultinomialLoss)` pair) the main loss is instead
-    zoobot's Dirichlet-multinomial NLL of the vote `counts` (summed over questions, batch mean, 0
-    for unanswered questions), the answer outputs turned into concentrations by the tree head's
-    activation, exactly as `ZoobotTree` trains."""
+    With `dirichlet` (an `(activation, DirichletMultinomialLoss, ce_weight)` triple) the main loss
+    is instead zoobot's Dirichlet-multinomial NLL of the vote `counts` (summed over questions, batch
+    mean, 0 for unanswered questions) of the concentrations the activation makes of the outputs,
+    plus `ce_weight` times the soft cross-entropy above on the concentrations' expected fractions."""
     import torch
     import torch.nn.functional as F
 
     n_answers = probs.shape[1]
     main = 0.0
+    ce_weight = 1.0
     if dirichlet is not None:
-        activation, dm_loss = dirichlet
-        main = dm_loss(counts, activation(outputs[:, :n_answers].float()))
-    for start, end in [] if dirichlet is not None else groups:
-        logp = F.log_softmax(outputs[:, start : end + 1], dim=1)
+        activation, dm_loss, ce_weight = dirichlet
+        conc = activation(outputs.float())
+        main = dm_loss(counts, conc)
+        log_conc = torch.log(conc)
+    for start, end in groups if dirichlet is None or ce_weight else []:
+        if dirichlet is None:
+            logp = F.log_softmax(outputs[:, start : end + 1], dim=1)
+        else:
+            logp = F.log_softmax(log_conc[:, start : end + 1], dim=1)
         target = probs[:, start : end + 1]
         known = ~torch.isnan(target[:, 0])
         if not known.any():
@@ -155,7 +182,7 @@ def losses(outputs, probs, aux, groups, use_aux: bool = True, dirichlet=None, co
         target, logp = target[known], logp[known]
         # cross-entropy minus the target's entropy: 0 for a perfect prediction
         kl = (torch.xlogy(target, target) - target * logp).sum(1)
-        main = main + kl.sum() / len(outputs)
+        main = main + ce_weight * kl.sum() / len(outputs)
     extra = torch.zeros(())
     if not use_aux:
         return main, extra
@@ -185,7 +212,7 @@ def predict(model, images, batch: int = 200) -> np.ndarray:
     return np.concatenate(outs, axis=1)  # (view, galaxy, output)
 
 
-def to_probabilities(raw: np.ndarray, groups, schema=None) -> np.ndarray:
+def to_probabilities(raw: np.ndarray, groups, schema=None, head: str = "dirichlet") -> np.ndarray:
     """Softmax per question of raw outputs (view, galaxy, output), averaged over views; with
     `schema` (a Dirichlet-trained net) the expected vote fractions of the tree head's
     concentrations instead (`expected_vote_fractions`, the views as passes)."""
@@ -196,7 +223,8 @@ def to_probabilities(raw: np.ndarray, groups, schema=None) -> np.ndarray:
         from zoobot.shared import expected_vote_fractions
 
         with torch.no_grad():
-            conc = concentration_head()(torch.from_numpy(raw[..., :n_answers]).double()).numpy()
+            activation = concentration_head(head, schema)
+            conc = activation(torch.from_numpy(raw).double()).numpy()
         return expected_vote_fractions(conc.transpose(1, 2, 0), schema)
     logits = raw[..., :n_answers]
     probs = np.zeros_like(logits)
@@ -218,6 +246,8 @@ def train(args, catalog, images, probs, aux, schema, counts=None) -> tuple[np.nd
     rng = np.random.default_rng(args.seed)
     groups = [(q.start, q.end) for q in schema.questions]
     n_out = len(schema.label_cols) + (0 if args.no_aux else len(AUX) + 1)
+    if args.head == "mean-total":
+        n_out += len(schema.questions)
     model = timm.create_model(args.architecture, num_classes=n_out, pretrained=False)
     model = model.to(memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -229,7 +259,8 @@ def train(args, catalog, images, probs, aux, schema, counts=None) -> tuple[np.nd
     if args.loss == "dirichlet":
         from zoobot.torch.loss import DirichletMultinomialLoss
 
-        dirichlet = (concentration_head(), DirichletMultinomialLoss(schema))
+        head = concentration_head(args.head, schema)
+        dirichlet = (head, DirichletMultinomialLoss(schema), args.ce_weight)
         c_t = torch.nan_to_num(torch.from_numpy(counts).float())  # as ZoobotTree's step
     budget = args.minutes * 60
     start = time.time()
@@ -340,8 +371,10 @@ def evaluate(args, catalog, probs, aux, outputs, schema) -> dict:
     reference = true_parameter_reference(train_rows.reset_index(drop=True), test, schema, seed=0)
     groups = [(q.start, q.end) for q in schema.questions]
     dm = schema if args.loss == "dirichlet" else None
-    ceiling = to_probabilities(outputs, groups, dm)[order]
-    identity = to_probabilities(outputs[:1], groups, dm)[order]  # view 0: no turn, no flip
+    ceiling = to_probabilities(outputs, groups, dm, args.head)[order]
+    identity = to_probabilities(outputs[:1], groups, dm, args.head)[
+        order
+    ]  # view 0: no turn, no flip
     oracle = probs[pos]
     vote_model = expected_vote_fractions(votes.concentrations, schema)
 
@@ -396,7 +429,7 @@ def evaluate(args, catalog, probs, aux, outputs, schema) -> dict:
     observed = vote_fractions(counts, schema)
     bar_votes = question_sums(counts, schema)[:, schema.questions.index(bar)]
     raw_aux = outputs.mean(0)[order][:, len(schema.label_cols) :]
-    has_aux = raw_aux.shape[1] > 0
+    has_aux = not args.no_aux
     scores = {
         "noise-free target (1 - p_no)": 1 - oracle[:, no],
         "true-parameter reference (1 - p_no)": 1 - reference[:, no],
@@ -467,6 +500,20 @@ def main() -> None:
         help="per-question soft cross-entropy on the targets, or (with --targets votes --no-aux) "
         "zoobot's Dirichlet-multinomial loss on the vote counts through the tree head's "
         "concentration activation",
+    )
+    parser.add_argument(
+        "--head",
+        choices=("dirichlet", "mean-total"),
+        default="dirichlet",
+        help="with --loss dirichlet: zoobot's per-answer concentration head, or a softmax mean "
+        "times a per-question total concentration",
+    )
+    parser.add_argument(
+        "--ce-weight",
+        type=float,
+        default=0.0,
+        help="with --loss dirichlet: weight of a per-question soft cross-entropy of the "
+        "expected fractions against the observed vote fractions, added to the NLL",
     )
     parser.add_argument("--eval-only", action="store_true")
     args = parser.parse_args()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from contract import SCHEMA, images
 
-from zoobot.models.tasks import DEFAULT_CONCENTRATION
+from zoobot.models.tasks import DEFAULT_CONCENTRATION, DEFAULT_FRACTION_WEIGHT
 
 ENCODER = "test_convnext"
 
@@ -56,9 +56,25 @@ def test_a_config_from_before_the_option_reloads_the_sigmoid_head(fw, tmp_path):
     np.testing.assert_array_equal(outputs(fw, reloaded), out)
 
 
+def test_the_fraction_weight_is_saved_and_older_trees_keep_the_likelihood_alone(fw, tmp_path):
+    fw.seed(0)
+    model = fw.package.ZoobotTree(SCHEMA, ENCODER)
+    assert model.fraction_weight == DEFAULT_FRACTION_WEIGHT > 0
+    folder = model.save_pretrained(tmp_path / "tree")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["zoobot"]["fraction_weight"] == DEFAULT_FRACTION_WEIGHT
+    assert fw.package.from_pretrained(str(folder)).fraction_weight == DEFAULT_FRACTION_WEIGHT
+    del config["zoobot"]["fraction_weight"]  # as every tree saved before the option
+    (folder / "config.json").write_text(json.dumps(config))
+    assert fw.package.from_pretrained(str(folder)).fraction_weight == 0.0
+
+
 def test_a_bad_range_or_augmentation_is_refused_before_training(fw, survey, tmp_path):
     with pytest.raises(ValueError, match="0 < low < high"):
         fw.package.ZoobotTree(SCHEMA, ENCODER, concentration=(10.0, 1.0))
+    for weight in (-1.0, float("nan"), "10"):
+        with pytest.raises(ValueError, match="fraction_weight must be a finite number >= 0"):
+            fw.package.ZoobotTree(SCHEMA, ENCODER, fraction_weight=weight)
     with pytest.raises(ValueError, match="augment must be one of dihedral, full, none"):
         fw.package.train(
             survey, SCHEMA, tmp_path / "run", architecture=ENCODER, epochs=1, augment="zoom"

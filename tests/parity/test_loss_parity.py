@@ -1,4 +1,5 @@
-"""Check 1: the Dirichlet-multinomial loss and its gradient, torch and TF vs the NumPy float64 oracle.
+"""Check 1: the Dirichlet-multinomial loss and its gradient, torch and TF vs the NumPy float64 oracle;
+the vote-fraction KL trees train with beside it, in float32 against the same oracle.
 
 Counts are random per question: a third of the galaxies nobody asked (loss and gradient exactly 0),
 some with a single volunteer, most with a few to tens of votes, some in the hundreds. Concentrations
@@ -24,10 +25,12 @@ from parity import compare
 
 from zoobot.models.tasks import DEFAULT_CONCENTRATION
 from zoobot.shared import (
+    answer_totals,
     dirichlet_multinomial_nll,
     dirichlet_multinomial_nll_grad,
     get_schema,
     training_objective,
+    vote_fraction_kl,
 )
 
 SCHEMAS = ("decals_dr5", "gz2", "gz_evo")
@@ -207,3 +210,74 @@ def test_jax_loss_without_x64_is_within_float32_sums(recorder, rng, schema_name)
         _row_scaled(f"{label} d loss / d concentrations", grad, reference[1], TOLERANCE["float32"],
                     "loss"),
     )  # fmt: skip
+
+
+# The vote-fraction KL beside the likelihood, in float32 in every backend: a term f log f - f log p
+# reaches |log p| ~ 14 (alpha down to 0.01 against totals up to ~7,000), float32 rounds each log
+# and product by ~6e-8 relative, and a question sums up to 13 such pairs: |a-b| <= 1e-4.
+KL_TOLERANCE = 1e-4
+
+
+def _kl_reference(counts, concentrations, schema):
+    """The KL per question and its gradient, d/d alpha_i = 1/A - f_i/alpha_i where answered."""
+    kl = vote_fraction_kl(counts, concentrations, schema)
+    totals, alpha_totals = answer_totals(counts, schema), answer_totals(concentrations, schema)
+    fractions = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    grad = np.where(totals > 0, 1 / alpha_totals - fractions / concentrations, 0.0)
+    return kl, grad
+
+
+def _record_kl(recorder, backend, schema_name, values, reference):
+    (kl, grad), (ref_kl, ref_grad) = values, reference
+    label = f"{backend} {schema_name} float32 vote-fraction KL"
+    recorder.record(
+        compare(label, kl, ref_kl, KL_TOLERANCE, relative="abs", group="loss",
+                note="(batch, question) values; exact 0 where nobody answered"),
+        _row_scaled(f"{label} gradient", grad, ref_grad, TOLERANCE["float32"], "loss"),
+    )  # fmt: skip
+    assert (np.asarray(kl)[ref_kl == 0] == 0).all()
+
+
+def _kl_case(schema_name: str, rng):
+    schema = get_schema(schema_name)
+    counts, concentrations = vote_batch(schema, rng)
+    concentrations = concentrations.astype(np.float32).astype(np.float64)
+    return schema, counts, concentrations, _kl_reference(counts, concentrations, schema)
+
+
+@pytest.mark.parametrize("schema_name", SCHEMAS)
+def test_torch_vote_fraction_kl_matches_reference(recorder, rng, schema_name):
+    import torch
+
+    from zoobot.torch.loss import vote_fraction_kl as torch_kl
+
+    schema, counts, concentrations, reference = _kl_case(schema_name, rng)
+    alpha = torch.tensor(concentrations, dtype=torch.float32, requires_grad=True)
+    kl = torch_kl(torch.tensor(counts, dtype=torch.float32), alpha, schema)
+    kl.sum().backward()
+    values = (kl.detach().numpy(), alpha.grad.numpy())
+    _record_kl(recorder, "torch", schema_name, values, reference)
+
+
+@pytest.mark.parametrize("schema_name", SCHEMAS)
+def test_tf_vote_fraction_kl_matches_reference(recorder, rng, schema_name):
+    from zoobot.tf import runtime
+
+    tf_kl = _tf_loss_module().vote_fraction_kl
+    schema, counts, concentrations, reference = _kl_case(schema_name, rng)
+    if runtime.on_jax():
+        import jax
+        import jax.numpy as jnp
+
+        alpha, votes = jnp.asarray(concentrations, "float32"), jnp.asarray(counts, "float32")
+        grad = jax.grad(lambda a: jnp.sum(tf_kl(votes, a, schema)))(alpha)
+        values = (np.asarray(tf_kl(votes, alpha, schema)), np.asarray(grad))
+    else:
+        import tensorflow as tf
+
+        alpha = tf.Variable(tf.constant(concentrations, dtype="float32"))
+        with tf.GradientTape() as tape:
+            kl = tf_kl(tf.constant(counts, dtype="float32"), alpha, schema)
+            summed = tf.reduce_sum(kl)
+        values = (kl.numpy(), tape.gradient(summed, alpha).numpy())
+    _record_kl(recorder, runtime.name(), schema_name, values, reference)

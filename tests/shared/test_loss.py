@@ -13,6 +13,7 @@ from zoobot.shared import (
     dirichlet_multinomial_nll_grad,
     get_schema,
     training_objective,
+    vote_fraction_kl,
 )
 from zoobot.shared.fused_loss import (
     LOG_FACTORIALS,
@@ -303,3 +304,24 @@ def test_log_factorial_of_integers_and_beyond(counts):
 def test_nan_counts_give_nan_not_an_error():
     """Not validated in the inner loop, but never a table lookup at a nonsense index."""
     assert np.isnan(log_factorial(np.array([2.0, np.nan]))).tolist() == [False, True]
+
+
+def test_vote_fraction_kl_by_hand_and_blind_to_the_total_concentration():
+    counts = np.array([[3, 1, 0, 2, 2, 0, 0, 0, 0, 0, 0, 0]], float)  # bar and merging unasked
+    alpha = np.array([[2, 1, 1, 5, 5, 1, 2, 3, 1, 1, 1, 1]], float)
+    # shape: observed (3/4, 1/4, 0) against expected (1/2, 1/4, 1/4); edge: equal halves
+    expected = [[0.75 * np.log(1.5), 0.0, 0.0, 0.0]]
+    # float64 logs of values of order 1: a few ulp (1e-16) of absolute error
+    for scale in (1, 7):
+        kl = vote_fraction_kl(counts, scale * alpha, TREE)
+        np.testing.assert_allclose(kl, expected, rtol=1e-14, atol=1e-15)
+        assert (kl[:, 2:] == 0).all(), "unasked questions are exactly 0"
+
+
+def test_training_objective_adds_the_weighted_vote_fraction_kl():
+    rng = np.random.default_rng(3)
+    counts, concentrations = random_batch(TREE, rng)
+    nll = dirichlet_multinomial_nll(counts, concentrations, TREE).sum(1).mean()
+    kl = vote_fraction_kl(counts, concentrations, TREE).sum(1).mean()
+    assert kl > 0 and training_objective(counts, concentrations, TREE) == nll
+    assert training_objective(counts, concentrations, TREE, 2.5) == pytest.approx(nll + 2.5 * kl)

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from keras_backend import dtype_of, float64
 
+from zoobot.models.tasks import DEFAULT_FRACTION_WEIGHT
 from zoobot.shared import Schema, get_schema
 from zoobot.shared.loss import training_objective
 from zoobot.tf.encoders import load_encoder
@@ -91,18 +92,22 @@ def test_log_spaced_concentrations_span_their_range(encoder):
     assert (rebuilt.low, rebuilt.high) == (0.01, 1000.0)
 
 
-def test_step_loss_is_the_dirichlet_multinomial_objective_with_nan_as_unasked(encoder):
-    model = tiny_tree(encoder=encoder)
+@pytest.mark.parametrize("fraction_weight", [DEFAULT_FRACTION_WEIGHT, 0.0])
+def test_step_loss_is_the_training_objective_with_nan_as_unasked(encoder, fraction_weight):
+    model = tiny_tree(encoder=encoder, fraction_weight=fraction_weight)
     images, counts = vote_arrays(TOY)
     with_nan = counts.copy()
     with_nan[counts == 0] = np.nan
     concentrations = model(images, training=False)
     with float64():  # the sums in float64 on JAX too, as on TensorFlow
         step_loss = model.compute_loss(y=with_nan, y_pred=concentrations)
-        expected = DirichletMultinomialLoss(TOY)(counts, concentrations)
-    np.testing.assert_allclose(np.asarray(step_loss), np.asarray(expected), rtol=1e-6)
-    oracle = training_objective(counts, np.asarray(concentrations).astype(np.float64), TOY)
+        likelihood = DirichletMultinomialLoss(TOY)(counts, concentrations)
+    alpha = np.asarray(concentrations).astype(np.float64)
+    oracle = training_objective(counts, alpha, TOY, fraction_weight)
+    # float32 concentrations and KL terms, float64 likelihood sums: float32 rounding of ~30
     assert float(step_loss) == pytest.approx(oracle, rel=1e-6)
+    if not fraction_weight:  # the likelihood alone, as trees saved before the option trained
+        np.testing.assert_allclose(np.asarray(step_loss), np.asarray(likelihood), rtol=1e-6)
 
 
 def test_tree_metrics_match_numpy_and_skip_unasked_questions():
@@ -149,7 +154,9 @@ def test_fit_logs_loss_per_question_and_campaign_and_vote_fraction_error():
             assert f"{prefix}loss/{question.name}" in history
             assert f"{prefix}vote_fraction_error/{question.name}" in history
         campaigns = sum(np.array(history[f"{prefix}campaign_loss/{c}"]) for c in schema.campaigns)
-        np.testing.assert_allclose(campaigns, history[f"{prefix}loss"], rtol=1e-5)
+        kl = np.array(history[f"{prefix}fraction_kl"])
+        objective = campaigns + model.fraction_weight * kl
+        np.testing.assert_allclose(objective, history[f"{prefix}loss"], rtol=1e-5)
 
 
 def test_training_loss_falls_and_the_cosine_reaches_zero():

@@ -95,15 +95,35 @@ def log_concentration_scale(concentration: Sequence[float]) -> tuple[float, floa
     return math.log(low), math.log(high / low)
 
 
-def tree_args(schema: Schema, concentration) -> dict:
-    """A tree's own task arguments, checked: the schema and the head's concentration range."""
-    return {"schema": schema.to_dict(), "concentration": checked_concentration(concentration)}
+DEFAULT_FRACTION_WEIGHT = 10.0
+"""A tree's default weight of the vote-fraction KL beside the Dirichlet-multinomial likelihood
+(`zoobot.shared.loss`): per galaxy the two are then of similar size, and on the synthetic survey
+the mean answers are learnt as well as by a softmax on the fractions."""
+
+
+def checked_fraction_weight(fraction_weight) -> float:
+    """The vote-fraction KL's weight as a finite float >= 0."""
+    ok = isinstance(fraction_weight, int | float) and not isinstance(fraction_weight, bool)
+    if not ok or not math.isfinite(fraction_weight) or fraction_weight < 0:
+        raise ValueError(f"fraction_weight must be a finite number >= 0, got {fraction_weight!r}")
+    return float(fraction_weight)
+
+
+def tree_args(schema: Schema, concentration, fraction_weight) -> dict:
+    """A tree's own task arguments, checked: the schema, the head's concentration range and the
+    loss's vote-fraction weight."""
+    return {
+        "schema": schema.to_dict(),
+        "concentration": checked_concentration(concentration),
+        "fraction_weight": checked_fraction_weight(fraction_weight),
+    }
 
 
 def saved_tree_args(config: Mapping) -> dict:
     """A saved tree task config as arguments: one without `concentration` predates the option and
-    had the 1 + 100 sigmoid head, so it is rebuilt with that head, not today's default."""
-    return {"concentration": None, **config}
+    had the 1 + 100 sigmoid head, so it is rebuilt with that head, not today's default; one without
+    `fraction_weight` trained on the likelihood alone and goes on doing so."""
+    return {"concentration": None, "fraction_weight": 0.0, **config}
 
 
 def checked_class_names(class_names, num_classes: int) -> list[str] | None:
@@ -316,12 +336,14 @@ class TreeTask(TaskModel):
     """`ZoobotTree`: pretrain an encoder on Galaxy Zoo votes, predicting Dirichlet concentrations
     for every answer of `schema`.
 
-    The loss is the Dirichlet-multinomial negative log-likelihood of the votes, summed over
-    questions and averaged over the batch. `architecture` is any name `load_encoder` takes;
+    The loss is the Dirichlet-multinomial negative log-likelihood of the votes plus
+    `fraction_weight` times the KL divergence of the expected from the observed vote fractions
+    (`zoobot.shared.loss`), summed over questions and averaged over the batch. `architecture` is any name `load_encoder` takes;
     `encoder=` uses a model instead. `settings` are `zoobot.models.settings.TrainingSettings`
     (defaults `PRETRAINING`: the whole encoder trains at `learning_rate=1e-3` after a one-epoch
     warmup, head dropout 0.2). `concentration` is the head's log-spaced (low, high) range (None:
-    1 + 100 sigmoid, the head of models saved before the option). Predictions are concentrations,
+    1 + 100 sigmoid, the head of models saved before the option); `fraction_weight` the weight of
+    the vote-fraction KL (0: the likelihood alone). Predictions are concentrations,
     `(batch, answer, n_samples)`.
     """
 
@@ -335,19 +357,28 @@ class TreeTask(TaskModel):
         encoder=None,
         channels: int = 3,
         concentration: Sequence[float] | None = DEFAULT_CONCENTRATION,
+        fraction_weight: float = DEFAULT_FRACTION_WEIGHT,
         **settings,
     ):
         schema = as_schema(schema)
         settings, rest = self.settings_and_rest(settings)
+        task_args = tree_args(schema, concentration, fraction_weight)
         if encoder is None:
             encoder = self.backend.load_encoder(architecture, channels)
-        task_args = tree_args(schema, concentration)
         head = {
             "outputs": len(schema.label_cols),
             "activation": "concentration",
             "concentration": task_args["concentration"],
         }
-        self._assemble(encoder, head, task_args, settings, rest, schema=schema)
+        self._assemble(
+            encoder,
+            head,
+            task_args,
+            settings,
+            rest,
+            schema=schema,
+            fraction_weight=task_args["fraction_weight"],
+        )
 
     @classmethod
     def from_task_config(cls, config: dict, encoder):

@@ -15,6 +15,7 @@ from zoobot.shared.loss import (
     dirichlet_multinomial_nll,
     dirichlet_multinomial_nll_grad,
     training_objective,
+    vote_fraction_kl,
 )
 from zoobot.shared.registry import as_schema, get_schema, list_schemas
 from zoobot.shared.schema import Answer, Question, Schema, SchemaError
@@ -90,5 +91,6 @@ __all__ = [
     "answer_totals",
     "count_problems",
     "question_sums",
+    "vote_fraction_kl",
     "vote_fractions",
 ]

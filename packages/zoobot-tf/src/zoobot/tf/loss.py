@@ -20,7 +20,7 @@ from keras import ops
 from zoobot.shared.schema import Schema
 from zoobot.tf.runtime import float64_enabled, lgamma
 
-__all__ = ["DirichletMultinomialLoss", "dirichlet_multinomial_loss"]
+__all__ = ["DirichletMultinomialLoss", "dirichlet_multinomial_loss", "vote_fraction_kl"]
 
 
 def _question_index(schema_or_index, n_questions: int | None) -> tuple[np.ndarray, int]:
@@ -90,6 +90,24 @@ def dirichlet_multinomial_loss(
     nll = ops.where(total > 0, -log_p, ops.zeros_like(log_p))
     dtype = keras.backend.standardize_dtype(concentrations.dtype)
     return ops.cast(nll, _output_dtype(dtype))
+
+
+def vote_fraction_kl(counts, concentrations, schema_or_index, *, n_questions: int | None = None):
+    """KL divergence of the expected from the observed vote fractions per question, (batch,
+    question); 0 where nobody answered (`zoobot.shared.loss.vote_fraction_kl`), in float32 (the
+    values are of order 1: no cancellation to guard against)."""
+    index, n_questions = _question_index(schema_or_index, n_questions)
+    alpha = ops.cast(concentrations, "float32")
+    counts = ops.cast(counts, "float32")
+
+    def per_question(values):
+        return ops.transpose(ops.segment_sum(ops.transpose(values), index, n_questions))
+
+    total = ops.take(per_question(counts), index, axis=1)
+    fractions = counts / ops.maximum(total, np.finfo(np.float32).tiny)
+    log_expected = ops.log(alpha) - ops.take(ops.log(per_question(alpha)), index, axis=1)
+    safe = ops.where(fractions > 0, fractions, ops.ones_like(fractions))
+    return per_question(fractions * (ops.log(safe) - log_expected))
 
 
 @keras.saving.register_keras_serializable(package="zoobot")

@@ -9,7 +9,7 @@ from keras import ops
 from zoobot.models.tasks import TreeTask
 from zoobot.shared import Schema
 from zoobot.tf.backend import BACKEND
-from zoobot.tf.loss import DirichletMultinomialLoss
+from zoobot.tf.loss import DirichletMultinomialLoss, vote_fraction_kl
 from zoobot.tf.module import LogScaledSigmoid, ScaledSigmoid, ZoobotModel
 
 __all__ = ["LogScaledSigmoid", "ScaledSigmoid", "TreeMetrics", "TreeSteps", "ZoobotTree"]
@@ -20,14 +20,20 @@ def question_sums(values, index: np.ndarray, n_questions: int):
     return ops.transpose(ops.segment_sum(ops.transpose(values), index, num_segments=n_questions))
 
 
+def mean_over_galaxies(per_question):
+    """(batch, question) -> the sum over questions, averaged over the batch."""
+    return ops.mean(ops.sum(per_question, axis=1))
+
+
 class TreeMetrics(keras.metrics.Metric):
     """Per question: the mean loss, and the vote-fraction error; per campaign: the summed loss.
 
     `result()` is a dict: `loss/<question>` (the per-question loss averaged over galaxies, unasked
     ones counting 0, as zoobot.torch logs it), `campaign_loss/<campaign>` (the sum over the
     campaign's questions), `vote_fraction_error/<question>` (mean absolute error of the expected
-    vote fractions over the galaxies asked the question, answers averaged; NaN if none was) and
-    `vote_fraction_error` (their mean over the questions asked). Keras prefixes `val_` in validation.
+    vote fractions over the galaxies asked the question, answers averaged; NaN if none was),
+    `vote_fraction_error` (their mean over the questions asked) and `fraction_kl` (the vote-fraction
+    KL summed over questions, averaged over galaxies). Keras prefixes `val_` in validation.
     """
 
     def __init__(self, schema: Schema, name: str = "tree_metrics", **kwargs):
@@ -47,6 +53,7 @@ class TreeMetrics(keras.metrics.Metric):
         self.error_sum = add((n,), initializer="zeros", name="error_sum", aggregation="sum")
         self.asked = add((n,), initializer="zeros", name="asked", aggregation="sum")
         self.galaxies = add((), initializer="zeros", name="galaxies", aggregation="sum")
+        self.kl_sum = add((), initializer="zeros", name="kl_sum", aggregation="sum")
 
     def update_state(self, counts, concentrations, per_question_loss, sample_weight=None):
         n = len(self.questions)
@@ -65,6 +72,8 @@ class TreeMetrics(keras.metrics.Metric):
         per_question_loss = ops.cast(per_question_loss, "float32")
         self.loss_sum.assign_add(ops.sum(per_question_loss, axis=0))
         self.galaxies.assign_add(ops.cast(ops.shape(counts)[0], "float32"))
+        kl = vote_fraction_kl(counts, concentrations, self.index, n_questions=n)
+        self.kl_sum.assign_add(ops.sum(kl))
 
     def result(self) -> dict:
         loss = ops.divide_no_nan(self.loss_sum, self.galaxies)
@@ -79,6 +88,7 @@ class TreeMetrics(keras.metrics.Metric):
         out |= {f"campaign_loss/{c}": campaign[i] for i, c in enumerate(self.campaigns)}
         out |= {f"vote_fraction_error/{q}": errors[i] for i, q in enumerate(self.questions)}
         out["vote_fraction_error"] = mean_error
+        out["fraction_kl"] = ops.divide_no_nan(self.kl_sum, self.galaxies)
         return out
 
     def get_config(self) -> dict:
@@ -86,7 +96,8 @@ class TreeMetrics(keras.metrics.Metric):
 
 
 class TreeSteps:
-    """Loss and metrics of a model whose head predicts Dirichlet concentrations for a schema."""
+    """Loss and metrics of a model whose head predicts Dirichlet concentrations for a schema: the
+    Dirichlet-multinomial likelihood plus `fraction_weight` times the vote-fraction KL."""
 
     def setup_task(self) -> None:
         schema = self.schema
@@ -100,9 +111,16 @@ class TreeSteps:
         return ops.where(ops.isnan(counts), ops.zeros_like(counts), counts)
 
     def task_loss(self, labels, output):
-        """The Dirichlet-multinomial objective: summed over questions, mean over the batch."""
-        per_question = self.dirichlet_loss.per_question(self._counts(labels), output)
-        return ops.mean(ops.sum(per_question, axis=1))
+        """The training objective: summed over questions, mean over the batch."""
+        counts = self._counts(labels)
+        loss = mean_over_galaxies(self.dirichlet_loss.per_question(counts, output))
+        if self.fraction_weight:
+            loss_of = self.dirichlet_loss
+            kl = vote_fraction_kl(
+                counts, output, loss_of.answer_question_index, n_questions=loss_of.n_questions
+            )
+            loss = loss + self.fraction_weight * mean_over_galaxies(kl)
+        return loss
 
     def update_task_metrics(self, labels, output) -> None:
         counts = self._counts(labels)

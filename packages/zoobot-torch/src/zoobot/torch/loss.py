@@ -218,6 +218,29 @@ def dirichlet_multinomial_loss(
     return _loss_and_objective(counts, concentrations, layout, compute_dtype)[0]
 
 
+def vote_fraction_kl(
+    counts: torch.Tensor,
+    concentrations: torch.Tensor,
+    schema_or_index: Schema | QuestionLayout | torch.Tensor | np.ndarray,
+    *,
+    n_questions: int | None = None,
+) -> torch.Tensor:
+    """KL divergence of the expected from the observed vote fractions per question, (batch,
+    question); 0 where nobody answered (`zoobot.shared.loss.vote_fraction_kl`), in the
+    concentrations' dtype (the values are of order 1: no cancellation to guard against)."""
+    layout = _as_layout(schema_or_index, n_questions)
+    index = layout.index(concentrations.device)
+    counts = counts.to(concentrations.dtype)
+
+    def per_question(values: torch.Tensor) -> torch.Tensor:
+        return values.new_zeros(len(values), layout.n_questions).index_add_(1, index, values)
+
+    total = per_question(counts).index_select(1, index)
+    fractions = counts / total.clamp_min(torch.finfo(counts.dtype).tiny)
+    log_expected = concentrations.log() - per_question(concentrations).log().index_select(1, index)
+    return per_question(torch.xlogy(fractions, fractions) - fractions * log_expected)
+
+
 class DirichletMultinomialLoss(nn.Module):
     """The training objective for a schema: per-question loss summed over questions, batch mean."""
 

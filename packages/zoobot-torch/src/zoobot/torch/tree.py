@@ -9,7 +9,7 @@ from torch import nn
 from zoobot.models.tasks import TreeTask
 from zoobot.shared import Schema
 from zoobot.torch.backend import BACKEND
-from zoobot.torch.loss import DirichletMultinomialLoss
+from zoobot.torch.loss import DirichletMultinomialLoss, vote_fraction_kl
 from zoobot.torch.module import LogScaledSigmoid, ScaledSigmoid, ZoobotModule
 
 __all__ = ["LogScaledSigmoid", "ScaledSigmoid", "TreeSteps", "VoteFractionError", "ZoobotTree"]
@@ -58,7 +58,9 @@ class VoteFractionError(torchmetrics.Metric):
 
 
 class TreeSteps:
-    """Loss and metrics of a model whose head predicts Dirichlet concentrations for a schema."""
+    """Loss and metrics of a model whose head predicts Dirichlet concentrations for a schema: the
+    Dirichlet-multinomial likelihood (logged per question and campaign) plus `fraction_weight`
+    times the vote-fraction KL (logged as `fraction_kl`)."""
 
     def setup_task(self) -> None:
         """Set up the loss and metrics of the model's `schema`."""
@@ -76,6 +78,11 @@ class TreeSteps:
         counts = torch.nan_to_num(counts.float())
         concentrations = self(images).float()
         objective, per_question = self.loss(counts, concentrations, return_per_question=True)
+        options = {"batch_size": len(counts), "sync_dist": stage != "train"}
+        if self.fraction_weight:
+            kl = vote_fraction_kl(counts, concentrations, self.loss.layout).sum(1).mean()
+            self.log(f"{stage}/fraction_kl", kl.detach(), on_step=False, on_epoch=True, **options)
+            objective = objective + self.fraction_weight * kl
         per_question = per_question.detach().mean(0)
         logged = {
             f"{stage}/loss/{q.name}": v
@@ -86,7 +93,6 @@ class TreeSteps:
             f"{stage}/campaign_loss/{c}": v
             for c, v in zip(self.campaign_names, campaign_losses, strict=True)
         }
-        options = {"batch_size": len(counts), "sync_dist": stage != "train"}
         self.log(f"{stage}/loss", objective, on_step=stage == "train", on_epoch=True, **options)
         self.log_dict(logged, on_step=False, on_epoch=True, **options)
         self.vote_fraction_errors[STAGES.index(stage)].update(concentrations.detach(), counts)
