@@ -332,7 +332,7 @@ def draw_figures(run: Run, analysis: dict, runs: pd.DataFrame, finetune: dict) -
             plots.training_curves(
                 {f"pretraining {s.architecture} (torch)": pretrain},
                 run.path(f"{FIGURES}/training_curves_pretraining.png"),
-                "Pretraining on votes: Dirichlet-multinomial loss (summed over questions)",
+                "Pretraining on votes: Dirichlet-multinomial likelihood + weighted vote-fraction KL",
             )
         )
     seed = s.finetune_seeds[0]

@@ -2,7 +2,7 @@
 
 1. make a survey with volunteer votes through a real decision tree; validate it; write TFRecord
    shards and a Hub-layout Hugging Face dataset; cut real galaxies out of the Hubble Deep Field;
-2. pretrain a small encoder on the votes (zoobot.torch, Dirichlet-multinomial loss) and publish it
+2. pretrain a small encoder on the votes (zoobot.torch, `train`'s defaults) and publish it
    to a local Hub-layout folder with a model card;
 3. load the published weights in PyTorch and in TensorFlow and compare their numbers;
 4. finetune a classifier for a rare feature from a few hundred labels against the same classifier

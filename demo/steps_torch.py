@@ -1,6 +1,6 @@
 """PyTorch steps (zoobot.torch), each run in its own process without TensorFlow, as a user would.
 
-- `pretrain`: a `ZoobotTree` trained on the survey's vote counts with the Dirichlet-multinomial loss
+- `pretrain`: a `ZoobotTree` trained on the survey's vote counts (`train`'s loss and defaults)
   (`zoobot.torch.train`), its encoder published to a local Hub-layout folder with a model card;
 - `finetune`: binary classifiers for the rare feature from a few hundred labels, from the published
   encoder and from scratch with the same budget (class-balanced loss, the same learning-rate grid
@@ -88,8 +88,9 @@ def pretrain(run: Run) -> dict:
     shutil.rmtree(save_dir, ignore_errors=True)
     say(
         f"  pretraining timm {s.architecture} on {s.schema} votes ({len(schema.label_cols)} "
-        f"answers, Dirichlet-multinomial loss, quarter turns and flips): {s.pretrain_epochs} epochs, "
-        f"{(catalog['split'] == 'train').sum()} training galaxies at {s.image_size} px"
+        f"answers, Dirichlet-multinomial likelihood + vote-fraction KL, quarter turns and flips): "
+        f"{s.pretrain_epochs} epochs, {(catalog['split'] == 'train').sum()} training galaxies at "
+        f"{s.image_size} px"
     )
     timer = Timer()
     model = train(
