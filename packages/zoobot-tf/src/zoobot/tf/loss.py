@@ -31,6 +31,11 @@ def _question_index(schema_or_index, n_questions: int | None) -> tuple[np.ndarra
     return index, n_questions if n_questions is not None else int(index.max()) + 1
 
 
+def question_sums(values, index: np.ndarray, n_questions: int):
+    """(batch, answer) -> (batch, question) sums, vectorised with one segment sum."""
+    return ops.transpose(ops.segment_sum(ops.transpose(values), index, num_segments=n_questions))
+
+
 def _output_dtype(dtype: str) -> str:
     """float64 stays float64; float16/bfloat16/float32 come back as float32."""
     return "float64" if dtype == "float64" else "float32"
@@ -96,18 +101,14 @@ def vote_fraction_kl(counts, concentrations, schema_or_index, *, n_questions: in
     """KL divergence of the expected from the observed vote fractions per question, (batch,
     question); 0 where nobody answered (`zoobot.shared.loss.vote_fraction_kl`), in float32 (the
     values are of order 1: no cancellation to guard against)."""
-    index, n_questions = _question_index(schema_or_index, n_questions)
+    index, n = _question_index(schema_or_index, n_questions)
     alpha = ops.cast(concentrations, "float32")
     counts = ops.cast(counts, "float32")
-
-    def per_question(values):
-        return ops.transpose(ops.segment_sum(ops.transpose(values), index, n_questions))
-
-    total = ops.take(per_question(counts), index, axis=1)
+    total = ops.take(question_sums(counts, index, n), index, axis=1)
     fractions = counts / ops.maximum(total, np.finfo(np.float32).tiny)
-    log_expected = ops.log(alpha) - ops.take(ops.log(per_question(alpha)), index, axis=1)
-    safe = ops.where(fractions > 0, fractions, ops.ones_like(fractions))
-    return per_question(fractions * (ops.log(safe) - log_expected))
+    log_expected = ops.log(alpha) - ops.take(ops.log(question_sums(alpha, index, n)), index, axis=1)
+    safe = ops.where(fractions > 0, fractions, ops.ones_like(fractions))  # 0 log 0 = 0
+    return question_sums(fractions * (ops.log(safe) - log_expected), index, n)
 
 
 @keras.saving.register_keras_serializable(package="zoobot")

@@ -9,15 +9,10 @@ from keras import ops
 from zoobot.models.tasks import TreeTask
 from zoobot.shared import Schema
 from zoobot.tf.backend import BACKEND
-from zoobot.tf.loss import DirichletMultinomialLoss, vote_fraction_kl
+from zoobot.tf.loss import DirichletMultinomialLoss, question_sums, vote_fraction_kl
 from zoobot.tf.module import LogScaledSigmoid, ScaledSigmoid, ZoobotModel
 
 __all__ = ["LogScaledSigmoid", "ScaledSigmoid", "TreeMetrics", "TreeSteps", "ZoobotTree"]
-
-
-def question_sums(values, index: np.ndarray, n_questions: int):
-    """(batch, answer) -> (batch, question) sums, vectorised with one segment sum."""
-    return ops.transpose(ops.segment_sum(ops.transpose(values), index, num_segments=n_questions))
 
 
 def mean_over_galaxies(per_question):
