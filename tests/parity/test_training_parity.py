@@ -107,7 +107,7 @@ def test_one_optimiser_step_leaves_the_same_weights(recorder, rng, tmp_path, arc
         model.param_groups(), lr=settings["learning_rate"], weight_decay=settings["weight_decay"]
     )
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    loss = model.loss(torch.from_numpy(counts), model(x))
+    loss = model.task_loss(torch.from_numpy(counts), model(x))  # what `fit` minimises
     optimizer.zero_grad()
     loss.backward()
     grads = {n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None}

@@ -73,16 +73,27 @@ class TreeSteps:
         self.campaign_names = list(campaigns)
         self.vote_fraction_errors = nn.ModuleList(VoteFractionError(schema) for _ in STAGES)
 
+    def objective_terms(self, counts: torch.Tensor, concentrations: torch.Tensor):
+        """(training objective, (batch, question) likelihood, vote-fraction KL or None) of vote
+        `counts` (0 where unasked); the KL is summed over questions and averaged over the batch."""
+        objective, per_question = self.loss(counts, concentrations, return_per_question=True)
+        if not self.fraction_weight:
+            return objective, per_question, None
+        kl = vote_fraction_kl(counts, concentrations, self.loss.layout).sum(1).mean()
+        return objective + self.fraction_weight * kl, per_question, kl
+
+    def task_loss(self, counts: torch.Tensor, concentrations: torch.Tensor) -> torch.Tensor:
+        """The training objective: summed over questions, mean over the batch."""
+        return self.objective_terms(counts, concentrations)[0]
+
     def _step(self, batch, stage: str) -> torch.Tensor:
         images, counts = batch
         counts = torch.nan_to_num(counts.float())
         concentrations = self(images).float()
-        objective, per_question = self.loss(counts, concentrations, return_per_question=True)
+        objective, per_question, kl = self.objective_terms(counts, concentrations)
         options = {"batch_size": len(counts), "sync_dist": stage != "train"}
-        if self.fraction_weight:
-            kl = vote_fraction_kl(counts, concentrations, self.loss.layout).sum(1).mean()
+        if kl is not None:
             self.log(f"{stage}/fraction_kl", kl.detach(), on_step=False, on_epoch=True, **options)
-            objective = objective + self.fraction_weight * kl
         per_question = per_question.detach().mean(0)
         logged = {
             f"{stage}/loss/{q.name}": v
