@@ -14,6 +14,7 @@ import timm.layers
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.plugins import LayerSync
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
@@ -79,8 +80,10 @@ class TensorBoardLogger(Logger):
         return str(self._root / f"version_{self.version}")
 
     @property
+    @rank_zero_experiment
     def experiment(self):
-        """The tensorboardX `SummaryWriter` (made on first use)."""
+        """The tensorboardX `SummaryWriter` (made on first use, by rank 0 only: two ranks making
+        the same folder race; the others get Lightning's no-op experiment)."""
         if self._writer is None:
             from tensorboardX import SummaryWriter
 
