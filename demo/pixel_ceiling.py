@@ -120,7 +120,7 @@ def dihedral(x, k: int, flip: bool):
     return torch.flip(x, dims=(-1,)) if flip else x
 
 
-def concentration_head(kind: str = "dirichlet", schema=None):
+def concentration_head(kind: str, schema):
     """Raw outputs -> Dirichlet concentrations. `dirichlet`: zoobot's tree head activation, one
     output per answer log-spaced in `DEFAULT_CONCENTRATION` (0.01, 1000). `mean-total`: a
     softmax mean per question times a per-question total log-spaced in (0.1, 1e4), from one
@@ -130,13 +130,12 @@ def concentration_head(kind: str = "dirichlet", schema=None):
     from zoobot.models.tasks import DEFAULT_CONCENTRATION
     from zoobot.torch.module import LogScaledSigmoid
 
+    n = len(schema.label_cols)
     if kind != "mean-total":
-        n = len(schema.label_cols) if schema is not None else None
         act = LogScaledSigmoid(*DEFAULT_CONCENTRATION)
-        return lambda raw: act(raw[..., :n] if n else raw)
+        return lambda raw: act(raw[..., :n])
     total_act = LogScaledSigmoid(0.1, 1e4)
     groups = [(q.start, q.end) for q in schema.questions]
-    n = len(schema.label_cols)
 
     def head(raw):
         parts = []
@@ -158,23 +157,22 @@ def losses(outputs, probs, aux, groups, use_aux: bool = True, dirichlet=None, co
     With `dirichlet` (an `(activation, DirichletMultinomialLoss, ce_weight)` triple) the main loss
     is instead zoobot's Dirichlet-multinomial NLL of the vote `counts` (summed over questions, batch
     mean, 0 for unanswered questions) of the concentrations the activation makes of the outputs,
-    plus `ce_weight` times the soft cross-entropy above on the concentrations' expected fractions."""
+    plus `ce_weight` times zoobot's vote-fraction KL (`zoobot.torch.loss.vote_fraction_kl`: the
+    soft cross-entropy above, of the concentrations' expected fractions)."""
     import torch
     import torch.nn.functional as F
 
     n_answers = probs.shape[1]
     main = 0.0
-    ce_weight = 1.0
     if dirichlet is not None:
+        from zoobot.torch.loss import vote_fraction_kl
+
         activation, dm_loss, ce_weight = dirichlet
         conc = activation(outputs.float())
-        main = dm_loss(counts, conc)
-        log_conc = torch.log(conc)
-    for start, end in groups if dirichlet is None or ce_weight else []:
-        if dirichlet is None:
-            logp = F.log_softmax(outputs[:, start : end + 1], dim=1)
-        else:
-            logp = F.log_softmax(log_conc[:, start : end + 1], dim=1)
+        kl = vote_fraction_kl(counts, conc, dm_loss.layout).sum(1).mean()
+        main = dm_loss(counts, conc) + ce_weight * kl
+    for start, end in [] if dirichlet is not None else groups:
+        logp = F.log_softmax(outputs[:, start : end + 1], dim=1)
         target = probs[:, start : end + 1]
         known = ~torch.isnan(target[:, 0])
         if not known.any():
@@ -182,7 +180,7 @@ def losses(outputs, probs, aux, groups, use_aux: bool = True, dirichlet=None, co
         target, logp = target[known], logp[known]
         # cross-entropy minus the target's entropy: 0 for a perfect prediction
         kl = (torch.xlogy(target, target) - target * logp).sum(1)
-        main = main + ce_weight * kl.sum() / len(outputs)
+        main = main + kl.sum() / len(outputs)
     extra = torch.zeros(())
     if not use_aux:
         return main, extra
@@ -372,9 +370,8 @@ def evaluate(args, catalog, probs, aux, outputs, schema) -> dict:
     groups = [(q.start, q.end) for q in schema.questions]
     dm = schema if args.loss == "dirichlet" else None
     ceiling = to_probabilities(outputs, groups, dm, args.head)[order]
-    identity = to_probabilities(outputs[:1], groups, dm, args.head)[
-        order
-    ]  # view 0: no turn, no flip
+    view_0 = outputs[:1]  # the identity view: no turn, no flip
+    identity = to_probabilities(view_0, groups, dm, args.head)[order]
     oracle = probs[pos]
     vote_model = expected_vote_fractions(votes.concentrations, schema)
 

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import special
 
 from zoobot.shared.schema import Schema
-from zoobot.shared.votes import answer_totals, question_sums
+from zoobot.shared.votes import answer_totals, question_sums, vote_fractions
 
 
 def _where(mask: np.ndarray, schema: Schema) -> str:
@@ -152,8 +152,7 @@ def vote_fraction_kl(counts, concentrations, schema: Schema) -> np.ndarray:
     the observed ones, whatever the total concentration.
     """
     counts, alpha = check_pair(counts, concentrations, schema)
-    total = answer_totals(counts, schema)
-    fractions = np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+    fractions = np.nan_to_num(vote_fractions(counts, schema))  # unasked: 0, adding nothing
     log_expected = np.log(alpha) - np.log(answer_totals(alpha, schema))
     return question_sums(special.xlogy(fractions, fractions) - fractions * log_expected, schema)
 

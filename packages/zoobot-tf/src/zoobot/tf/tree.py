@@ -110,10 +110,8 @@ class TreeSteps:
         counts = self._counts(labels)
         loss = mean_over_galaxies(self.dirichlet_loss.per_question(counts, output))
         if self.fraction_weight:
-            loss_of = self.dirichlet_loss
-            kl = vote_fraction_kl(
-                counts, output, loss_of.answer_question_index, n_questions=loss_of.n_questions
-            )
+            index, n = self.dirichlet_loss.answer_question_index, self.dirichlet_loss.n_questions
+            kl = vote_fraction_kl(counts, output, index, n_questions=n)
             loss = loss + self.fraction_weight * mean_over_galaxies(kl)
         return loss
 

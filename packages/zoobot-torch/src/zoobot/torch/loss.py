@@ -218,6 +218,11 @@ def dirichlet_multinomial_loss(
     return _loss_and_objective(counts, concentrations, layout, compute_dtype)[0]
 
 
+def question_sums(values: torch.Tensor, index: torch.Tensor, n_questions: int) -> torch.Tensor:
+    """(batch, answer) -> (batch, question) sums, vectorised with one scatter-add."""
+    return values.new_zeros(values.shape[0], n_questions).index_add_(1, index, values)
+
+
 def vote_fraction_kl(
     counts: torch.Tensor,
     concentrations: torch.Tensor,
@@ -229,16 +234,13 @@ def vote_fraction_kl(
     question); 0 where nobody answered (`zoobot.shared.loss.vote_fraction_kl`), in the
     concentrations' dtype (the values are of order 1: no cancellation to guard against)."""
     layout = _as_layout(schema_or_index, n_questions)
-    index = layout.index(concentrations.device)
+    index, n = layout.index(concentrations.device), layout.n_questions
     counts = counts.to(concentrations.dtype)
-
-    def per_question(values: torch.Tensor) -> torch.Tensor:
-        return values.new_zeros(len(values), layout.n_questions).index_add_(1, index, values)
-
-    total = per_question(counts).index_select(1, index)
+    total = question_sums(counts, index, n).index_select(1, index)
     fractions = counts / total.clamp_min(torch.finfo(counts.dtype).tiny)
-    log_expected = concentrations.log() - per_question(concentrations).log().index_select(1, index)
-    return per_question(torch.xlogy(fractions, fractions) - fractions * log_expected)
+    log_totals = question_sums(concentrations, index, n).log().index_select(1, index)
+    log_expected = concentrations.log() - log_totals
+    return question_sums(torch.xlogy(fractions, fractions) - fractions * log_expected, index, n)
 
 
 class DirichletMultinomialLoss(nn.Module):

@@ -9,18 +9,12 @@ from torch import nn
 from zoobot.models.tasks import TreeTask
 from zoobot.shared import Schema
 from zoobot.torch.backend import BACKEND
-from zoobot.torch.loss import DirichletMultinomialLoss, vote_fraction_kl
+from zoobot.torch.loss import DirichletMultinomialLoss, question_sums, vote_fraction_kl
 from zoobot.torch.module import LogScaledSigmoid, ScaledSigmoid, ZoobotModule
 
 __all__ = ["LogScaledSigmoid", "ScaledSigmoid", "TreeSteps", "VoteFractionError", "ZoobotTree"]
 
 STAGES = ("train", "validation", "test")
-
-
-def _per_question_sum(values: torch.Tensor, index: torch.Tensor, n_questions: int) -> torch.Tensor:
-    """(batch, answer) -> (batch, question) sums, vectorised with one scatter-add."""
-    out = values.new_zeros(values.shape[0], n_questions)
-    return out.index_add_(1, index, values)
 
 
 class VoteFractionError(torchmetrics.Metric):
@@ -44,11 +38,11 @@ class VoteFractionError(torchmetrics.Metric):
 
     def update(self, concentrations: torch.Tensor, counts: torch.Tensor) -> None:
         n = len(self.sizes)
-        alpha_total = _per_question_sum(concentrations, self.index, n)
-        count_total = _per_question_sum(counts, self.index, n)
+        alpha_total = question_sums(concentrations, self.index, n)
+        count_total = question_sums(counts, self.index, n)
         observed = counts / count_total.clamp_min(1e-12)[:, self.index]
         abs_error = (concentrations / alpha_total[:, self.index] - observed).abs()
-        per_question = _per_question_sum(abs_error, self.index, n) / self.sizes
+        per_question = question_sums(abs_error, self.index, n) / self.sizes
         asked = count_total > 0
         self.error += torch.where(asked, per_question, 0.0).sum(0)
         self.asked += asked.sum(0)
@@ -74,13 +68,14 @@ class TreeSteps:
         self.vote_fraction_errors = nn.ModuleList(VoteFractionError(schema) for _ in STAGES)
 
     def objective_terms(self, counts: torch.Tensor, concentrations: torch.Tensor):
-        """(training objective, (batch, question) likelihood, vote-fraction KL or None) of vote
-        `counts` (0 where unasked); the KL is summed over questions and averaged over the batch."""
+        """(training objective, (batch, question) likelihood, vote-fraction KL) of vote `counts`
+        (0 where unasked); the KL is summed over questions and averaged over the batch, and is
+        logged whatever its weight, as zoobot.tf's `TreeMetrics` does."""
         objective, per_question = self.loss(counts, concentrations, return_per_question=True)
-        if not self.fraction_weight:
-            return objective, per_question, None
         kl = vote_fraction_kl(counts, concentrations, self.loss.layout).sum(1).mean()
-        return objective + self.fraction_weight * kl, per_question, kl
+        if self.fraction_weight:
+            objective = objective + self.fraction_weight * kl
+        return objective, per_question, kl
 
     def task_loss(self, counts: torch.Tensor, concentrations: torch.Tensor) -> torch.Tensor:
         """The training objective: summed over questions, mean over the batch."""
@@ -92,8 +87,7 @@ class TreeSteps:
         concentrations = self(images).float()
         objective, per_question, kl = self.objective_terms(counts, concentrations)
         options = {"batch_size": len(counts), "sync_dist": stage != "train"}
-        if kl is not None:
-            self.log(f"{stage}/fraction_kl", kl.detach(), on_step=False, on_epoch=True, **options)
+        self.log(f"{stage}/fraction_kl", kl.detach(), on_step=False, on_epoch=True, **options)
         per_question = per_question.detach().mean(0)
         logged = {
             f"{stage}/loss/{q.name}": v
