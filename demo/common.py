@@ -46,7 +46,6 @@ class Settings:
     # Pretraining: `train`'s defaults (log-spaced Dirichlet head, dihedral augmentation only).
     pretrain_epochs: int = 40
     pretrain_batch_size: int = 64
-    pretrain_learning_rate: float = 1e-3
     # Finetuning: a binary classifier for a rare feature from a few hundred labels, pretrained vs
     # scratch with the same budget: per seed (labels drawn, initialisation), each start trains at
     # every learning rate of the grid and keeps the one with the lowest class-balanced validation

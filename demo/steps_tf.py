@@ -210,7 +210,6 @@ def pretrain(run: Run) -> dict:
         seed=s.seed,
         progress=False,
         verbose=0,
-        model_kwargs={"learning_rate": s.pretrain_learning_rate},
     )
     seconds = timer()
     say(f"  pretrained in {seconds:.0f}s; predicting the test galaxies")

@@ -104,7 +104,6 @@ def pretrain(run: Run) -> dict:
         num_workers=1,
         patience=s.pretrain_epochs,
         seed=s.seed,
-        model_kwargs={"learning_rate": s.pretrain_learning_rate},
         **TRAINER_OPTIONS,
     )
     seconds = timer()

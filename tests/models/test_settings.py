@@ -10,7 +10,8 @@ from zoobot.models.tasks import classifier_args, output_table
 
 
 def test_presets_differ_where_pretraining_and_finetuning_differ():
-    assert (PRETRAINING.n_blocks, PRETRAINING.learning_rate, PRETRAINING.dropout) == (-1, 1e-3, 0.2)
+    assert (PRETRAINING.n_blocks, PRETRAINING.learning_rate, PRETRAINING.dropout) == (-1, 2e-3, 0.2)
+    assert PRETRAINING.weight_decay == 0.01
     assert (FINETUNING.n_blocks, FINETUNING.learning_rate, FINETUNING.dropout) == (0, 1e-4, 0.5)
     assert set(PRETRAINING.as_dict()) == set(FIELDS)
 

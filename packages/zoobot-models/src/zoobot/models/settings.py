@@ -87,9 +87,10 @@ class TrainingSettings:
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainingSettings))
 PRETRAINING = TrainingSettings(
-    n_blocks=-1, lr_decay=1.0, learning_rate=1e-3, warmup_epochs=1.0, dropout=0.2
+    n_blocks=-1, lr_decay=1.0, learning_rate=2e-3, weight_decay=0.01, warmup_epochs=1.0, dropout=0.2
 )
-"""Defaults of `ZoobotTree`: the whole encoder learns from votes at one rate, after a warmup."""
+"""Defaults of `ZoobotTree`: the whole encoder learns from votes at one rate, after a warmup (the
+rate and decay that learnt most per question on the science survey, README "Does the model learn?")."""
 FINETUNING = TrainingSettings()
 """Defaults of the finetuneable models: a linear probe with a careful learning rate."""
 
