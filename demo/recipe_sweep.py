@@ -2,11 +2,11 @@
 
 On a finished science run (`nox -s science`), pretrains the same tree as its `torch_pretrain` step
 (same survey, split, architecture, epochs and batch size) with `--set` training settings and `--opt`
-trainer options changed, predicts the test galaxies twice (8 MC-dropout passes as the report, and
-one dropout-free pass) and writes each one's per-question table of
-`zoobot.shared.evaluate_vote_fractions` (constant, true-parameter reference, share of the gain)
-and `result.json` with the mean share. `--model` scores an already trained tree instead. Run in
-the `parity`/`demo` environment, one training thread by default (two sweeps at a time on 2 cores):
+trainer options changed, predicts the test galaxies twice (the report's MC-dropout passes, and one
+dropout-free pass) and scores each with the report's own `score_vote_fractions` (constant,
+true-parameter reference, share of the gain), writing the per-question tables and `result.json`
+with the mean share. `--model` scores an already trained tree instead. Run in the `parity`/`demo`
+environment, one training thread by default (two sweeps at a time on 2 cores):
 
     python demo/recipe_sweep.py --run science-output --out sweep/lr2e-3 \
         --set learning_rate=2e-3 --set weight_decay=0.01
@@ -19,10 +19,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-MIN_VOTES = 5
+import report
+from common import Run, Settings
+from run_demo import SETTINGS_FILE
+from steps_torch import survey_catalog
 
 
 def key_values(pairs: list[str]) -> dict:
@@ -52,23 +52,18 @@ def main() -> None:
 
     import torch
 
-    from zoobot.data.synthetic.reference import true_parameter_reference
-    from zoobot.shared import (
-        constant_fractions,
-        evaluate_vote_fractions,
-        get_schema,
-        read_predictions_full,
-    )
+    from zoobot.shared import read_predictions_full
     from zoobot.torch import train
     from zoobot.torch.predictions import predict
 
     torch.set_num_threads(args.threads)
-    run, out = Path(args.run), Path(args.out)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = json.loads((run / "settings.json").read_text(encoding="utf-8"))
-    seed = config["seed"] if args.seed is None else args.seed
-    schema = get_schema(config["schema"])
-    catalog = pd.read_parquet(run / "data" / "survey" / "catalog_with_splits.parquet")
+    settings_file = Path(args.run) / SETTINGS_FILE
+    run = Run(args.run, Settings.from_json(settings_file.read_text(encoding="utf-8")))
+    config = run.settings
+    seed = config.seed if args.seed is None else args.seed
+    catalog = survey_catalog(run)
     settings, options = key_values(args.set), key_values(args.opt)
     timer = time.monotonic()
     if args.model:
@@ -77,14 +72,14 @@ def main() -> None:
         torch.manual_seed(seed)
         train(
             catalog,
-            schema,
+            config.schema,
             out / "tree",
-            architecture=config["architecture"],
-            epochs=config["pretrain_epochs"],
-            batch_size=config["pretrain_batch_size"],
-            image_size=config["image_size"],
+            architecture=config.architecture,
+            epochs=config.pretrain_epochs,
+            batch_size=config.pretrain_batch_size,
+            image_size=config.image_size,
             num_workers=1,
-            patience=config["pretrain_epochs"],
+            patience=config.pretrain_epochs,
             seed=seed,
             model_kwargs=settings,
             accelerator="cpu",
@@ -97,11 +92,8 @@ def main() -> None:
     result = {"settings": settings, "options": options, "seed": seed}
     result["train_seconds"] = time.monotonic() - timer
     test = catalog[catalog["split"] == "test"]
-    train_rows = catalog[catalog["split"] == "train"].reset_index(drop=True)
-    counts = test[schema.label_cols].to_numpy(np.float64)
-    constant = constant_fractions(train_rows[schema.label_cols].to_numpy(np.float64), schema)
-    reference = true_parameter_reference(train_rows, test.reset_index(drop=True), schema, seed=0)
-    for label, n_samples in (("mc_dropout", config["mc_samples"]), ("dropout_free", 1)):
+    reference = report.true_parameter_reference(run, list(test["id_str"]))
+    for label, n_samples in (("mc_dropout", config.mc_samples), ("dropout_free", 1)):
         path = out / f"test_{label}.parquet"
         predict(
             test,
@@ -109,7 +101,7 @@ def main() -> None:
             path,
             n_samples=n_samples,
             mc_dropout=n_samples > 1,
-            image_size=config["image_size"],
+            image_size=config.image_size,
             num_workers=0,
             progress=False,
             resume=False,
@@ -119,9 +111,7 @@ def main() -> None:
         predictions = read_predictions_full(path)
         if list(predictions.id_str) != list(test["id_str"]):
             raise RuntimeError(f"{path}: predictions are not in the test galaxies' order")
-        table = evaluate_vote_fractions(
-            predictions.concentrations, counts, schema, constant, reference, min_votes=MIN_VOTES
-        )
+        table = report.score_vote_fractions(run, predictions, reference)[0]
         table.to_csv(out / f"table_{label}.csv", index=False)
         result[label] = {
             "mean_gain_share": float(table["gain_captured"].mean()),

@@ -52,24 +52,13 @@ def true_parameter_reference(run: Run, ids: list[str]) -> np.ndarray | None:
     return reference(train, catalog.loc[ids].reset_index(), run.settings.schema, seed=0)
 
 
-def vote_fraction_analysis(
-    run: Run, predictions: Path, label: str, reference: np.ndarray | None
-) -> dict:
-    """Per question, on the test galaxies: the model's vote-fraction error against the constant
-    baseline, the vote-sampling noise floor and the true-parameter `reference` (for the galaxies
-    in the predictions' order), the share of the learnable gain, and interval calibration."""
-    from zoobot.shared import (
-        calibration_table,
-        constant_fractions,
-        evaluate_vote_fractions,
-        expected_vote_fractions,
-        read_predictions_full,
-        summarise_evaluation,
-        vote_fractions,
-    )
-    from zoobot.shared.votes import answer_totals
+def score_vote_fractions(run: Run, full, reference: np.ndarray | None):
+    """(per-question table, vote counts) of predictions `full` (`read_predictions_full`): the
+    model's vote-fraction error against the constant baseline, the vote-sampling noise floor and
+    the true-parameter `reference` (rows in the predictions' order), the share of the learnable
+    gain with its bootstrap interval, and the coverage of the run's credible intervals."""
+    from zoobot.shared import constant_fractions, evaluate_vote_fractions
 
-    full = read_predictions_full(predictions)
     schema = full.schema
     catalog = _vote_table(run)
     counts = catalog.loc[list(full.id_str), schema.label_cols].to_numpy(np.float64)
@@ -80,6 +69,26 @@ def vote_fraction_analysis(
     table = evaluate_vote_fractions(
         full.concentrations, counts, schema, constant, reference, level=level, bootstrap=1000
     )
+    return table, counts
+
+
+def vote_fraction_analysis(
+    run: Run, predictions: Path, label: str, reference: np.ndarray | None
+) -> dict:
+    """Per question, on the test galaxies: `score_vote_fractions`, written to the run's tables,
+    and the calibration of the intervals at several levels."""
+    from zoobot.shared import (
+        calibration_table,
+        expected_vote_fractions,
+        read_predictions_full,
+        summarise_evaluation,
+        vote_fractions,
+    )
+    from zoobot.shared.votes import answer_totals
+
+    full = read_predictions_full(predictions)
+    schema = full.schema
+    table, counts = score_vote_fractions(run, full, reference)
     table.to_csv(run.path(f"{TABLES}/{label}_vote_fractions_by_question.csv"), index=False)
     levels = (0.5, 0.68, 0.8, 0.9, 0.95)
     calibration = calibration_table(full.concentrations, counts, schema, levels=levels)

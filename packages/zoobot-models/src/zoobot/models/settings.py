@@ -90,7 +90,7 @@ PRETRAINING = TrainingSettings(
     n_blocks=-1, lr_decay=1.0, learning_rate=2e-3, weight_decay=0.01, warmup_epochs=1.0, dropout=0.2
 )
 """Defaults of `ZoobotTree`: the whole encoder learns from votes at one rate, after a warmup (the
-rate and decay that learnt most per question on the science survey, README "Does the model learn?")."""
+rate and decay that learnt most on the science survey: README, "Does the model learn?")."""
 FINETUNING = TrainingSettings()
 """Defaults of the finetuneable models: a linear probe with a careful learning rate."""
 

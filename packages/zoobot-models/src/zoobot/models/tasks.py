@@ -339,12 +339,12 @@ class TreeTask(TaskModel):
     The loss is the Dirichlet-multinomial negative log-likelihood of the votes plus
     `fraction_weight` times the KL divergence of the expected from the observed vote fractions
     (`zoobot.shared.loss`), summed over questions and averaged over the batch. `architecture` is
-    any name `load_encoder` takes; `encoder=` uses a model instead. `settings` are `zoobot.models.settings.TrainingSettings`
-    (defaults `PRETRAINING`: the whole encoder trains at `learning_rate=2e-3`, `weight_decay=0.01`
-    after a one-epoch warmup, head dropout 0.2). `concentration` is the head's log-spaced (low, high) range (None:
-    1 + 100 sigmoid, the head of models saved before the option); `fraction_weight` the weight of
-    the vote-fraction KL (0: the likelihood alone). Predictions are concentrations,
-    `(batch, answer, n_samples)`.
+    any name `load_encoder` takes; `encoder=` uses a model instead. `settings` are
+    `zoobot.models.settings.TrainingSettings` (defaults `PRETRAINING`: the whole encoder trains at
+    `learning_rate=2e-3`, `weight_decay=0.01` after a one-epoch warmup, head dropout 0.2).
+    `concentration` is the head's log-spaced (low, high) range (None: 1 + 100 sigmoid, the head of
+    models saved before the option); `fraction_weight` the weight of the vote-fraction KL (0: the
+    likelihood alone). Predictions are concentrations, `(batch, answer, n_samples)`.
     """
 
     task = "tree"
